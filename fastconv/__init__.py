@@ -1,0 +1,17 @@
+"""fastconv: fast CPU convolutions for NumPy.
+
+1x1 and n x n x k convolutions with OpenMP and SIMD kernels chosen at run
+time for the CPU, a GEMM fast path for 1x1 layers, and the conversion of
+fully-connected layers into equivalent convolutions.
+"""
+__version__ = "0.1.0"
+
+from fastconv import _config as _config_module
+from fastconv._config import config, get_num_threads, set_num_threads, show_config
+from fastconv._conv import conv2d, matmul
+from fastconv._fc import fc_to_conv
+
+_config_module._select_initial_isa()
+
+__all__ = ["conv2d", "matmul", "fc_to_conv", "config", "show_config",
+           "get_num_threads", "set_num_threads", "__version__"]

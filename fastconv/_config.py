@@ -1,0 +1,149 @@
+"""Run-time configuration: instruction-set dispatch, thread count, build facts."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from typing import Any, Dict, List
+
+from fastconv import _core
+from fastconv._validate import positive_int
+
+__all__ = ["config", "show_config", "get_num_threads", "set_num_threads"]
+
+# Kernel families and the C entry each one runs through. They share one
+# dispatch choice today; config() reports each so that a family that gains
+# its own selection later shows up without changing the report's shape.
+KERNEL_FAMILIES = ("gemm", "conv", "depthwise")
+
+
+def available_isas() -> List[str]:
+    """Instruction sets this build has and this CPU can run, best first."""
+    return _core.supported_isas()
+
+
+def set_isa(name: str) -> str:
+    """Switch every kernel family to instruction set `name` (for tests and
+    benchmarks); returns the previous one."""
+    if name not in _core.isa_names():
+        raise ValueError(f"isa must be one of {_core.isa_names()}; got {name!r}")
+    if name not in available_isas():
+        raise ValueError(f"isa {name!r} is not supported on this CPU/build; "
+                         f"available: {available_isas()}")
+    return _core.set_isa(name)
+
+
+def _select_initial_isa() -> None:
+    """Best supported ISA, or the one FASTCONV_ISA asks for."""
+    best = available_isas()[0]
+    forced = os.environ.get("FASTCONV_ISA", "").strip().lower()
+    if forced and forced != best:
+        if forced in available_isas():
+            best = forced
+        else:
+            warnings.warn(
+                f"FASTCONV_ISA={forced!r} is not available here (available: "
+                f"{available_isas()}); using {best!r}", RuntimeWarning, stacklevel=3)
+    _core.set_isa(best)
+
+
+def _default_num_threads() -> int:
+    """OMP_NUM_THREADS if set, else the CPUs this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_lock = threading.Lock()
+_num_threads = _default_num_threads()
+
+
+def get_num_threads() -> int:
+    """Number of threads fastconv's kernels use when num_threads is None.
+
+    Returns
+    -------
+    int
+        The package default: set_num_threads()'s last value, else
+        OMP_NUM_THREADS, else the number of CPUs this process may use.
+        A build without OpenMP always runs one thread (see config()).
+    """
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads used when a call passes num_threads=None.
+
+    Parameters
+    ----------
+    n : int
+        At least 1. Safe to call while other threads are computing: calls
+        already running keep the count they started with.
+    """
+    global _num_threads
+    n = positive_int("set_num_threads", "n", n)
+    with _lock:
+        _num_threads = n
+
+
+def resolve_threads(fn: str, num_threads: Any) -> int:
+    if num_threads is None:
+        return _num_threads
+    return positive_int(fn, "num_threads", num_threads)
+
+
+def config() -> Dict[str, Any]:
+    """Facts about this fastconv build and the machine it runs on.
+
+    Returns
+    -------
+    dict
+        ``version``, ``python``, ``compiler``, ``openmp`` (bool),
+        ``openmp_version`` (yyyymm or None), ``num_threads``,
+        ``cpu_features`` (name -> bool), ``isa_available`` (best first),
+        ``isa_forced`` (the FASTCONV_ISA value or None), ``dispatch``
+        (kernel family -> instruction set it runs) and ``register_tile``
+        (dtype -> [MR, NR]).
+    """
+    from fastconv import __version__
+    import numpy
+
+    omp = _core.openmp_version()
+    isa = _core.active_isa()
+    tiles = {dtype: list(_core.register_tile(dtype)) for dtype in ("float32", "float64")}
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "compiler": _core.compiler(),
+        "openmp": bool(omp),
+        "openmp_version": omp or None,
+        "num_threads": _num_threads if omp else 1,
+        "cpu_features": _core.cpu_features(),
+        "isa_available": available_isas(),
+        "isa_forced": os.environ.get("FASTCONV_ISA") or None,
+        "dispatch": {family: isa for family in KERNEL_FAMILIES},
+        "register_tile": tiles,
+    }
+
+
+def format_config() -> str:
+    lines = []
+    for key, value in config().items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def show_config() -> None:
+    """Print config(): version, compiler, OpenMP, CPU features and the
+    instruction set each kernel family dispatches to."""
+    print(format_config())

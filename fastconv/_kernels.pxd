@@ -1,0 +1,43 @@
+# Declarations of the C kernel interface (fastconv/csrc/fastconv.h).
+from libc.stdint cimport int64_t
+
+cdef extern from "fastconv.h" nogil:
+    ctypedef struct fc_conv_desc:
+        int64_t N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw
+        int64_t pad_top, pad_left, Ho, Wo
+        int relu
+        int has_bias
+
+    ctypedef struct fc_weight_strides:
+        int64_t ty, tx, c, k
+
+    ctypedef struct fc_kernel_set:
+        const char *isa
+        int64_t mr, nr
+        int64_t (*packed_size)(const fc_conv_desc *d) noexcept nogil
+        void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+                     const void *bias, void *packed) noexcept nogil
+        int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
+                    void *y, int nthreads) noexcept nogil
+        int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
+                      const void *bias, void *y, int nthreads) noexcept nogil
+
+    ctypedef struct fc_cpu_features:
+        int sse2, avx, fma, avx2, avx512f, avx512dq, avx512bw, avx512vl
+
+    enum:
+        FC_OK
+        FC_ENOMEM
+        FC_ISA_GENERIC
+        FC_ISA_AVX2
+        FC_ISA_AVX512
+        FC_ISA_COUNT
+        FC_F32
+        FC_F64
+
+    fc_cpu_features fc_cpu_detect()
+    int fc_isa_supported(int isa)
+    const fc_kernel_set *fc_kernels(int isa, int dtype)
+    const char *fc_isa_name(int isa)
+    const char *fc_compiler()
+    int fc_openmp_version()

@@ -1,0 +1,156 @@
+"""Argument checks shared by the public functions.
+
+Every message names the function, the argument, what was expected and what
+was given, and every check runs before any kernel does.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+ACTIVATIONS = (None, "relu")
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+        return True
+    except TypeError:
+        return False
+
+
+def positive_int(fn: str, name: str, value: Any, minimum: int = 1) -> int:
+    """value as an int >= minimum (bools and floats are refused)."""
+    if not _is_int(value):
+        raise TypeError(f"{fn}: {name} must be an int >= {minimum}; got {value!r} "
+                        f"of type {type(value).__name__}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}; got {value}")
+    return value
+
+
+def int_pair(fn: str, name: str, value: Any, minimum: int = 1) -> Tuple[int, int]:
+    """An int or a pair of ints (height, width), each >= minimum."""
+    if _is_int(value):
+        v = positive_int(fn, name, value, minimum)
+        return v, v
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        return (positive_int(fn, name, value[0], minimum),
+                positive_int(fn, name, value[1], minimum))
+    raise TypeError(f"{fn}: {name} must be an int or a pair of ints (height, width); "
+                    f"got {value!r}")
+
+
+def padding_amounts(fn: str, padding: Any, in_hw: Sequence[int], k_hw: Sequence[int],
+                    stride: Sequence[int], dilation: Sequence[int]
+                    ) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """((top, bottom), (left, right)) from any accepted padding form."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        if mode == "same":
+            # Output size ceil(in / stride); an odd total puts the extra row or
+            # column at the bottom/right (TensorFlow, ONNX SAME_UPPER).
+            amounts = []
+            for n, k, s, d in zip(in_hw, k_hw, stride, dilation):
+                out = -(-n // s)
+                total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+                amounts.append((total // 2, total - total // 2))
+            return amounts[0], amounts[1]
+        raise ValueError(f"{fn}: padding must be an int, a pair, ((top, bottom), (left, right)), "
+                         f"'valid' or 'same'; got {padding!r}")
+    if _is_int(padding):
+        p = positive_int(fn, "padding", padding, 0)
+        return (p, p), (p, p)
+    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        if all(_is_int(p) for p in padding):
+            ph, pw = (positive_int(fn, "padding", p, 0) for p in padding)
+            return (ph, ph), (pw, pw)
+        if all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(q) for q in p)
+               for p in padding):
+            (t, b), (l, r) = ((positive_int(fn, "padding", q, 0) for q in p) for p in padding)
+            return (t, b), (l, r)
+    raise TypeError(f"{fn}: padding must be an int, a pair (ph, pw), ((top, bottom), (left, right)), "
+                    f"'valid' or 'same'; got {padding!r}")
+
+
+def activation_is_relu(fn: str, activation: Any) -> bool:
+    if activation is None:
+        return False
+    if isinstance(activation, str) and activation.lower() == "relu":
+        return True
+    raise ValueError(f"{fn}: activation must be None or 'relu'; got {activation!r}")
+
+
+def layout_name(fn: str, layout: Any, name: str = "layout") -> str:
+    if isinstance(layout, str) and layout.upper() in LAYOUTS:
+        return layout.upper()
+    raise ValueError(f"{fn}: {name} must be 'NHWC' or 'NCHW'; got {layout!r}")
+
+
+def float_arrays(fn: str, **arrays: Any) -> Tuple[np.dtype, dict]:
+    """Convert each named argument (None is passed through) to an ndarray of
+    native byte order and check they share one float32/float64 dtype."""
+    converted = {}
+    for name, value in arrays.items():
+        if value is None:
+            converted[name] = None
+            continue
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        dt = arr.dtype
+        if dt.kind != "f" or dt.itemsize not in (4, 8):
+            raise TypeError(f"{fn}: {name} must have dtype float32 or float64; got {dt}")
+        if not dt.isnative:
+            arr = arr.astype(dt.newbyteorder("="))
+        converted[name] = arr
+    seen = {name: a.dtype for name, a in converted.items() if a is not None}
+    if len(set(seen.values())) > 1:
+        listing = ", ".join(f"{name} {dt}" for name, dt in seen.items())
+        raise TypeError(f"{fn}: {', '.join(seen)} must share one dtype; got {listing}")
+    return next(iter(seen.values())), converted
+
+
+def check_ndim(fn: str, name: str, arr: np.ndarray, ndims: Sequence[int], what: str) -> None:
+    if arr.ndim not in ndims:
+        raise ValueError(f"{fn}: {name} must be {what}; got {arr.ndim}-D array of shape {arr.shape}")
+
+
+def check_bias(fn: str, bias: Optional[np.ndarray], k: int) -> None:
+    if bias is not None and bias.shape != (k,):
+        raise ValueError(f"{fn}: bias must have shape ({k},) (one value per output channel); "
+                         f"got shape {bias.shape}")
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    # The bounds test is cheap; the exact test only runs when bounds overlap.
+    return np.may_share_memory(a, b) and np.shares_memory(a, b)
+
+
+def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,
+              inputs: dict) -> Optional[np.ndarray]:
+    """out must be a writeable C-contiguous ndarray of exactly shape/dtype that
+    shares no memory with any input."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{fn}: out must be a numpy.ndarray; got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{fn}: out must have shape {tuple(shape)}; got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{fn}: out must have dtype {dtype}; got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{fn}: out must be C-contiguous; got an array with strides {out.strides}")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be writeable; got a read-only array")
+    for name, arr in inputs.items():
+        if isinstance(arr, np.ndarray) and _overlaps(out, arr):
+            raise ValueError(f"{fn}: out must not overlap {name}; they share memory")
+    return out

@@ -1,0 +1,88 @@
+/*
+ * fastconv C kernel interface.
+ *
+ * Layering: the Python API (fastconv/ .py files) validates every argument and
+ * allocates every result; the Cython bindings (_core.pyx) release the GIL and
+ * call through the dispatch table below; the kernels (kernels.c, compiled once
+ * per instruction set and dtype) do the arithmetic and nothing else.
+ *
+ * All sizes and index arithmetic are 64-bit.
+ */
+#ifndef FASTCONV_H
+#define FASTCONV_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Geometry of one 2-D convolution in NHWC (input), HWIO (weights), NHWC (output).
+ * A GEMM (M x K) @ (K x N) is the convolution with N=1, H=M, W=1, C=K, K=N and
+ * a 1x1 kernel. */
+typedef struct fc_conv_desc {
+    int64_t N, H, W, C;      /* input: batch, height, width, channels */
+    int64_t K;               /* output channels (all groups) */
+    int64_t groups;          /* C and K are multiples of groups */
+    int64_t kh, kw;          /* kernel taps */
+    int64_t sh, sw;          /* strides */
+    int64_t dh, dw;          /* dilations */
+    int64_t pad_top, pad_left; /* zero padding before the first row/column */
+    int64_t Ho, Wo;          /* output height and width (computed by the caller) */
+    int relu;                /* apply max(v, 0) (NaN-preserving) before storing */
+    int has_bias;            /* the packed weights carry a bias to add */
+} fc_conv_desc;
+
+/* Strides, in elements, of a weight tensor indexed (tap row, tap column,
+ * input channel within the group, output channel). HWIO and OIHW weights are
+ * both packed straight from the caller's array through these. */
+typedef struct fc_weight_strides {
+    int64_t ty, tx, c, k;
+} fc_weight_strides;
+
+enum { FC_OK = 0, FC_ENOMEM = 1 };
+
+/* One instruction set's kernels for one dtype. Pointers are void* so that a
+ * single table type serves float32 and float64. */
+typedef struct fc_kernel_set {
+    const char *isa;  /* "avx512", "avx2" or "generic" */
+    int64_t mr, nr;   /* register tile: output pixels x output channels */
+    /* Number of elements the packed weights (plus bias) of `d` occupy. */
+    int64_t (*packed_size)(const fc_conv_desc *d);
+    /* Pack weights (strided, see fc_weight_strides) and bias (contiguous, K
+     * elements, or NULL) into the micro-panel layout the conv kernel reads. */
+    void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+                 const void *bias, void *packed);
+    /* Convolution through the register-blocked micro-kernel; a 1x1, stride 1,
+     * unpadded convolution (and so every GEMM) takes its GEMM path. x is
+     * contiguous NHWC, y contiguous NHWC. */
+    int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
+                void *y, int nthreads);
+    /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
+     * w is contiguous (kh, kw, C); bias is C elements or NULL. */
+    int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
+                  const void *bias, void *y, int nthreads);
+} fc_kernel_set;
+
+enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
+enum { FC_F32 = 0, FC_F64 = 1 };
+
+/* CPU features as detected at run time (cpuid plus the OS's xgetbv state). */
+typedef struct fc_cpu_features {
+    int sse2, avx, fma, avx2, avx512f, avx512dq, avx512bw, avx512vl;
+} fc_cpu_features;
+
+fc_cpu_features fc_cpu_detect(void);
+/* Whether this build has kernels for `isa` and this CPU can run them. */
+int fc_isa_supported(int isa);
+/* The kernels of `isa` for `dtype` (FC_F32/FC_F64); NULL if not supported. */
+const fc_kernel_set *fc_kernels(int isa, int dtype);
+const char *fc_isa_name(int isa);
+const char *fc_compiler(void);
+int fc_openmp_version(void); /* _OPENMP (yyyymm), or 0 when built without OpenMP */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

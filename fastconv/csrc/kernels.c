@@ -1,0 +1,418 @@
+/*
+ * fastconv compute kernels.
+ *
+ * This one source is compiled six times by setup.py: for each dtype
+ * (FC_DTYPE_F32 / FC_DTYPE_F64) and each instruction set (FC_TARGET_AVX512,
+ * FC_TARGET_AVX2, FC_TARGET_GENERIC), each time with that ISA's compiler
+ * flags. The SIMD code is written with GCC/Clang vector extensions, whose
+ * width is set per ISA, so one implementation serves every target; the
+ * dispatch table (dispatch.c) picks one at run time.
+ *
+ * The design is the indirect GEMM of XNNPACK (Dukhan 2019) with BLIS-style
+ * weight packing:
+ *   - weights are packed once per call (or per layer) into NR-wide
+ *     micro-panels, [group][NR-block][KC-block][tap][channel][NR];
+ *   - an MR x NR register tile of the output (MR output pixels x NR output
+ *     channels) is computed by the micro-kernel, which reads the NHWC input
+ *     through MR row pointers per kernel tap (padding points at a zero row),
+ *     so no im2col buffer exists: the extra memory is MR * taps pointers per
+ *     thread;
+ *   - a 1x1, stride 1, unpadded convolution is a plain GEMM over the pixel
+ *     rows; its pointers are simply consecutive rows;
+ *   - bias and ReLU are applied in the micro-kernel's store.
+ * Every output tile is computed by exactly one thread with a fixed reduction
+ * order, so results do not depend on the number of threads.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastconv.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(FC_DTYPE_F64)
+typedef double real;
+typedef int64_t real_bits;
+#define DT f64
+#elif defined(FC_DTYPE_F32)
+typedef float real;
+typedef int32_t real_bits;
+#define DT f32
+#else
+#error "define FC_DTYPE_F32 or FC_DTYPE_F64"
+#endif
+
+/* MR: output pixels per register tile. NR = NV vectors of output channels. */
+#if defined(FC_TARGET_AVX512)
+#define ISA avx512
+#define VBYTES 64
+#define MR 12
+#define NV 2
+#elif defined(FC_TARGET_AVX2)
+#define ISA avx2
+#define VBYTES 32
+#define MR 6
+#define NV 2
+#elif defined(FC_TARGET_GENERIC)
+#define ISA generic
+#define VBYTES 16
+#define MR 6
+#define NV 2
+#else
+#error "define FC_TARGET_AVX512, FC_TARGET_AVX2 or FC_TARGET_GENERIC"
+#endif
+
+#define VLEN ((int64_t)(VBYTES / sizeof(real)))
+#define NR (NV * VLEN)
+/* Input channels per reduction block: keeps a block of packed weights
+ * (taps * KC * NR) and of input rows cache-resident. */
+#define KC 256
+/* Channels per depthwise register block. */
+#define DW_NV 4
+
+typedef real vec __attribute__((vector_size(VBYTES)));
+typedef real_bits vbits __attribute__((vector_size(VBYTES)));
+/* Unaligned, alias-safe view used for every vector load and store. */
+typedef real uvec __attribute__((vector_size(VBYTES), aligned(sizeof(real)), may_alias));
+
+#define CAT3_(a, b, c) a##_##b##_##c
+#define CAT3(a, b, c) CAT3_(a, b, c)
+#define NAME(fn) CAT3(fn, DT, ISA)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+#define F_ACCUMULATE 1 /* add to the tile already in c (later KC blocks) */
+#define F_LAST 2       /* last KC block: apply bias and ReLU */
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+static inline vec load(const real *p) { return *(const uvec *)p; }
+static inline void store(real *p, vec v) { *(uvec *)p = v; }
+
+/* max(v, 0) that keeps NaN (as PyTorch does) and -0.0: clear lanes < 0. */
+static inline vec relu(vec v)
+{
+    const vec zero = {0};
+    return (vec)((vbits)v & ~(vbits)(v < zero));
+}
+
+/* Reads of padding taps point here; it is never offset (see ukernel). */
+static const real zero_row[KC] __attribute__((aligned(64)));
+
+/*
+ * The micro-kernel: c[0:MR, 0:NR] (+)= sum over taps t and channels k of
+ * a[t][i][a_off + k] * w[t][k][0:NR].
+ * a holds ntaps * MR row pointers (tap-major); zero_row pointers are not
+ * offset. w is the packed panel of this KC block.
+ */
+static inline __attribute__((always_inline)) void ukernel(
+    int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
+    const real *restrict w, real *restrict c, int64_t ldc,
+    const real *restrict bias, int flags, int do_relu)
+{
+    vec acc[MR][NV];
+    if (flags & F_ACCUMULATE) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                acc[i][v] = load(c + i * ldc + v * VLEN);
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                acc[i][v] = (vec){0};
+    }
+    for (int64_t t = 0; t < ntaps; t++) {
+        const real *ap[MR];
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            const real *p = a[t * MR + i];
+            ap[i] = p == zero_row ? p : p + a_off;
+        }
+        for (int64_t k = 0; k < kc; k++) {
+            vec wv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                wv[v] = load(w + v * VLEN);
+            w += NR;
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) {
+                const real s = ap[i][k];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] += wv[v] * s;
+            }
+        }
+    }
+    if (flags & F_LAST) {
+        if (bias) {
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] += load(bias + v * VLEN);
+        }
+        if (do_relu) {
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++)
+                    acc[i][v] = relu(acc[i][v]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            store(c + i * ldc + v * VLEN, acc[i][v]);
+}
+
+static inline int64_t n_blocks(int64_t n) { return (n + NR - 1) / NR; }
+
+static int64_t NAME(packed_size)(const fc_conv_desc *d)
+{
+    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
+    return d->groups * n_blocks(Kg) * NR * (d->kh * d->kw * Cg + 1);
+}
+
+/* Offset of the bias part of the packed buffer. */
+static inline int64_t bias_offset(const fc_conv_desc *d)
+{
+    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
+    return d->groups * n_blocks(Kg) * NR * d->kh * d->kw * Cg;
+}
+
+static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides s,
+                       const void *biasv, void *packedv)
+{
+    const real *w = wv, *bias = biasv;
+    real *packed = packedv;
+    const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
+    const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
+    real *dst = packed;
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t k0 = g * Kg + b * NR, nr = MIN(NR, Kg - b * NR);
+            for (int64_t c0 = 0; c0 < Cg; c0 += KC) {
+                const int64_t kc = MIN(KC, Cg - c0);
+                for (int64_t t = 0; t < ntaps; t++) {
+                    const real *src = w + (t / d->kw) * s.ty + (t % d->kw) * s.tx
+                                        + c0 * s.c + k0 * s.k;
+                    for (int64_t c = 0; c < kc; c++) {
+                        int64_t j = 0;
+                        for (; j < nr; j++)
+                            dst[j] = src[c * s.c + j * s.k];
+                        for (; j < NR; j++)
+                            dst[j] = 0;
+                        dst += NR;
+                    }
+                }
+            }
+        }
+    }
+    real *pb = packed + bias_offset(d);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t j = 0; j < NR; j++) {
+                const int64_t k = b * NR + j;
+                *pb++ = (bias && k < Kg) ? bias[g * Kg + k] : 0;
+            }
+}
+
+static inline int clamp_threads(int nthreads, int64_t ntasks)
+{
+#ifdef _OPENMP
+    if (nthreads < 1)
+        nthreads = 1;
+    if (ntasks < nthreads)
+        nthreads = (int)(ntasks > 0 ? ntasks : 1);
+    return nthreads;
+#else
+    (void)nthreads;
+    (void)ntasks;
+    return 1;
+#endif
+}
+
+static inline int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Row pointers of MR output pixels starting at p0 (rows past the last pixel
+ * repeat it; their results are never stored) for every tap, tap-major. */
+static void build_pointers(const fc_conv_desc *d, const real *x, int64_t goff,
+                           int64_t p0, int64_t mr, int gemm, const real **a)
+{
+    const int64_t ntaps = d->kh * d->kw, hw = d->Ho * d->Wo;
+    for (int i = 0; i < MR; i++) {
+        const int64_t p = p0 + (i < mr ? i : mr - 1);
+        if (gemm) {
+            a[i] = x + p * d->C + goff;
+            continue;
+        }
+        const int64_t n = p / hw, r = p % hw, oy = r / d->Wo, ox = r % d->Wo;
+        const real *img = x + n * d->H * d->W * d->C + goff;
+        for (int64_t t = 0; t < ntaps; t++) {
+            const int64_t iy = oy * d->sh - d->pad_top + (t / d->kw) * d->dh;
+            const int64_t ix = ox * d->sw - d->pad_left + (t % d->kw) * d->dw;
+            a[t * MR + i] = (iy >= 0 && iy < d->H && ix >= 0 && ix < d->W)
+                                ? img + (iy * d->W + ix) * d->C
+                                : zero_row;
+        }
+    }
+}
+
+static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv,
+                      void *yv, int nthreads)
+{
+    const real *x = xv, *packed = packedv;
+    real *y = yv;
+    const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
+    const int64_t ntaps = d->kh * d->kw, M = d->N * d->Ho * d->Wo;
+    const int64_t nb = n_blocks(Kg), mtiles = (M + MR - 1) / MR;
+    const int64_t ntasks = G * nb * mtiles;
+    if (ntasks == 0)
+        return FC_OK;
+    const int gemm = ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 &&
+                     d->pad_left == 0 && d->Ho == d->H && d->Wo == d->W;
+    const real *pbias = d->has_bias ? packed + bias_offset(d) : NULL;
+    const int nt = clamp_threads(nthreads, ntasks);
+    const real **pointers = malloc(sizeof(*pointers) * (size_t)(nt * MR * ntaps));
+    if (!pointers)
+        return FC_ENOMEM;
+
+#pragma omp parallel num_threads(nt)
+    {
+        const real **a = pointers + thread_id() * MR * ntaps;
+        real tile[MR * NR] __attribute__((aligned(64)));
+        /* Output-pixel tiles innermost: consecutive tasks of a thread reuse
+         * the same packed weights. */
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntasks; task++) {
+            const int64_t mt = task % mtiles, gb = task / mtiles;
+            const int64_t b = gb % nb, g = gb / nb;
+            const int64_t p0 = mt * MR, mr = MIN(MR, M - p0);
+            const int64_t nr = MIN(NR, Kg - b * NR);
+            build_pointers(d, x, g * Cg, p0, mr, gemm, a);
+
+            const int full = mr == MR && nr == NR;
+            real *c = full ? y + p0 * d->K + g * Kg + b * NR : tile;
+            const int64_t ldc = full ? d->K : NR;
+            const real *wb = packed + (g * nb + b) * ntaps * Cg * NR;
+            const real *bias = pbias ? pbias + (g * nb + b) * NR : NULL;
+            /* At least one block, so that C == 0 still stores bias/zeros. */
+            int64_t c0 = 0;
+            do {
+                const int64_t kc = MIN(KC, Cg - c0);
+                const int flags = (c0 > 0 ? F_ACCUMULATE : 0) | (c0 + kc >= Cg ? F_LAST : 0);
+                ukernel(kc, ntaps, a, c0, wb + c0 * ntaps * NR, c, ldc, bias, flags, d->relu);
+                c0 += kc;
+            } while (c0 < Cg);
+            if (!full) {
+                real *dst = y + p0 * d->K + g * Kg + b * NR;
+                for (int64_t i = 0; i < mr; i++)
+                    memcpy(dst + i * d->K, tile + i * NR, sizeof(real) * (size_t)nr);
+            }
+        }
+    }
+    free(pointers);
+    return FC_OK;
+}
+
+/* Depthwise: NV_ vectors of channels at one output pixel, summed over taps
+ * in a fixed order (padding taps are skipped). */
+static inline __attribute__((always_inline)) void dw_block(
+    const fc_conv_desc *d, const real *img, const real *w, const real *bias,
+    int64_t oy, int64_t ox, int64_t c0, int nv, real *out)
+{
+    vec acc[DW_NV];
+    for (int v = 0; v < nv; v++)
+        acc[v] = (vec){0};
+    for (int64_t ty = 0; ty < d->kh; ty++) {
+        const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
+        if (iy < 0 || iy >= d->H)
+            continue;
+        for (int64_t tx = 0; tx < d->kw; tx++) {
+            const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
+            if (ix < 0 || ix >= d->W)
+                continue;
+            const real *xp = img + (iy * d->W + ix) * d->C + c0;
+            const real *wp = w + (ty * d->kw + tx) * d->C + c0;
+            for (int v = 0; v < nv; v++)
+                acc[v] += load(xp + v * VLEN) * load(wp + v * VLEN);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        if (bias)
+            acc[v] += load(bias + c0 + v * VLEN);
+        if (d->relu)
+            acc[v] = relu(acc[v]);
+        store(out + c0 + v * VLEN, acc[v]);
+    }
+}
+
+static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real *w,
+                             const real *bias, int64_t oy, int64_t ox, int64_t c, real *out)
+{
+    real acc = 0;
+    for (int64_t ty = 0; ty < d->kh; ty++) {
+        const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
+        if (iy < 0 || iy >= d->H)
+            continue;
+        for (int64_t tx = 0; tx < d->kw; tx++) {
+            const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
+            if (ix < 0 || ix >= d->W)
+                continue;
+            acc += img[(iy * d->W + ix) * d->C + c] * w[(ty * d->kw + tx) * d->C + c];
+        }
+    }
+    if (bias)
+        acc += bias[c];
+    if (d->relu && acc < 0)
+        acc = 0;
+    out[c] = acc;
+}
+
+static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
+                        const void *biasv, void *yv, int nthreads)
+{
+    const real *x = xv, *w = wv, *bias = biasv;
+    real *y = yv;
+    const int64_t rows = d->N * d->Ho, C = d->C;
+    const int nt = clamp_threads(nthreads, rows);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t row = 0; row < rows; row++) {
+        const int64_t n = row / d->Ho, oy = row % d->Ho;
+        const real *img = x + n * d->H * d->W * C;
+        for (int64_t ox = 0; ox < d->Wo; ox++) {
+            real *out = y + (row * d->Wo + ox) * C;
+            int64_t c = 0;
+            for (; c + DW_NV * VLEN <= C; c += DW_NV * VLEN)
+                dw_block(d, img, w, bias, oy, ox, c, DW_NV, out);
+            for (; c + VLEN <= C; c += VLEN)
+                dw_block(d, img, w, bias, oy, ox, c, 1, out);
+            for (; c < C; c++)
+                dw_scalar(d, img, w, bias, oy, ox, c, out);
+        }
+    }
+    return FC_OK;
+}
+
+const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
+    .isa = STR(ISA),
+    .mr = MR,
+    .nr = NR,
+    .packed_size = NAME(packed_size),
+    .pack = NAME(pack),
+    .conv = NAME(conv),
+    .dwconv = NAME(dwconv),
+};

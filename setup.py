@@ -1,0 +1,92 @@
+"""Build of fastconv's compiled core.
+
+The kernels (fastconv/csrc/kernels.c) are compiled once per instruction set
+and dtype, each with its own flags, and linked into the one extension module
+fastconv._core next to the dispatch code that picks one at run time. Nothing
+is compiled with -march=native, so a wheel built here runs on any x86-64; on
+other CPUs only the portable kernels are built.
+
+Environment:
+    FASTCONV_NO_OPENMP=1   build without OpenMP (single-threaded kernels)
+"""
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = os.path.join("fastconv", "csrc")
+KERNELS = os.path.join(CSRC, "kernels.c")
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall"]
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+# (name, flags): the instruction sets the kernels are compiled for.
+TARGETS = [("generic", [])]
+if X86:
+    TARGETS += [
+        ("avx2", ["-mavx2", "-mfma"]),
+        ("avx512", ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]),
+    ]
+
+
+def openmp_flags(compiler):
+    """-fopenmp if this compiler can build and link an OpenMP program, else []."""
+    if os.environ.get("FASTCONV_NO_OPENMP", "") not in ("", "0"):
+        return []
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n")
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+        compiler.link_executable(objs, "omp_probe", output_dir=tmp, extra_postargs=["-fopenmp"])
+        return ["-fopenmp"]
+    except Exception as exc:  # any compile or link failure means no OpenMP
+        print(f"fastconv: building without OpenMP ({exc})", file=sys.stderr)
+        return []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            raise RuntimeError("fastconv needs GCC or Clang (vector extensions)")
+        omp = openmp_flags(self.compiler)
+        for ext in self.extensions:
+            objects = []
+            for isa, flags in TARGETS:
+                for dtype in ("F32", "F64"):
+                    objects += self.compiler.compile(
+                        [KERNELS],
+                        output_dir=os.path.join(self.build_temp, f"kernels_{isa}_{dtype.lower()}"),
+                        macros=[(f"FC_TARGET_{isa.upper()}", "1"), (f"FC_DTYPE_{dtype}", "1")],
+                        include_dirs=[CSRC],
+                        extra_postargs=BASE_FLAGS + ["-fPIC"] + flags + omp,
+                        depends=[os.path.join(CSRC, "fastconv.h")],
+                    )
+            ext.extra_objects = objects + list(ext.extra_objects or [])
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + omp
+            ext.extra_link_args = list(ext.extra_link_args or []) + omp
+        super().build_extensions()
+
+
+core = Extension(
+    "fastconv._core",
+    sources=["fastconv/_core.pyx", os.path.join(CSRC, "dispatch.c")],
+    include_dirs=[CSRC, numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
+    + ([("FC_HAVE_X86_KERNELS", "1")] if X86 else []),
+    extra_compile_args=["-O2"],
+    depends=[KERNELS, os.path.join(CSRC, "fastconv.h"), "fastconv/_kernels.pxd"],
+)
+
+setup(
+    ext_modules=cythonize([core], compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt},
+)
