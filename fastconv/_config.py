@@ -91,10 +91,15 @@ def set_num_threads(n: int) -> None:
         _num_threads = n
 
 
+# More threads than this never run: a request beyond it is served by this many
+# (results do not depend on the thread count, only the speed would).
+MAX_THREADS = 1024
+
+
 def resolve_threads(fn: str, num_threads: Any) -> int:
-    if num_threads is None:
-        return _num_threads
-    return positive_int(fn, "num_threads", num_threads)
+    """The thread count for one call: num_threads, or the package default."""
+    n = _num_threads if num_threads is None else positive_int(fn, "num_threads", num_threads)
+    return min(n, MAX_THREADS)
 
 
 def config() -> Dict[str, Any]:

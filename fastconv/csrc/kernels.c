@@ -223,9 +223,13 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
             }
 }
 
+/* Threads for a loop of ntasks: at most one per task and per processor
+ * (more would only oversubscribe the cores). */
 static inline int clamp_threads(int nthreads, int64_t ntasks)
 {
 #ifdef _OPENMP
+    if (nthreads > omp_get_num_procs())
+        nthreads = omp_get_num_procs();
     if (nthreads < 1)
         nthreads = 1;
     if (ntasks < nthreads)
