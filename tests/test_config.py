@@ -5,6 +5,7 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -20,11 +21,15 @@ FAMILIES = ("gemm", "conv", "depthwise")
 
 
 def run_python(*args, env_update=None):
+    """Run the interpreter on `args` outside the source tree: `python -c` and
+    `-m` put the working directory first on sys.path, and the checkout's
+    fastconv/ (without the compiled extension) must not shadow the
+    installed package."""
     env = dict(os.environ)
     env.pop("FASTCONV_ISA", None)
     env.update(env_update or {})
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=120, cwd=tempfile.gettempdir())
 
 
 # --------------------------------------------------------------------------
