@@ -54,6 +54,15 @@ def register_tile(str dtype):
     return (ks.mr, ks.nr)
 
 
+def fma_probe(str dtype, int64_t iters, int nthreads):
+    """Run the active ISA's register-only FMA loop; returns the flops done."""
+    cdef const fc_kernel_set *ks = _active[FC_F64 if dtype == "float64" else FC_F32]
+    cdef double flops
+    with nogil:
+        flops = ks.fma_probe(iters, nthreads)
+    return flops
+
+
 def cpu_features():
     cdef fc_cpu_features f = fc_cpu_detect()
     return {"sse2": bool(f.sse2), "avx": bool(f.avx), "fma": bool(f.fma),

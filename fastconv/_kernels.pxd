@@ -21,6 +21,7 @@ cdef extern from "fastconv.h" nogil:
                     void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                       const void *bias, void *y, int nthreads) noexcept nogil
+        double (*fma_probe)(int64_t iters, int nthreads) noexcept nogil
 
     ctypedef struct fc_cpu_features:
         int sse2, avx, fma, avx2, avx512f, avx512dq, avx512bw, avx512vl

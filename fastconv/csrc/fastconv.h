@@ -63,6 +63,9 @@ typedef struct fc_kernel_set {
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                   const void *bias, void *y, int nthreads);
+    /* Register-only FMA loop on nthreads threads, for the peak-throughput
+     * figure of the benchmark; returns the floating-point operations done. */
+    double (*fma_probe)(int64_t iters, int nthreads);
 } fc_kernel_set;
 
 enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };

@@ -411,6 +411,34 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
     return FC_OK;
 }
 
+/* Peak-throughput probe: iters rounds of FMA_CHAINS independent vector FMAs
+ * per thread, registers only. Returns the floating-point operations done. */
+#define FMA_CHAINS 16
+static double NAME(fma_probe)(int64_t iters, int nthreads)
+{
+    const int nt = clamp_threads(nthreads, nthreads);
+    double total = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+    {
+        vec acc[FMA_CHAINS];
+        const vec m = (vec){0} + (real)0.999999, a = (vec){0} + (real)1e-7;
+        for (int j = 0; j < FMA_CHAINS; j++)
+            acc[j] = (vec){0} + (real)(j + 1);
+        for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+            for (int j = 0; j < FMA_CHAINS; j++)
+                acc[j] = acc[j] * m + a;
+        }
+        real sum = 0;
+        for (int j = 0; j < FMA_CHAINS; j++)
+            for (int l = 0; l < VLEN; l++)
+                sum += acc[j][l];
+        /* The sum is positive and finite: this only keeps the loop alive. */
+        total += sum > 0 ? 2.0 * FMA_CHAINS * VLEN * (double)iters : 0.0;
+    }
+    return total;
+}
+
 const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .isa = STR(ISA),
     .mr = MR,
@@ -419,4 +447,5 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .pack = NAME(pack),
     .conv = NAME(conv),
     .dwconv = NAME(dwconv),
+    .fma_probe = NAME(fma_probe),
 };
