@@ -1,157 +1,598 @@
-"""`python -m fastconv bench`: fastconv against numpy.matmul, side by side.
+"""`python -m fastconv bench`: fastconv against NumPy and PyTorch, layer by layer.
 
-Each case is timed interleaved with its baseline (fastconv, baseline,
-fastconv, ...) after a warm-up, and the medians are compared, so that the
-noise of a shared machine hits both sides alike. Baselines: numpy.matmul for
-GEMMs and 1x1 convolutions; im2col + numpy.matmul for n x n convolutions.
+The layers are those of fastconv._shapes (VGG16, ResNet-50, MobileNetV2's
+depthwise layers, VGG's classifier as convolutions, and ResNet-50's 1x1 GEMMs).
+For every layer and thread count, the contenders are timed interleaved
+(fastconv, numpy, torch, torch_cl, fastconv, ...) after a warm-up, and the
+medians are compared, so that the noise of a shared machine hits all alike:
+
+- fastconv: fastconv.matmul, or fastconv.conv2d in NHWC with HWIO weights;
+- numpy: numpy.matmul for GEMMs and 1x1 stride-1 layers ("matmul"),
+  im2col + numpy.matmul for the other convolutions ("im2col"), and a sum of
+  k*k shifted slices times the weights for depthwise layers ("taps"); its BLAS
+  is limited to the same thread count with threadpoolctl;
+- torch / torch_cl: torch.matmul, or torch.nn.functional.conv2d on contiguous
+  NCHW tensors (torch) and on channels_last ones (torch_cl), under
+  torch.no_grad() with torch.set_num_threads(threads); "-" where torch is not
+  installed.
+
+GFLOP/s = 2 * N*Ho*Wo * K * kh*kw * C/groups / time. "% of peak" compares
+fastconv with the peak of a register-only FMA loop on the active ISA
+(fastconv._core.fma_probe) at the same thread count. Weight GB/s = the bytes
+of the weights / time, the figure that matters for the FC layers at batch 1;
+it is compared with the memory read bandwidth measured by numpy.dot(v, v) over
+a vector much larger than the caches.
+
+--json FILE writes one object with the keys:
+  machine        {cpu, cpus, platform}
+  isa            the instruction set fastconv's kernels run
+  versions       {fastconv, python, numpy, torch, torch_cpu_capability, blas}
+  config         fastconv.config()
+  blas           numpy's BLAS libraries as threadpoolctl reports them
+  openblas_env   OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where set
+  settings       {suite, suites, threads, dtype, quick, reps, min_time}
+  peak_gflops    {threads: GFLOP/s of the FMA probe}
+  memory_bandwidth {method, gbps: {threads: GB/s}}
+  results        one object per layer and thread count: suite, layer, shape,
+                 count, threads, dtype, flops, weight_bytes, numpy_method,
+                 seconds / gflops / weight_gbps {contender: value or null},
+                 pct_peak, pct_bandwidth,
+                 speedup {numpy, torch, torch_cl, torch_best} (= their time /
+                 fastconv's)
+  summary        one object per suite and thread count: suite, threads,
+                 layers, layers_in_suite (both with multiplicity), flops,
+                 seconds {contender: total or null}, gflops, pct_peak,
+                 speedup {numpy, torch, torch_cl}
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
 import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 import fastconv
+from fastconv import _core, _shapes
+from fastconv._shapes import Conv, Gemm, Layer
 
-# (name, M, K, N)
-GEMM_QUICK = [("gemm 3136x64x256", 3136, 64, 256), ("gemm 784x128x512", 784, 128, 512),
-              ("gemm 1024^3", 1024, 1024, 1024)]
-# (name, H, W, C, K, kernel, stride, padding)
-CONV_QUICK = [("vgg16 conv3_2 3x3", 56, 56, 256, 256, 3, 1, 1),
-              ("resnet50 1x1 56x56 64->256", 56, 56, 64, 256, 1, 1, 0),
-              ("resnet50 3x3 14x14 256", 14, 14, 256, 256, 3, 1, 1)]
+CONTENDERS = ("fastconv", "numpy", "torch", "torch_cl")
+LABELS = {"fastconv": "fastconv", "numpy": "numpy", "torch": "torch NCHW",
+          "torch_cl": "torch channels_last"}
+# (repetitions, minimum seconds per timed sample) for --quick and for full runs.
+TIMING = {True: (5, 0.02), False: (9, 0.05)}
+PROBE_SECONDS = 0.2        # length of one FMA-probe call
+BANDWIDTH_BYTES = 1 << 28  # the vector read by the bandwidth measurement
+OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _thread_list(text: str) -> List[int]:
+    """argparse type: "1,2" -> [1, 2]."""
+    try:
+        threads = [int(t) for t in text.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts >= 1 like 1,2; got {text!r}")
+    return threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run (fewer repetitions)")
-    parser.add_argument("--threads", default=None,
+    """The options of `python -m fastconv bench`."""
+    parser.add_argument("--suite", choices=[*_shapes.SUITES, "all"], default="all",
+                        help="which layers to run (default: all)")
+    parser.add_argument("--threads", type=_thread_list, default=None,
                         help="comma-separated thread counts, e.g. 1,2 (default: the package default)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--quick", action="store_true",
+                        help="a representative subset of the layers, fewer repetitions")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw a per-layer bar chart (needs matplotlib)")
 
 
-@contextmanager
-def _blas_threads(n: int):
-    """Limit numpy's BLAS to n threads where threadpoolctl is installed."""
+@functools.lru_cache(maxsize=None)
+def _torch():
+    """The torch module, or None when it is not installed."""
     try:
-        from threadpoolctl import threadpool_limits
+        import torch
     except ImportError:
-        yield False
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield True
+        return None
+    return torch
 
 
-def blas_info() -> List[Dict[str, object]]:
-    """Which BLAS numpy runs, and which kernel (threadpoolctl), if known."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"note": "threadpoolctl not installed: numpy's BLAS not identified"}]
-    return [{k: v for k, v in info.items() if k in
-             ("internal_api", "version", "architecture", "num_threads", "filepath")}
-            for info in threadpool_info() if info.get("user_api") == "blas"]
+# --------------------------------------------------------------------------
+# Layer geometry
+# --------------------------------------------------------------------------
+def out_size(layer: Conv) -> int:
+    """Output height (= width) of a convolution layer."""
+    return (layer.hw + 2 * layer.pad - layer.k) // layer.stride + 1
 
 
-def _time_pair(f: Callable[[], object], g: Callable[[], object], reps: int,
-               min_time: float) -> tuple:
-    """Medians of interleaved timings of f and g (each call repeated until it
-    lasts min_time, to time short calls accurately)."""
-    def calls_for(h):
-        n, t = 1, 0.0
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                h()
-            t = time.perf_counter() - t0
-            if t >= min_time or n >= 1 << 16:
-                return n
-            n *= 2
+def flops(layer: Layer) -> float:
+    """Floating-point operations of one call (a multiply-add counts 2)."""
+    if isinstance(layer, Gemm):
+        return 2.0 * layer.M * layer.K * layer.N
+    return 2.0 * out_size(layer) ** 2 * layer.K * layer.k ** 2 * layer.C / layer.groups
 
-    nf, ng = calls_for(f), calls_for(g)
-    tf, tg = [], []
-    for _ in range(reps):
-        for h, n, acc in ((f, nf, tf), (g, ng, tg)):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                h()
-            acc.append((time.perf_counter() - t0) / n)
-    return statistics.median(tf), statistics.median(tg)
+
+def weight_bytes(layer: Layer, dtype: np.dtype) -> int:
+    """Size of the weights (B of a GEMM)."""
+    if isinstance(layer, Gemm):
+        return layer.K * layer.N * dtype.itemsize
+    return layer.k ** 2 * layer.C // layer.groups * layer.K * dtype.itemsize
+
+
+def shape_text(layer: Layer) -> str:
+    """Short description, e.g. "3136x64x256" or "56x56x128->128 3x3/2"."""
+    if isinstance(layer, Gemm):
+        return f"{layer.M}x{layer.K}x{layer.N}"
+    out = f"->{layer.K}" if layer.groups == 1 else " dw"
+    stride = f"/{layer.stride}" if layer.stride > 1 else ""
+    return f"{layer.hw}x{layer.hw}x{layer.C}{out} {layer.k}x{layer.k}{stride}"
+
+
+# --------------------------------------------------------------------------
+# NumPy baselines
+# --------------------------------------------------------------------------
+def _padded(x: np.ndarray, pad: int) -> np.ndarray:
+    return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
 
 
 def im2col_matmul(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """The NumPy baseline for an n x n convolution: im2col, then numpy.matmul."""
+    """The NumPy baseline for a dense n x n convolution: im2col, then numpy.matmul.
+    x is NHWC, w HWIO; returns NHWC."""
     N, H, W, C = x.shape
     kh, kw, _, K = w.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
     Ho, Wo = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
-    cols = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    cols = np.lib.stride_tricks.sliding_window_view(_padded(x, pad), (kh, kw), axis=(1, 2))
     cols = cols[:, ::stride, ::stride][:, :Ho, :Wo]  # (N, Ho, Wo, C, kh, kw)
     cols = cols.transpose(0, 1, 2, 4, 5, 3).reshape(N * Ho * Wo, kh * kw * C)
     return np.matmul(cols, w.reshape(kh * kw * C, K)).reshape(N, Ho, Wo, K)
 
 
-def _cases(dtype, rng):
-    for name, M, K, N in GEMM_QUICK:
-        a = rng.standard_normal((M, K)).astype(dtype)
-        b = rng.standard_normal((K, N)).astype(dtype)
-        yield (name, 2.0 * M * K * N,
-               lambda nt, a=a, b=b: fastconv.matmul(a, b, num_threads=nt),
-               lambda a=a, b=b: np.matmul(a, b), "numpy.matmul")
-    for name, H, W, C, K, k, s, p in CONV_QUICK:
-        x = rng.standard_normal((1, H, W, C)).astype(dtype)
-        w = (rng.standard_normal((k, k, C, K)) / np.sqrt(k * k * C)).astype(dtype)
-        Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        flops = 2.0 * Ho * Wo * K * k * k * C
-        if k == 1 and s == 1:
-            base = lambda x=x, w=w: np.matmul(x.reshape(-1, x.shape[-1]), w[0, 0])
-            base_name = "numpy.matmul"
-        else:
-            base = lambda x=x, w=w, s=s, p=p: im2col_matmul(x, w, s, p)
-            base_name = "im2col+numpy.matmul"
-        yield (name, flops, lambda nt, x=x, w=w, s=s, p=p:
-               fastconv.conv2d(x, w, stride=s, padding=p, num_threads=nt), base, base_name)
+def depthwise_taps(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """The NumPy baseline for a depthwise convolution (channel multiplier 1):
+    the sum over the kernel taps of a shifted input slice times that tap's
+    weights. x is NHWC, w (kh, kw, 1, C); returns NHWC."""
+    N, H, W, C = x.shape
+    kh, kw = w.shape[:2]
+    Ho, Wo = (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
+    xp = _padded(x, pad)
+    y = np.zeros((N, Ho, Wo, C), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += xp[:, i:i + stride * (Ho - 1) + 1:stride,
+                    j:j + stride * (Wo - 1) + 1:stride] * w[i, j, 0]
+    return y
+
+
+def numpy_method(layer: Layer) -> str:
+    """Which NumPy baseline a layer gets: "matmul", "im2col" or "taps"."""
+    if isinstance(layer, Gemm) or (layer.k == 1 and layer.stride == 1):
+        return "matmul"
+    return "taps" if layer.groups > 1 else "im2col"
+
+
+# --------------------------------------------------------------------------
+# The contenders of one layer
+# --------------------------------------------------------------------------
+Call = Callable[[int], object]  # called with the thread count
+
+
+def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Call:
+    """fastconv's side of a convolution layer (NHWC input, HWIO weights). The
+    weights are packed inside every call today; this is the one place to
+    change when a layer object packs them once."""
+    return lambda nt: fastconv.conv2d(x, w, stride=layer.stride, padding=layer.pad,
+                                      groups=layer.groups, num_threads=nt)
+
+
+def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[str, Call]:
+    """Random inputs for `layer` and a callable per contender (in CONTENDERS
+    order; the torch ones only where torch is installed, torch_cl only for
+    convolutions). Each callable takes the thread count; only fastconv uses
+    it, the others are limited by thread_limits()."""
+    torch = _torch()
+    if isinstance(layer, Gemm):
+        a = rng.standard_normal((layer.M, layer.K), dtype=dtype)
+        b = rng.standard_normal((layer.K, layer.N), dtype=dtype)
+        calls = {"fastconv": lambda nt: fastconv.matmul(a, b, num_threads=nt),
+                 "numpy": lambda nt: np.matmul(a, b)}
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            calls["torch"] = lambda nt: torch.matmul(ta, tb)
+        return calls
+
+    s, p, g = layer.stride, layer.pad, layer.groups
+    x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
+    w = rng.standard_normal((layer.k, layer.k, layer.C // g, layer.K), dtype=dtype)
+    method = numpy_method(layer)
+    if method == "matmul":
+        x2, w2 = x.reshape(-1, layer.C), w.reshape(layer.C, layer.K)
+        numpy_call = lambda nt: np.matmul(x2, w2)  # noqa: E731
+    elif method == "taps":
+        numpy_call = lambda nt: depthwise_taps(x, w, s, p)  # noqa: E731
+    else:
+        numpy_call = lambda nt: im2col_matmul(x, w, s, p)  # noqa: E731
+    calls = {"fastconv": fastconv_call(layer, x, w), "numpy": numpy_call}
+    if torch is not None:
+        conv = torch.nn.functional.conv2d
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()  # OIHW
+        xcl, wcl = (t.to(memory_format=torch.channels_last) for t in (xt, wt))
+        calls["torch"] = lambda nt: conv(xt, wt, stride=s, padding=p, groups=g)
+        calls["torch_cl"] = lambda nt: conv(xcl, wcl, stride=s, padding=p, groups=g)
+    return calls
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+@contextmanager
+def thread_limits(nt: int) -> Iterator[None]:
+    """Run the baselines on nt threads: numpy's BLAS through threadpoolctl
+    (when installed), torch through torch.set_num_threads (restored on exit),
+    under torch.no_grad(). fastconv is given nt in each call."""
+    with ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+            stack.enter_context(threadpool_limits(limits=nt, user_api="blas"))
+        except ImportError:
+            pass
+        torch = _torch()
+        if torch is not None:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(nt)
+            stack.enter_context(torch.no_grad())
+        yield
+
+
+def time_interleaved(calls: Sequence[Callable[[], object]], reps: int,
+                     min_time: float) -> List[float]:
+    """Median seconds per call of each callable.
+
+    Each is called once to warm up and once more to time it; a sample then
+    repeats it enough times to last min_time. The samples are taken in
+    rounds, one of each callable per round, so that a disturbance of the
+    machine hits them all alike."""
+    for call in calls:
+        call()
+    counts = []
+    for call in calls:
+        t0 = time.perf_counter()
+        call()
+        once = max(time.perf_counter() - t0, 1e-9)
+        counts.append(min(max(1, math.ceil(min_time / once)), 1 << 16))
+    samples: List[List[float]] = [[] for _ in calls]
+    for _ in range(reps):
+        for call, n, acc in zip(calls, counts, samples):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                call()
+            acc.append((time.perf_counter() - t0) / n)
+    return [statistics.median(acc) for acc in samples]
+
+
+def measure_peak(dtype: str, nt: int) -> float:
+    """Peak GFLOP/s of fastconv's FMA probe (a register-only FMA loop on the
+    active ISA) on nt threads, with calls of about PROBE_SECONDS."""
+    base = 1 << 20
+    t0 = time.perf_counter()
+    flops_per_iter = _core.fma_probe(dtype, base, nt) / base
+    iters = max(base, int(base * PROBE_SECONDS / (time.perf_counter() - t0)))
+    (t,) = time_interleaved([lambda: _core.fma_probe(dtype, iters, nt)], reps=3, min_time=0)
+    return flops_per_iter * iters / t / 1e9
+
+
+BANDWIDTH_METHOD = (f"numpy.dot(v, v) over a {BANDWIDTH_BYTES >> 20} MiB float32 vector "
+                    "(each call reads v once from memory), BLAS threads = thread count, "
+                    "median of 3")
+
+
+def measure_bandwidth(threads: Sequence[int]) -> Dict[int, float]:
+    """Memory read bandwidth in GB/s per thread count (see BANDWIDTH_METHOD)."""
+    v = np.ones(BANDWIDTH_BYTES // 4, np.float32)
+    gbps = {}
+    for nt in threads:
+        with thread_limits(nt):
+            (t,) = time_interleaved([lambda: np.dot(v, v)], reps=3, min_time=0)
+        gbps[nt] = v.nbytes / t / 1e9
+    return gbps
+
+
+# --------------------------------------------------------------------------
+# Facts about the machine and the libraries
+# --------------------------------------------------------------------------
+def blas_info() -> List[Dict[str, object]]:
+    """Which BLAS numpy runs, and which kernel (threadpoolctl), if known."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "threadpoolctl not installed: numpy's BLAS not identified "
+                         "and not limited to the thread count"}]
+    return [{k: v for k, v in info.items() if k in
+             ("internal_api", "version", "architecture", "threading_layer", "filepath")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> Dict[str, Optional[str]]:
+    """Versions of everything the figures depend on."""
+    torch = _torch()
+    blas = [f"{b['internal_api']} {b['version']}" for b in blas_info() if "version" in b]
+    return {"fastconv": fastconv.__version__, "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__ if torch is not None else None,
+            "torch_cpu_capability": (torch.backends.cpu.get_cpu_capability()
+                                     if torch is not None else None),
+            "blas": ", ".join(blas) or None}
+
+
+# --------------------------------------------------------------------------
+# Results and tables
+# --------------------------------------------------------------------------
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    return None if num is None or den is None else num / den
+
+
+def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype,
+               seconds: Dict[str, Optional[float]], peak: float, bandwidth: float) -> dict:
+    """Every figure of one layer at one thread count (see the JSON keys above)."""
+    fl, wb = flops(layer), weight_bytes(layer, dtype)
+    torch_times = [t for t in (seconds["torch"], seconds["torch_cl"]) if t is not None]
+    tf = seconds["fastconv"]
+    gbps = {c: _ratio(wb / 1e9, t) for c, t in seconds.items()}
+    return {"suite": suite, "layer": layer.name, "shape": shape_text(layer),
+            "count": layer.count, "threads": nt, "dtype": dtype.name, "flops": fl,
+            "weight_bytes": wb, "numpy_method": numpy_method(layer), "seconds": seconds,
+            "gflops": {c: _ratio(fl / 1e9, t) for c, t in seconds.items()},
+            "weight_gbps": gbps,
+            "pct_peak": 100 * fl / 1e9 / tf / peak,
+            "pct_bandwidth": 100 * gbps["fastconv"] / bandwidth,
+            "speedup": {"numpy": _ratio(seconds["numpy"], tf),
+                        "torch": _ratio(seconds["torch"], tf),
+                        "torch_cl": _ratio(seconds["torch_cl"], tf),
+                        "torch_best": _ratio(min(torch_times), tf) if torch_times else None}}
+
+
+def summary_row(suite: str, nt: int, rows: List[dict], peak: float) -> dict:
+    """Totals of one suite at one thread count, each layer weighed by its count."""
+    total = {}
+    for c in CONTENDERS:
+        times = [r["seconds"][c] for r in rows]
+        total[c] = (None if None in times else
+                    sum(r["count"] * t for r, t in zip(rows, times)))
+    fl = sum(r["count"] * r["flops"] for r in rows)
+    gflops = fl / 1e9 / total["fastconv"]
+    return {"suite": suite, "threads": nt,
+            "layers": sum(r["count"] for r in rows),
+            "layers_in_suite": sum(layer.count for layer in _shapes.SUITES[suite]),
+            "flops": fl, "seconds": total, "gflops": gflops, "pct_peak": 100 * gflops / peak,
+            "speedup": {c: _ratio(total[c], total["fastconv"])
+                        for c in ("numpy", "torch", "torch_cl")}}
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def _ms(row: dict, contender: str) -> str:
+    t = row["seconds"][contender]
+    return _fmt(t and t * 1e3, ".2f")
+
+
+def _torch_best(values: Dict[str, Optional[float]]) -> Optional[float]:
+    """The larger of the torch and torch_cl figures (a rate), if any."""
+    return max((values[c] for c in ("torch", "torch_cl") if values[c] is not None), default=None)
+
+
+class Column(NamedTuple):
+    header: str
+    width: int
+    cell: Callable[[dict], str]
+    left: bool = False
+
+
+LAYER_COLUMNS = [
+    Column("layer", 18, lambda r: r["layer"], left=True),
+    Column("shape", 21, lambda r: r["shape"], left=True),
+    Column("n", 2, lambda r: str(r["count"])),
+    Column("MFLOP", 8, lambda r: _fmt(r["flops"] / 1e6, ".1f")),
+    Column("fastconv", 8, lambda r: _fmt(r["gflops"]["fastconv"], ".1f")),
+    Column("%pk", 4, lambda r: _fmt(r["pct_peak"], ".0f")),
+    Column("numpy", 7, lambda r: _fmt(r["gflops"]["numpy"], ".1f")),
+    Column("via", 6, lambda r: r["numpy_method"], left=True),
+    Column("torch", 7, lambda r: _fmt(r["gflops"]["torch"], ".1f")),
+    Column("t_cl", 7, lambda r: _fmt(r["gflops"]["torch_cl"], ".1f")),
+    Column("vs np", 6, lambda r: _fmt(r["speedup"]["numpy"], ".2f", "x")),
+    Column("vs torch", 8, lambda r: _fmt(r["speedup"]["torch_best"], ".2f", "x")),
+]
+# The FC layers stream their weights once per call: show that rate too.
+FC_COLUMNS = LAYER_COLUMNS + [
+    Column("fc GB/s", 7, lambda r: _fmt(r["weight_gbps"]["fastconv"], ".1f")),
+    Column("%BW", 4, lambda r: _fmt(r["pct_bandwidth"], ".0f")),
+    Column("np GB/s", 7, lambda r: _fmt(r["weight_gbps"]["numpy"], ".1f")),
+    Column("t GB/s", 6, lambda r: _fmt(_torch_best(r["weight_gbps"]), ".1f")),
+]
+SUMMARY_COLUMNS = [
+    Column("suite", 12, lambda r: r["suite"], left=True),
+    Column("thr", 3, lambda r: str(r["threads"])),
+    Column("layers", 6, lambda r: f"{r['layers']}/{r['layers_in_suite']}"),
+    Column("GFLOP", 7, lambda r: _fmt(r["flops"] / 1e9, ".2f")),
+    Column("fc ms", 8, lambda r: _ms(r, "fastconv")),
+    Column("GF/s", 6, lambda r: _fmt(r["gflops"], ".1f")),
+    Column("%pk", 4, lambda r: _fmt(r["pct_peak"], ".0f")),
+    Column("np ms", 8, lambda r: _ms(r, "numpy")),
+    Column("torch ms", 8, lambda r: _ms(r, "torch")),
+    Column("t_cl ms", 8, lambda r: _ms(r, "torch_cl")),
+    Column("vs np", 6, lambda r: _fmt(r["speedup"]["numpy"], ".2f", "x")),
+    Column("vs torch", 8, lambda r: _fmt(r["speedup"]["torch"], ".2f", "x")),
+    Column("vs t_cl", 7, lambda r: _fmt(r["speedup"]["torch_cl"], ".2f", "x")),
+]
+
+
+def print_table(title: str, rows: List[dict], columns: List[Column]) -> None:
+    """Print rows under a title and a header, one column per Column."""
+    def line(cells):
+        return " ".join(cell.ljust(c.width) if c.left else cell.rjust(c.width)
+                        for c, cell in zip(columns, cells)).rstrip()
+    header = line([c.header for c in columns])
+    print(f"\n{title}\n{header}\n{'-' * len(header)}")
+    for r in rows:
+        print(line([c.cell(r) for c in columns]))
+
+
+def _pyplot():
+    """matplotlib.pyplot on a file-only backend, or None when not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot(plt, path: str, rows: List[dict]) -> None:
+    """A bar chart per suite and thread count: each contender's GFLOP/s per layer."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["suite"], r["threads"]), []).append(r)
+    longest = max(len(g) for g in groups.values())
+    fig, axes = plt.subplots(len(groups), 1, squeeze=False,
+                             figsize=(max(8.0, 0.7 * longest + 2), 3.6 * len(groups)))
+    width = 0.8 / len(CONTENDERS)
+    for ax, ((suite, nt), group) in zip(axes[:, 0], groups.items()):
+        xs = np.arange(len(group))
+        for i, c in enumerate(CONTENDERS):
+            values = [r["gflops"][c] for r in group]
+            if any(v is not None for v in values):
+                ax.bar(xs + (i - (len(CONTENDERS) - 1) / 2) * width,
+                       [v or 0.0 for v in values], width, label=LABELS[c])
+        ax.set_xticks(xs, [r["layer"] for r in group], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{suite}, {nt} thread{'s' if nt > 1 else ''}, {group[0]['dtype']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------
+def _progress(text: str) -> None:
+    """Overwrite the progress line on stderr ("" clears it)."""
+    print(f"\r{text[:100]:100s}\r", end="", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = ([int(t) for t in args.threads.split(",")] if args.threads
-               else [fastconv.get_num_threads()])
-    reps, min_time = (5, 0.02) if args.quick else (15, 0.05)
+    """`python -m fastconv bench`: measure, print the tables, write --json/--plot."""
+    start = time.perf_counter()
+    plt = _pyplot() if args.plot else None
+    if args.plot and plt is None:
+        print("error: --plot needs matplotlib: pip install matplotlib "
+              "(or pip install 'fastconv[bench]')", file=sys.stderr)
+        return 2
+    threads = args.threads or [fastconv.get_num_threads()]
+    reps, min_time = TIMING[args.quick]
     dtype = np.dtype(args.dtype)
+    suites = list(_shapes.SUITES) if args.suite == "all" else [args.suite]
     cfg = fastconv.config()
-    print(f"fastconv {cfg['version']} ({cfg['dispatch']['conv']}, {cfg['compiler']}), "
-          f"numpy {np.__version__}, {platform.processor() or platform.machine()}")
+    vers = versions()
+
+    print(f"fastconv {vers['fastconv']}: ISA {_core.active_isa()}, {cfg['compiler']}, "
+          f"OpenMP {'yes' if cfg['openmp'] else 'no'}; numpy {vers['numpy']}; "
+          f"torch {vers['torch'] or '- (not installed)'}"
+          + (f" ({vers['torch_cpu_capability']})" if vers["torch"] else ""))
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs)")
     for info in blas_info():
         print("numpy BLAS:", ", ".join(f"{k}={v}" for k, v in info.items()))
-    rows = []
-    header = f"{'case':34s} {'thr':>3s} {'fastconv':>10s} {'baseline':>10s} {'ratio':>6s}  baseline"
-    print(header)
-    print("-" * len(header))
-    rng = np.random.default_rng(0)
-    cases = list(_cases(dtype, rng))
+    openblas_env = {k: os.environ[k] for k in OPENBLAS_ENV if k in os.environ}
+    for k, v in openblas_env.items():
+        print(f"WARNING: {k}={v} is set: it can make numpy's OpenBLAS run a slower kernel "
+              "than this CPU supports, which flatters fastconv; unset it for a fair comparison")
+
+    _progress("measuring the FMA peak and the memory bandwidth ...")
+    peak = {nt: measure_peak(dtype.name, nt) for nt in threads}
+    bandwidth = measure_bandwidth(threads)
+    _progress("")
     for nt in threads:
-        with _blas_threads(nt):
-            for i, (name, flops, f, g, base_name) in enumerate(cases):
-                print(f"  [{i + 1}/{len(cases)}] {name} ...", end="\r", file=sys.stderr, flush=True)
-                tf, tg = _time_pair(lambda: f(nt), g, reps, min_time)
-                row = {"case": name, "threads": nt, "dtype": dtype.name, "flops": flops,
-                       "fastconv_s": tf, "baseline_s": tg, "baseline": base_name,
-                       "fastconv_gflops": flops / tf / 1e9, "baseline_gflops": flops / tg / 1e9,
-                       "speedup": tg / tf}
-                rows.append(row)
-                print(f"{name:34s} {nt:3d} {row['fastconv_gflops']:7.1f} GF {row['baseline_gflops']:7.1f} GF "
-                      f"{row['speedup']:5.2f}x  {base_name}")
-    geo = statistics.geometric_mean([r["speedup"] for r in rows])
-    print(f"geometric mean speedup over the baselines: {geo:.2f}x "
-          f"(GF = GFLOP/s, median of {reps} interleaved repetitions)")
+        print(f"{nt} thread{'s' if nt > 1 else ''}: FMA-probe peak {peak[nt]:.1f} GFLOP/s "
+              f"({dtype.name}), memory read bandwidth {bandwidth[nt]:.1f} GB/s")
+    print(f"(bandwidth: {BANDWIDTH_METHOD})")
+    print(f"\nGFLOP/s of fastconv, numpy (via matmul / im2col+matmul / taps), torch (NCHW) and "
+          f"t_cl (torch channels_last); %pk = fastconv / FMA-probe peak; vs = the other's "
+          f"time / fastconv's (>1: fastconv faster), vs torch = the faster torch layout; "
+          f"n = times the network runs the layer; median of {reps} interleaved samples"
+          + ("; --quick: a representative subset of the layers" if args.quick else ""))
+
+    rng = np.random.default_rng(0)
+    results, summary = [], []
+    for suite in suites:
+        layers = [la for la in _shapes.SUITES[suite] if la.quick or not args.quick]
+        rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
+        for i, layer in enumerate(layers):
+            calls = contenders(layer, dtype, rng)
+            for nt in threads:
+                _progress(f"[{suite} {i + 1}/{len(layers)}, {nt} thr] {layer.name} "
+                          f"{shape_text(layer)} ...")
+                with thread_limits(nt):
+                    times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
+                                             reps, min_time)
+                seconds = {c: None for c in CONTENDERS}
+                seconds.update(zip(calls, times))
+                rows[nt].append(result_row(suite, layer, nt, dtype, seconds,
+                                           peak[nt], bandwidth[nt]))
+            del calls  # free this layer's arrays before the next one's
+        _progress("")
+        for nt in threads:
+            print_table(f"{suite}, {nt} thread{'s' if nt > 1 else ''}, {dtype.name}",
+                        rows[nt], FC_COLUMNS if suite == "fc" else LAYER_COLUMNS)
+            results += rows[nt]
+            summary.append(summary_row(suite, nt, rows[nt], peak[nt]))
+
+    print_table("summary: totals over each suite's layers, each counted n times "
+                "(layers = run / in the network)", summary, SUMMARY_COLUMNS)
+    print(f"\n({time.perf_counter() - start:.1f} s)")
+
     if args.json:
+        report = {
+            "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "isa": _core.active_isa(), "versions": vers, "config": cfg, "blas": blas_info(),
+            "openblas_env": openblas_env,
+            "settings": {"suite": args.suite, "suites": suites, "threads": threads,
+                         "dtype": dtype.name, "quick": args.quick, "reps": reps,
+                         "min_time": min_time},
+            "peak_gflops": {str(nt): g for nt, g in peak.items()},
+            "memory_bandwidth": {"method": BANDWIDTH_METHOD,
+                                 "gbps": {str(nt): g for nt, g in bandwidth.items()}},
+            "results": results, "summary": summary,
+        }
         with open(args.json, "w") as f:
-            json.dump({"config": cfg, "blas": blas_info(), "results": rows}, f, indent=1)
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    if plt is not None:
+        plot(plt, args.plot, results)
+        print(f"wrote {args.plot}")
     return 0
