@@ -1,12 +1,17 @@
-"""conv2d and matmul: argument handling, layout, and the choice of kernel."""
+"""conv2d and matmul: argument handling, layouts, and the choice of kernel.
+
+The same two steps serve the functions here and the packed layers in
+_layers.py: ConvWeights checks and packs the weights, ConvCall checks an
+input against them and runs the kernels.
+"""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from fastconv import _core
-from fastconv._config import resolve_threads
+from fastconv._config import get_flush_denormals, resolve_threads
 from fastconv._validate import (activation_is_relu, check_bias, check_ndim, check_out,
                                 float_arrays, int_pair, layout_name, padding_amounts,
                                 positive_int)
@@ -18,26 +23,120 @@ Padding = Union[int, str, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int
 
 
 def _element_strides(a: np.ndarray) -> Optional[Tuple[int, ...]]:
-    """Strides of a in elements, or None when some stride is not a multiple
-    of the item size (then the caller copies)."""
+    """Strides of a in elements, or None if one is not a multiple of the item size."""
     size = a.itemsize
     if any(s % size for s in a.strides):
         return None
     return tuple(s // size for s in a.strides)
 
 
-def _pack(geom: "_core.Geometry", w: np.ndarray, axes: Tuple[int, int, int, int],
-          bias: Optional[np.ndarray]) -> np.ndarray:
-    """Pack w, whose axes (tap row, tap column, channel, output) are `axes`,
-    straight from its own strides."""
-    strides = _element_strides(w)
-    if strides is None:
-        w = np.ascontiguousarray(w)
+class ConvWeights:
+    """Checked convolution weights (and bias), packed for the kernels.
+
+    Parameters are those of conv2d; `fn` names the caller in messages.
+    """
+
+    def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any) -> None:
+        self.fn = fn
+        self.layout = layout_name(fn, layout)
+        self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
+        w, b = arr["weight"], arr["bias"]
+        wdims = ("HWIO (kh, kw, C/groups, K)" if self.layout == "NHWC"
+                 else "OIHW (K, C/groups, kh, kw)")
+        check_ndim(fn, "weight", w, (4,), f"4-D {wdims}")
+        if self.layout == "NHWC":
+            self.kh, self.kw, self.cg, self.k = w.shape
+            axes = (0, 1, 2, 3)  # tap row, tap column, channel, output
+        else:
+            self.k, self.cg, self.kh, self.kw = w.shape
+            axes = (2, 3, 1, 0)
+        self.groups = positive_int(fn, "groups", groups)
+        if self.k % self.groups:
+            raise ValueError(f"{fn}: groups={self.groups} must divide the output channels "
+                             f"K={self.k} of weight")
+        if self.kh < 1 or self.kw < 1:
+            raise ValueError(f"{fn}: weight must have a kernel of at least 1x1; "
+                             f"got {self.kh}x{self.kw}")
+        check_bias(fn, b, self.k)
+        self.c = self.cg * self.groups
+        self.has_bias = b is not None
+        self.packed = self._pack(w, axes, b)
+
+    def _pack(self, w: np.ndarray, axes: Tuple[int, ...], b: Optional[np.ndarray]
+              ) -> "_core.Packed":
+        bias = None if b is None else np.ascontiguousarray(b)
+        if self.groups > 1 and self.groups == self.c == self.k:
+            # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
+            taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
+            return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
+                              np.ascontiguousarray(taps), (), bias, True)
         strides = _element_strides(w)
-    packed = np.empty(geom.packed_size, dtype=w.dtype)
-    geom.pack(w, tuple(strides[a] for a in axes),
-              None if bias is None else np.ascontiguousarray(bias), packed)
-    return packed
+        if strides is None:
+            w = np.ascontiguousarray(w)
+            strides = _element_strides(w)
+        return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
+                          w, tuple(strides[a] for a in axes), bias, False)
+
+    def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
+            out: Any, num_threads: Any, originals: dict) -> np.ndarray:
+        """Convolve x with these weights (every check on x and the options
+        first). `originals` are the caller's arrays, for the overlap check."""
+        fn = self.fn
+        _, arr = float_arrays(fn, x=x)
+        xa = arr["x"]
+        if xa.dtype != self.dtype:
+            raise TypeError(f"{fn}: x and weight must share one dtype; "
+                            f"got x {xa.dtype}, weight {self.dtype}")
+        dims = "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)"
+        check_ndim(fn, "x", xa, (3, 4), f"4-D {dims} or 3-D without the batch axis")
+        unbatched = xa.ndim == 3
+        x4 = xa[None] if unbatched else xa
+        if self.layout == "NHWC":
+            N, H, W, C = x4.shape
+        else:
+            N, C, H, W = x4.shape
+        groups = self.groups
+        if C % groups:
+            raise ValueError(f"{fn}: groups={groups} must divide the input channels C={C}")
+        if C != self.c:
+            raise ValueError(f"{fn}: weight has {self.cg} input channels per group; x has "
+                             f"C={C} channels and groups={groups}, so expected {C // groups}")
+        kh, kw = self.kh, self.kw
+        sh, sw = int_pair(fn, "stride", stride)
+        dh, dw = int_pair(fn, "dilation", dilation)
+        (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
+        span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if H + pt + pb < span_h or W + pl + pr < span_w:
+            raise ValueError(
+                f"{fn}: the kernel ({kh}x{kw}, dilation {dh}x{dw}, spanning {span_h}x{span_w}) "
+                f"is larger than the padded input ({H + pt + pb}x{W + pl + pr}); the result "
+                f"would be empty")
+        Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
+        relu = activation_is_relu(fn, activation)
+        nthreads = resolve_threads(fn, num_threads)
+        K = self.k
+        shape = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
+        out = check_out(fn, out, shape[1:] if unbatched else shape, self.dtype, originals)
+
+        # The kernels work in NHWC; an NCHW input is transposed once on the
+        # way in and the result once on the way out.
+        if self.layout == "NHWC":
+            xk = np.ascontiguousarray(x4)
+            y = out.reshape(shape) if out is not None else np.empty(shape, self.dtype)
+        else:
+            xk = np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
+            y = np.empty((N, Ho, Wo, K), self.dtype)
+        geom = _core.Geometry(self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
+                              pt, pl, Ho, Wo, relu, get_flush_denormals())
+        geom.run(xk, self.packed, y, nthreads)
+        if self.layout == "NCHW":
+            if out is not None:
+                np.copyto(out.reshape(shape), y.transpose(0, 3, 1, 2))
+                return out
+            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        if out is not None:
+            return out
+        return y[0] if unbatched else y
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
@@ -89,6 +188,7 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
 
     Notes
     -----
+    The weights are packed on every call; fastconv.Conv2d packs them once.
     A 1x1, stride 1, unpadded convolution runs as a GEMM over the pixels;
     other kernels run as an indirect convolution with no im2col buffer; a
     depthwise one (groups == C == K) has its own kernel. The GIL is released
@@ -103,77 +203,42 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     array([10., 23.], dtype=float32)
     """
     fn = "conv2d"
-    layout = layout_name(fn, layout)
-    dtype, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
-    xa, wa, ba = arr["x"], arr["weight"], arr["bias"]
-    dims = "(N, H, W, C)" if layout == "NHWC" else "(N, C, H, W)"
-    check_ndim(fn, "x", xa, (3, 4), f"4-D {dims} or 3-D without the batch axis")
-    wdims = "HWIO (kh, kw, C/groups, K)" if layout == "NHWC" else "OIHW (K, C/groups, kh, kw)"
-    check_ndim(fn, "weight", wa, (4,), f"4-D {wdims}")
-    unbatched = xa.ndim == 3
-    x4 = xa[None] if unbatched else xa
-    if layout == "NHWC":
-        N, H, W, C = x4.shape
-        kh, kw, Cg, K = wa.shape
-        waxes = (0, 1, 2, 3)
-    else:
-        N, C, H, W = x4.shape
-        K, Cg, kh, kw = wa.shape
-        waxes = (2, 3, 1, 0)
-    groups = positive_int(fn, "groups", groups)
-    if C % groups:
-        raise ValueError(f"{fn}: groups={groups} must divide the input channels C={C}")
-    if K % groups:
-        raise ValueError(f"{fn}: groups={groups} must divide the output channels K={K} of weight")
-    if Cg != C // groups:
-        raise ValueError(f"{fn}: weight has {Cg} input channels per group; x has C={C} "
-                         f"channels and groups={groups}, so expected {C // groups}")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{fn}: weight must have a kernel of at least 1x1; got {kh}x{kw}")
-    sh, sw = int_pair(fn, "stride", stride)
-    dh, dw = int_pair(fn, "dilation", dilation)
-    (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
-    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if H + pt + pb < span_h or W + pl + pr < span_w:
-        raise ValueError(
-            f"{fn}: the kernel ({kh}x{kw}, dilation {dh}x{dw}, spanning {span_h}x{span_w}) "
-            f"is larger than the padded input ({H + pt + pb}x{W + pl + pr}); the result "
-            f"would be empty")
-    Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
-    relu = activation_is_relu(fn, activation)
-    check_bias(fn, ba, K)
-    nthreads = resolve_threads(fn, num_threads)
-    shape = (N, Ho, Wo, K) if layout == "NHWC" else (N, K, Ho, Wo)
-    out = check_out(fn, out, shape[1:] if unbatched else shape, dtype,
-                    {"x": x, "weight": weight, "bias": bias})
+    layout_name(fn, layout)
+    # One dtype check over all three, so a mismatch names every dtype seen.
+    float_arrays(fn, x=x, weight=weight, bias=bias)
+    weights = ConvWeights(fn, weight, bias, groups, layout)
+    return weights.run(x, stride=stride, padding=padding, dilation=dilation,
+                       activation=activation, out=out, num_threads=num_threads,
+                       originals={"x": x, "weight": weight, "bias": bias})
 
-    # Kernels work in NHWC; an NCHW input is transposed once on the way in
-    # and the result once on the way out.
-    if layout == "NHWC":
-        xk = np.ascontiguousarray(x4)
-        y = out.reshape(shape) if out is not None else np.empty(shape, dtype)
-    else:
-        xk = np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
-        y = np.empty((N, Ho, Wo, K), dtype)
-    geom = _core.Geometry(dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
-                          pt, pl, Ho, Wo, relu, ba is not None)
-    if groups > 1 and groups == C == K:
-        # Depthwise with multiplier 1: (kh, kw, C) taps, channels contiguous.
-        wdw = wa[:, :, 0, :] if layout == "NHWC" else wa[:, 0].transpose(1, 2, 0)
-        geom.dwconv(xk, np.ascontiguousarray(wdw), None if ba is None else
-                    np.ascontiguousarray(ba), y, nthreads)
-    else:
-        geom.conv(xk, _pack(geom, wa, waxes, ba), y, nthreads)
 
-    if layout == "NCHW":
-        result = y.transpose(0, 3, 1, 2)
-        if out is not None:
-            np.copyto(out.reshape(shape), result)
-            return out
-        y = np.ascontiguousarray(result)
-    if out is not None:
-        return out
-    return y[0] if unbatched else y
+class GemmWeights:
+    """The b operand of a GEMM (and its bias), packed once: a (M, K) @ b (K, N)
+    is the 1x1 convolution of an (M, 1) image with K channels."""
+
+    def __init__(self, fn: str, b: np.ndarray, bias: Optional[np.ndarray]) -> None:
+        self.fn = fn
+        self.dtype = b.dtype
+        self.k, self.n = b.shape
+        check_bias(fn, bias, self.n)
+        self.has_bias = bias is not None
+        strides = _element_strides(b)
+        if strides is None:
+            b = np.ascontiguousarray(b)
+            strides = _element_strides(b)
+        self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
+                                 (0, 0, strides[0], strides[1]),
+                                 None if bias is None else np.ascontiguousarray(bias), False)
+
+    def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int
+            ) -> np.ndarray:
+        """a (M, K), already checked, @ the packed b, into out or a new array."""
+        M = a.shape[0]
+        y = out if out is not None else np.empty((M, self.n), self.dtype)
+        geom = _core.Geometry(self.dtype.name, 1, M, 1, self.k, self.n, 1, 1, 1, 1, 1, 1, 1,
+                              0, 0, M, 1, relu, get_flush_denormals())
+        geom.run(np.ascontiguousarray(a), self.packed, y, nthreads)
+        return y
 
 
 def matmul(a, b, bias=None, *, activation: Optional[str] = None,
@@ -216,15 +281,8 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     if ba.shape[0] != K:
         raise ValueError(f"{fn}: a has K={K} columns but b has {ba.shape[0]} rows; "
                          f"a (M, K) @ b (K, N) needs them equal")
-    N = ba.shape[1]
     relu = activation_is_relu(fn, activation)
-    check_bias(fn, bias_a, N)
+    check_bias(fn, bias_a, ba.shape[1])
     nthreads = resolve_threads(fn, num_threads)
-    out = check_out(fn, out, (M, N), dtype, {"a": a, "b": b, "bias": bias})
-    y = out if out is not None else np.empty((M, N), dtype)
-    # A GEMM is the 1x1 convolution of an (M, 1) image with K channels.
-    geom = _core.Geometry(dtype.name, 1, M, 1, K, N, 1, 1, 1, 1, 1, 1, 1, 0, 0, M, 1,
-                          relu, bias_a is not None)
-    b4 = ba[None, None]  # (1, 1, K, N): HWIO
-    geom.conv(np.ascontiguousarray(aa), _pack(geom, b4, (0, 1, 2, 3), bias_a), y, nthreads)
-    return y
+    out = check_out(fn, out, (M, ba.shape[1]), dtype, {"a": a, "b": b, "bias": bias})
+    return GemmWeights(fn, ba, bias_a).run(aa, relu, out, nthreads)

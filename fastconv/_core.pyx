@@ -80,6 +80,7 @@ def openmp_version():
 
 
 cdef inline int _dtype_index(cnp.ndarray a) except -1:
+    """FC_F32 / FC_F64 for a float32 / float64 array."""
     cdef int num = cnp.PyArray_TYPE(a)
     if num == cnp.NPY_FLOAT32:
         return FC_F32
@@ -104,84 +105,115 @@ cdef inline _check_status(int status):
         raise MemoryError("fastconv: out of memory for the convolution workspace")
 
 
-cdef class Geometry:
-    """One convolution's shape, bound to the kernels of one ISA and dtype.
+cdef class Packed:
+    """A convolution's weights (and bias) ready for one ISA's kernels.
 
-    The kernel set is captured at construction, so weights packed by a
-    Geometry are always read back with the same register tile even if
-    set_isa() is called meanwhile.
+    For the GEMM/indirect path: the micro-panel layout of that ISA's register
+    tile. For the depthwise kernel: the taps as a contiguous (kh, kw, C)
+    array. The kernel set is captured here, so packed weights are always
+    read back by the kernels that packed them, even if set_isa() is called
+    meanwhile.
     """
-    cdef fc_conv_desc d
     cdef const fc_kernel_set *ks
+    cdef fc_conv_desc d
     cdef int dtype
-
-    def __cinit__(self, str dtype, int64_t N, int64_t H, int64_t W, int64_t C,
-                  int64_t K, int64_t groups, int64_t kh, int64_t kw,
-                  int64_t sh, int64_t sw, int64_t dh, int64_t dw,
-                  int64_t pad_top, int64_t pad_left, int64_t Ho, int64_t Wo,
-                  bint relu, bint has_bias):
-        if dtype == "float32":
-            self.dtype = FC_F32
-        elif dtype == "float64":
-            self.dtype = FC_F64
-        else:
-            raise TypeError(f"internal: unsupported dtype {dtype}")
-        self.ks = _active[self.dtype]
-        if self.ks == NULL:
-            raise RuntimeError("fastconv: no kernels selected")
-        self.d.N, self.d.H, self.d.W, self.d.C, self.d.K = N, H, W, C, K
-        self.d.groups, self.d.kh, self.d.kw = groups, kh, kw
-        self.d.sh, self.d.sw, self.d.dh, self.d.dw = sh, sw, dh, dw
-        self.d.pad_top, self.d.pad_left, self.d.Ho, self.d.Wo = pad_top, pad_left, Ho, Wo
-        self.d.relu, self.d.has_bias = relu, has_bias
+    cdef readonly object buffer
+    cdef readonly object bias
+    cdef readonly bint depthwise
 
     @property
     def isa(self):
         return self.ks.isa.decode()
 
     @property
-    def packed_size(self):
-        return self.ks.packed_size(&self.d)
+    def nbytes(self):
+        return self.buffer.nbytes + (0 if self.bias is None else self.bias.nbytes)
 
-    def pack(self, cnp.ndarray w, tuple strides, bias, cnp.ndarray packed):
-        """Pack w (any strides, in elements: tap row, tap column, channel, output)."""
-        cdef fc_weight_strides ws
-        ws.ty, ws.tx, ws.c, ws.k = strides
-        cdef const void *wp = cnp.PyArray_DATA(w)
-        cdef const void *bp = NULL
-        if _dtype_index(w) != self.dtype:
-            raise TypeError("internal: weight dtype")
-        if w.size < self.d.kh * self.d.kw * (self.d.C // self.d.groups) * self.d.K:
-            raise ValueError("internal: weight too small")
+
+def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,
+         cnp.ndarray w, tuple strides, bias, bint depthwise):
+    """Packed weights for a convolution with these channels and kernel.
+
+    w is addressed through `strides` (in elements: tap row, tap column,
+    channel within the group, output channel); for depthwise it must be the
+    contiguous (kh, kw, C) taps.
+    """
+    cdef Packed p = Packed.__new__(Packed)
+    p.dtype = _dtype_code(dtype)
+    p.ks = _active[p.dtype]
+    p.d.C, p.d.K, p.d.groups, p.d.kh, p.d.kw = C, K, groups, kh, kw
+    p.d.has_bias = bias is not None
+    p.depthwise = depthwise
+    cdef fc_weight_strides ws
+    cdef const void *bp = NULL
+    cdef void *pp
+    if depthwise:
+        if not (groups == C == K):
+            raise ValueError("internal: depthwise packing needs groups == C == K")
+        _buffer(w, kh * kw * C, p.dtype, "weight")
+        p.buffer = w
+        p.bias = bias
         if bias is not None:
-            bp = _buffer(bias, self.d.K, self.dtype, "bias")
-        cdef void *pp = _buffer(packed, self.ks.packed_size(&self.d), self.dtype, "packed")
-        with nogil:
-            self.ks.pack(&self.d, wp, ws, bp, pp)
+            _buffer(bias, C, p.dtype, "bias")
+        return p
+    ws.ty, ws.tx, ws.c, ws.k = strides
+    if _dtype_index(w) != p.dtype:
+        raise TypeError("internal: weight dtype")
+    if bias is not None:
+        bp = _buffer(bias, K, p.dtype, "bias")
+    p.buffer = cnp.PyArray_EMPTY(1, [p.ks.packed_size(&p.d)], cnp.PyArray_TYPE(w), 0)
+    pp = cnp.PyArray_DATA(p.buffer)
+    cdef const void *wp = cnp.PyArray_DATA(w)
+    with nogil:
+        p.ks.pack(&p.d, wp, ws, bp, pp)
+    return p
 
-    def conv(self, cnp.ndarray x, cnp.ndarray packed, cnp.ndarray y, int nthreads):
+
+cdef inline int _dtype_code(str dtype) except -1:
+    if dtype == "float32":
+        return FC_F32
+    if dtype == "float64":
+        return FC_F64
+    raise TypeError(f"internal: unsupported dtype {dtype}")
+
+
+cdef class Geometry:
+    """One convolution's shape and options (everything but the weights)."""
+    cdef fc_conv_desc d
+    cdef int dtype
+
+    def __cinit__(self, str dtype, int64_t N, int64_t H, int64_t W, int64_t C,
+                  int64_t K, int64_t groups, int64_t kh, int64_t kw,
+                  int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                  int64_t pad_top, int64_t pad_left, int64_t Ho, int64_t Wo,
+                  bint relu, bint flush_denormals):
+        self.dtype = _dtype_code(dtype)
+        self.d.N, self.d.H, self.d.W, self.d.C, self.d.K = N, H, W, C, K
+        self.d.groups, self.d.kh, self.d.kw = groups, kh, kw
+        self.d.sh, self.d.sw, self.d.dh, self.d.dw = sh, sw, dh, dw
+        self.d.pad_top, self.d.pad_left, self.d.Ho, self.d.Wo = pad_top, pad_left, Ho, Wo
+        self.d.relu = relu
+        self.d.flush_denormals = flush_denormals
+
+    def run(self, cnp.ndarray x, Packed p, cnp.ndarray y, int nthreads):
+        """y = conv(x) with the packed weights p (x, y contiguous NHWC)."""
+        if (p.dtype != self.dtype or p.d.C != self.d.C or p.d.K != self.d.K or
+                p.d.groups != self.d.groups or p.d.kh != self.d.kh or p.d.kw != self.d.kw):
+            raise ValueError("internal: packed weights do not match the geometry")
+        self.d.has_bias = p.d.has_bias
         cdef const void *xp = _buffer(x, self.d.N * self.d.H * self.d.W * self.d.C,
                                       self.dtype, "x")
-        cdef const void *pp = _buffer(packed, self.ks.packed_size(&self.d), self.dtype, "packed")
         cdef void *yp = _buffer(y, self.d.N * self.d.Ho * self.d.Wo * self.d.K,
                                 self.dtype, "out")
-        cdef int status
-        with nogil:
-            status = self.ks.conv(&self.d, xp, pp, yp, nthreads)
-        _check_status(status)
-
-    def dwconv(self, cnp.ndarray x, cnp.ndarray w, bias, cnp.ndarray y, int nthreads):
-        if not (self.d.groups == self.d.C == self.d.K):
-            raise ValueError("internal: dwconv needs groups == C == K")
-        cdef const void *xp = _buffer(x, self.d.N * self.d.H * self.d.W * self.d.C,
-                                      self.dtype, "x")
-        cdef const void *wp = _buffer(w, self.d.kh * self.d.kw * self.d.C, self.dtype, "weight")
+        cdef const void *wp = cnp.PyArray_DATA(p.buffer)
         cdef const void *bp = NULL
-        if bias is not None:
-            bp = _buffer(bias, self.d.C, self.dtype, "bias")
-        cdef void *yp = _buffer(y, self.d.N * self.d.Ho * self.d.Wo * self.d.K,
-                                self.dtype, "out")
         cdef int status
-        with nogil:
-            status = self.ks.dwconv(&self.d, xp, wp, bp, yp, nthreads)
+        if p.depthwise:
+            if p.bias is not None:
+                bp = cnp.PyArray_DATA(p.bias)
+            with nogil:
+                status = p.ks.dwconv(&self.d, xp, wp, bp, yp, nthreads)
+        else:
+            with nogil:
+                status = p.ks.conv(&self.d, xp, wp, yp, nthreads)
         _check_status(status)

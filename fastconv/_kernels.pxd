@@ -7,6 +7,7 @@ cdef extern from "fastconv.h" nogil:
         int64_t pad_top, pad_left, Ho, Wo
         int relu
         int has_bias
+        int flush_denormals
 
     ctypedef struct fc_weight_strides:
         int64_t ty, tx, c, k

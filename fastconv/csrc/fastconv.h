@@ -32,6 +32,7 @@ typedef struct fc_conv_desc {
     int64_t Ho, Wo;          /* output height and width (computed by the caller) */
     int relu;                /* apply max(v, 0) (NaN-preserving) before storing */
     int has_bias;            /* the packed weights carry a bias to add */
+    int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
 } fc_conv_desc;
 
 /* Strides, in elements, of a weight tensor indexed (tap row, tap column,

@@ -19,6 +19,9 @@
  *     thread;
  *   - a 1x1, stride 1, unpadded convolution is a plain GEMM over the pixel
  *     rows; its pointers are simply consecutive rows;
+ *   - with few input channels per group (the RGB first layer), a tile's
+ *     taps are copied into one run per pixel, so the micro-kernel sees a
+ *     GEMM with K = taps * C instead of one pointer per 3-channel tap;
  *   - bias and ReLU are applied in the micro-kernel's store.
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
@@ -30,6 +33,10 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define HAVE_MXCSR 1
 #endif
 
 #if defined(FC_DTYPE_F64)
@@ -81,6 +88,10 @@ typedef int32_t real_bits;
 #ifndef MCT
 #define MCT 8
 #endif
+/* Inputs with fewer channels per group than this have each tile's taps
+ * copied into one contiguous run (ROWS_PACKED), up to this many values. */
+#define PACK_ROWS_BELOW_C 32
+#define PACK_ROWS_MAX 4096
 /* Channels per depthwise register block. */
 #define DW_NV 4
 
@@ -285,6 +296,41 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
 
 /* Threads for a loop of ntasks: at most one per task and per processor
  * (more would only oversubscribe the cores). */
+/* Flush-to-zero and denormals-are-zero for the calling thread while a kernel
+ * runs (subnormal operands can slow FMAs down by orders of magnitude); the
+ * thread's previous mode is restored by fp_leave. */
+typedef struct {
+    unsigned csr;
+    int changed;
+} fp_mode;
+
+static inline fp_mode fp_enter(int flush)
+{
+    fp_mode m = {0, 0};
+#ifdef HAVE_MXCSR
+    if (flush) {
+        m.csr = _mm_getcsr();
+        _mm_setcsr(m.csr | 0x8040u); /* FTZ (bit 15) | DAZ (bit 6) */
+        m.changed = 1;
+    }
+#else
+    (void)flush;
+#endif
+    return m;
+}
+
+static inline void fp_leave(fp_mode m)
+{
+#ifdef HAVE_MXCSR
+    if (m.changed)
+        _mm_setcsr(m.csr);
+#else
+    (void)m;
+#endif
+}
+
+static inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
+
 static inline int clamp_threads(int nthreads, int64_t ntasks)
 {
 #ifdef _OPENMP
@@ -311,26 +357,99 @@ static inline int thread_id(void)
 #endif
 }
 
+/* How a tile's input rows are found. */
+typedef struct {
+    const real *x;   /* input, NHWC */
+    const real *x_end; /* one past the input's last value */
+    int64_t goff;    /* channel offset of the group */
+    enum { ROWS_GEMM, ROWS_TAPS, ROWS_PACKED } kind;
+    real *packed;    /* ROWS_PACKED: this thread's MCT * MR rows of ntaps * Cg */
+} row_source;
+
 /* Row pointers of MR output pixels starting at p0 (rows past the last pixel
- * repeat it; their results are never stored) for every tap, tap-major. */
-static void build_pointers(const fc_conv_desc *d, const real *x, int64_t goff,
-                           int64_t p0, int64_t mr, int gemm, const real **a)
+ * repeat it; their results are never stored):
+ *   ROWS_GEMM   one pointer per pixel (1x1, stride 1, unpadded);
+ *   ROWS_TAPS   one per pixel and tap (tap-major), padding taps at zero_row;
+ *   ROWS_PACKED one per pixel, to a copy of its taps' channels (ntaps * Cg
+ *               values, zeros for padding) in `rows`: for inputs with few
+ *               channels per group, where a pointer per tap would cost more
+ *               than the few FMAs it feeds. The copy covers MR pixels, never
+ *               the whole image. */
+/* Copies n values in whole vectors, so a short run costs one load and one
+ * store: it may read up to VLEN - 1 values past src + n (the caller makes
+ * sure that stays inside the input, else copies exactly) and writes as many
+ * past dst + n, which the next run overwrites (runs are written in
+ * increasing order; the rows buffer has VLEN values of slack at its end). */
+static inline void copy_run(real *restrict dst, const real *restrict src, int64_t n,
+                            const real *src_end)
 {
-    const int64_t ntaps = d->kh * d->kw, hw = d->Ho * d->Wo;
+    if (src + (n + VLEN - 1) / VLEN * VLEN <= src_end) {
+        for (int64_t j = 0; j < n; j += VLEN)
+            store(dst + j, load(src + j));
+    } else {
+        for (int64_t j = 0; j < n; j++)
+            dst[j] = src[j];
+    }
+}
+
+static inline void zero_run(real *dst, int64_t n)
+{
+    for (int64_t j = 0; j < n; j += VLEN)
+        store(dst + j, (vec){0});
+}
+
+/* One pixel's taps, channels of the group only, as one run of ntaps * Cg
+ * values (zeros for padding). Where the kw taps of a row are adjacent in x
+ * (dilation 1, one group, row inside the image) they are copied at once. */
+static void pack_pixel(const fc_conv_desc *d, const real *img, const real *x_end,
+                       int64_t oy, int64_t ox, real *row)
+{
+    const int64_t C = d->C, Cg = C / d->groups, run = d->kw * Cg;
+    for (int64_t ty = 0; ty < d->kh; ty++, row += run) {
+        const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
+        const int64_t ix0 = ox * d->sw - d->pad_left;
+        if (iy < 0 || iy >= d->H) {
+            zero_run(row, run);
+        } else if (d->dw == 1 && Cg == C && ix0 >= 0 && ix0 + d->kw <= d->W) {
+            copy_run(row, img + (iy * d->W + ix0) * C, run, x_end);
+        } else {
+            for (int64_t tx = 0; tx < d->kw; tx++) {
+                const int64_t ix = ix0 + tx * d->dw;
+                if (ix >= 0 && ix < d->W)
+                    copy_run(row + tx * Cg, img + (iy * d->W + ix) * C, Cg, x_end);
+                else
+                    zero_run(row + tx * Cg, Cg);
+            }
+        }
+    }
+}
+
+static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t p0,
+                           int64_t mr, const real **a, real *rows)
+{
+    const int64_t hw = d->Ho * d->Wo, C = d->C, run = d->kh * d->kw * (C / d->groups);
     for (int i = 0; i < MR; i++) {
         const int64_t p = p0 + (i < mr ? i : mr - 1);
-        if (gemm) {
-            a[i] = x + p * d->C + goff;
+        if (src->kind == ROWS_GEMM) {
+            a[i] = src->x + p * C + src->goff;
             continue;
         }
         const int64_t n = p / hw, r = p % hw, oy = r / d->Wo, ox = r % d->Wo;
-        const real *img = x + n * d->H * d->W * d->C + goff;
-        for (int64_t t = 0; t < ntaps; t++) {
-            const int64_t iy = oy * d->sh - d->pad_top + (t / d->kw) * d->dh;
-            const int64_t ix = ox * d->sw - d->pad_left + (t % d->kw) * d->dw;
-            a[t * MR + i] = (iy >= 0 && iy < d->H && ix >= 0 && ix < d->W)
-                                ? img + (iy * d->W + ix) * d->C
-                                : zero_row;
+        const real *img = src->x + n * d->H * d->W * C + src->goff;
+        if (src->kind == ROWS_PACKED) {
+            a[i] = rows + i * run;
+            if (i < mr) /* rows past the last pixel are never stored */
+                pack_pixel(d, img, src->x_end, oy, ox, rows + i * run);
+            continue;
+        }
+        for (int64_t ty = 0; ty < d->kh; ty++) {
+            const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
+            for (int64_t tx = 0; tx < d->kw; tx++) {
+                const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
+                a[(ty * d->kw + tx) * MR + i] = iy >= 0 && iy < d->H && ix >= 0 && ix < d->W
+                                                    ? img + (iy * d->W + ix) * C
+                                                    : zero_row;
+            }
         }
     }
 }
@@ -358,22 +477,35 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
     const int64_t ntasks = G * mblocks * nb;
     if (ntasks == 0)
         return FC_OK;
-    const int gemm = ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 &&
-                     d->pad_left == 0 && d->Ho == d->H && d->Wo == d->W;
+    row_source src = {x, x + d->N * d->H * d->W * d->C, 0, ROWS_TAPS, NULL};
+    if (ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 && d->pad_left == 0 &&
+        d->Ho == d->H && d->Wo == d->W)
+        src.kind = ROWS_GEMM;
+    else if (ntaps > 1 && Cg < PACK_ROWS_BELOW_C && ntaps * Cg <= PACK_ROWS_MAX)
+        src.kind = ROWS_PACKED; /* weights [tap][c] are then one run of ntaps * Cg */
+    const int64_t rows_per_tile = src.kind == ROWS_PACKED ? 1 : ntaps;
+    const int64_t run = src.kind == ROWS_PACKED ? ntaps * Cg : Cg;
     const real *pbias = d->has_bias ? packed + bias_offset(d) : NULL;
     const int nt = clamp_threads(nthreads, ntasks);
-    /* Per thread: MCT * MR * ntaps row pointers and MCT partial-tile buffers. */
-    const int64_t nptr = MCT * MR * ntaps, ntile = MCT * MR * NR;
-    const size_t per_thread = ((sizeof(real *) * (size_t)nptr + 63) / 64 + (sizeof(real) * (size_t)ntile + 63) / 64) * 64;
+    /* Per thread: MCT * MR * ntaps row pointers, MCT partial-tile buffers
+     * and, for ROWS_PACKED, MCT * MR packed rows; each region 64-byte
+     * aligned. */
+    const size_t ptr_bytes = round64(sizeof(real *) * (size_t)(MCT * MR * ntaps));
+    const size_t tile_bytes = round64(sizeof(real) * (size_t)(MCT * MR * NR));
+    const size_t rows_bytes =
+        src.kind == ROWS_PACKED ? round64(sizeof(real) * (size_t)(MCT * MR * run + VLEN)) : 0;
+    const size_t per_thread = ptr_bytes + tile_bytes + rows_bytes;
     char *work = aligned_alloc(64, per_thread * (size_t)nt);
     if (!work)
         return FC_ENOMEM;
 
 #pragma omp parallel num_threads(nt)
     {
+        const fp_mode fp = fp_enter(d->flush_denormals);
         char *mine = work + per_thread * (size_t)thread_id();
         const real **a = (const real **)mine;
-        real *tiles = (real *)(mine + ((sizeof(real *) * (size_t)nptr + 63) / 64) * 64);
+        real *tiles = (real *)(mine + ptr_bytes);
+        real *rows = (real *)(mine + ptr_bytes + tile_bytes);
         int64_t built = -1; /* (group, m-block) whose pointers are in `a` */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntasks; task++) {
@@ -381,9 +513,12 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
             const int64_t mb = gm % mblocks, g = gm / mblocks;
             const int64_t t0 = mb * MCT, tcount = MIN(MCT, mtiles - t0);
             if (gm != built) {
+                row_source gsrc = src;
+                gsrc.goff = g * Cg;
                 for (int64_t t = 0; t < tcount; t++) {
                     const int64_t p0 = (t0 + t) * MR;
-                    build_pointers(d, x, g * Cg, p0, MIN(MR, M - p0), gemm, a + t * MR * ntaps);
+                    build_pointers(d, &gsrc, p0, MIN(MR, M - p0), a + t * MR * ntaps,
+                                   rows + t * MR * run);
                 }
                 built = gm;
             }
@@ -391,20 +526,23 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
             const ukernel_fn uk = ukernels[width / VLEN];
             const real *wb = packed + panel_offset(d, g, b);
             const real *bias = pbias ? pbias + g * padded(Kg) + b * NR : NULL;
-            /* At least one block, so that C == 0 still stores bias/zeros. */
+            /* The reduction runs over `run` values per row pointer in KC
+             * blocks; the panel holds them as [block][row][value][width]
+             * (for ROWS_PACKED, Cg <= KC makes that [tap][c] one run). At
+             * least one block, so that C == 0 still stores bias/zeros. */
             int64_t c0 = 0;
             do {
-                const int64_t kc = MIN(KC, Cg - c0);
-                const int flags = (c0 > 0 ? F_ACCUMULATE : 0) | (c0 + kc >= Cg ? F_LAST : 0);
+                const int64_t kc = MIN(KC, run - c0);
+                const int flags = (c0 > 0 ? F_ACCUMULATE : 0) | (c0 + kc >= run ? F_LAST : 0);
                 for (int64_t t = 0; t < tcount; t++) {
                     const int64_t p0 = (t0 + t) * MR;
                     const int full = p0 + MR <= M && nr == width;
                     real *c = full ? y + p0 * d->K + g * Kg + b * NR : tiles + t * MR * NR;
-                    uk(kc, ntaps, a + t * MR * ntaps, c0, wb + c0 * ntaps * width, c,
+                    uk(kc, rows_per_tile, a + t * MR * ntaps, c0, wb + c0 * rows_per_tile * width, c,
                        full ? d->K : NR, bias, flags, d->relu);
                 }
                 c0 += kc;
-            } while (c0 < Cg);
+            } while (c0 < run);
             for (int64_t t = 0; t < tcount; t++) {
                 const int64_t p0 = (t0 + t) * MR, mr = MIN(MR, M - p0);
                 if (mr == MR && nr == width)
@@ -414,6 +552,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
                     memcpy(dst + i * d->K, tiles + (t * MR + i) * NR, sizeof(real) * (size_t)nr);
             }
         }
+        fp_leave(fp);
     }
     free(work);
     return FC_OK;
@@ -480,20 +619,25 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
     real *y = yv;
     const int64_t rows = d->N * d->Ho, C = d->C;
     const int nt = clamp_threads(nthreads, rows);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t row = 0; row < rows; row++) {
-        const int64_t n = row / d->Ho, oy = row % d->Ho;
-        const real *img = x + n * d->H * d->W * C;
-        for (int64_t ox = 0; ox < d->Wo; ox++) {
-            real *out = y + (row * d->Wo + ox) * C;
-            int64_t c = 0;
-            for (; c + DW_NV * VLEN <= C; c += DW_NV * VLEN)
-                dw_block(d, img, w, bias, oy, ox, c, DW_NV, out);
-            for (; c + VLEN <= C; c += VLEN)
-                dw_block(d, img, w, bias, oy, ox, c, 1, out);
-            for (; c < C; c++)
-                dw_scalar(d, img, w, bias, oy, ox, c, out);
+#pragma omp parallel num_threads(nt)
+    {
+        const fp_mode fp = fp_enter(d->flush_denormals);
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; row++) {
+            const int64_t n = row / d->Ho, oy = row % d->Ho;
+            const real *img = x + n * d->H * d->W * C;
+            for (int64_t ox = 0; ox < d->Wo; ox++) {
+                real *out = y + (row * d->Wo + ox) * C;
+                int64_t c = 0;
+                for (; c + DW_NV * VLEN <= C; c += DW_NV * VLEN)
+                    dw_block(d, img, w, bias, oy, ox, c, DW_NV, out);
+                for (; c + VLEN <= C; c += VLEN)
+                    dw_block(d, img, w, bias, oy, ox, c, 1, out);
+                for (; c < C; c++)
+                    dw_scalar(d, img, w, bias, oy, ox, c, out);
+            }
         }
+        fp_leave(fp);
     }
     return FC_OK;
 }
