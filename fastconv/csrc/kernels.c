@@ -19,9 +19,9 @@
  *     thread;
  *   - a 1x1, stride 1, unpadded convolution is a plain GEMM over the pixel
  *     rows; its pointers are simply consecutive rows;
- *   - with few input channels per group (the RGB first layer), a tile's
- *     taps are copied into one run per pixel, so the micro-kernel sees a
- *     GEMM with K = taps * C instead of one pointer per 3-channel tap;
+ *   - with few input channels (the RGB first layer), the kw taps of a kernel
+ *     row are read as one run of kw * C values from a width-padded copy of
+ *     the input, instead of one pointer per 3-channel tap;
  *   - bias and ReLU are applied in the micro-kernel's store.
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
@@ -88,10 +88,9 @@ typedef int32_t real_bits;
 #ifndef MCT
 #define MCT 8
 #endif
-/* Inputs with fewer channels per group than this have each tile's taps
- * copied into one contiguous run (ROWS_PACKED), up to this many values. */
-#define PACK_ROWS_BELOW_C 32
-#define PACK_ROWS_MAX 4096
+/* Inputs with fewer channels than this read the kw taps of a kernel row as
+ * one run (ROWS_MERGED). */
+#define MERGE_ROWS_BELOW_C 32
 /* Channels per depthwise register block. */
 #define DW_NV 4
 
@@ -359,99 +358,80 @@ static inline int thread_id(void)
 
 /* How a tile's input rows are found. */
 typedef struct {
-    const real *x;   /* input, NHWC */
-    const real *x_end; /* one past the input's last value */
+    const real *x;   /* input, NHWC (for ROWS_MERGED its width-padded copy) */
+    int64_t W;       /* width of x */
     int64_t goff;    /* channel offset of the group */
-    enum { ROWS_GEMM, ROWS_TAPS, ROWS_PACKED } kind;
-    real *packed;    /* ROWS_PACKED: this thread's MCT * MR rows of ntaps * Cg */
+    enum { ROWS_GEMM, ROWS_TAPS, ROWS_MERGED } kind;
 } row_source;
 
 /* Row pointers of MR output pixels starting at p0 (rows past the last pixel
  * repeat it; their results are never stored):
  *   ROWS_GEMM   one pointer per pixel (1x1, stride 1, unpadded);
  *   ROWS_TAPS   one per pixel and tap (tap-major), padding taps at zero_row;
- *   ROWS_PACKED one per pixel, to a copy of its taps' channels (ntaps * Cg
- *               values, zeros for padding) in `rows`: for inputs with few
- *               channels per group, where a pointer per tap would cost more
- *               than the few FMAs it feeds. The copy covers MR pixels, never
- *               the whole image. */
-/* Copies n values in whole vectors, so a short run costs one load and one
- * store: it may read up to VLEN - 1 values past src + n (the caller makes
- * sure that stays inside the input, else copies exactly) and writes as many
- * past dst + n, which the next run overwrites (runs are written in
- * increasing order; the rows buffer has VLEN values of slack at its end). */
-static inline void copy_run(real *restrict dst, const real *restrict src, int64_t n,
-                            const real *src_end)
+ *   ROWS_MERGED one per pixel and tap row: in a copy of the input padded in
+ *               width, the kw taps of a row are adjacent, so they form one
+ *               run of kw * C values. For inputs with few channels (the RGB
+ *               first layer), where a pointer per 3-channel tap would cost
+ *               more than the few FMAs it feeds. */
+static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t p0,
+                           int64_t mr, const real **a)
 {
-    if (src + (n + VLEN - 1) / VLEN * VLEN <= src_end) {
-        for (int64_t j = 0; j < n; j += VLEN)
-            store(dst + j, load(src + j));
-    } else {
-        for (int64_t j = 0; j < n; j++)
-            dst[j] = src[j];
+    const int64_t C = d->C;
+    if (src->kind == ROWS_GEMM) {
+        for (int i = 0; i < MR; i++)
+            a[i] = src->x + (p0 + (i < mr ? i : mr - 1)) * C + src->goff;
+        return;
     }
-}
-
-static inline void zero_run(real *dst, int64_t n)
-{
-    for (int64_t j = 0; j < n; j += VLEN)
-        store(dst + j, (vec){0});
-}
-
-/* One pixel's taps, channels of the group only, as one run of ntaps * Cg
- * values (zeros for padding). Where the kw taps of a row are adjacent in x
- * (dilation 1, one group, row inside the image) they are copied at once. */
-static void pack_pixel(const fc_conv_desc *d, const real *img, const real *x_end,
-                       int64_t oy, int64_t ox, real *row)
-{
-    const int64_t C = d->C, Cg = C / d->groups, run = d->kw * Cg;
-    for (int64_t ty = 0; ty < d->kh; ty++, row += run) {
-        const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
-        const int64_t ix0 = ox * d->sw - d->pad_left;
-        if (iy < 0 || iy >= d->H) {
-            zero_run(row, run);
-        } else if (d->dw == 1 && Cg == C && ix0 >= 0 && ix0 + d->kw <= d->W) {
-            copy_run(row, img + (iy * d->W + ix0) * C, run, x_end);
-        } else {
-            for (int64_t tx = 0; tx < d->kw; tx++) {
-                const int64_t ix = ix0 + tx * d->dw;
-                if (ix >= 0 && ix < d->W)
-                    copy_run(row + tx * Cg, img + (iy * d->W + ix) * C, Cg, x_end);
-                else
-                    zero_run(row + tx * Cg, Cg);
+    /* Pixel p0's coordinates, then step along the row: one division per
+     * tile instead of four per pixel. */
+    const int64_t hw = d->Ho * d->Wo;
+    int64_t n = p0 / hw, oy = (p0 % hw) / d->Wo, ox = (p0 % hw) % d->Wo;
+    for (int i = 0; i < MR; i++) {
+        if (i > 0 && i < mr && ++ox == d->Wo) {
+            ox = 0;
+            if (++oy == d->Ho) {
+                oy = 0;
+                n++;
             }
         }
-    }
-}
-
-static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t p0,
-                           int64_t mr, const real **a, real *rows)
-{
-    const int64_t hw = d->Ho * d->Wo, C = d->C, run = d->kh * d->kw * (C / d->groups);
-    for (int i = 0; i < MR; i++) {
-        const int64_t p = p0 + (i < mr ? i : mr - 1);
-        if (src->kind == ROWS_GEMM) {
-            a[i] = src->x + p * C + src->goff;
-            continue;
-        }
-        const int64_t n = p / hw, r = p % hw, oy = r / d->Wo, ox = r % d->Wo;
-        const real *img = src->x + n * d->H * d->W * C + src->goff;
-        if (src->kind == ROWS_PACKED) {
-            a[i] = rows + i * run;
-            if (i < mr) /* rows past the last pixel are never stored */
-                pack_pixel(d, img, src->x_end, oy, ox, rows + i * run);
-            continue;
-        }
+        const real *img = src->x + n * d->H * src->W * C + src->goff;
         for (int64_t ty = 0; ty < d->kh; ty++) {
             const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
+            const int inside_y = iy >= 0 && iy < d->H;
+            if (src->kind == ROWS_MERGED) {
+                a[ty * MR + i] = inside_y ? img + (iy * src->W + ox * d->sw) * C : zero_row;
+                continue;
+            }
             for (int64_t tx = 0; tx < d->kw; tx++) {
                 const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
-                a[(ty * d->kw + tx) * MR + i] = iy >= 0 && iy < d->H && ix >= 0 && ix < d->W
-                                                    ? img + (iy * d->W + ix) * C
-                                                    : zero_row;
+                a[(ty * d->kw + tx) * MR + i] =
+                    inside_y && ix >= 0 && ix < d->W ? img + (iy * d->W + ix) * C : zero_row;
             }
         }
     }
+}
+
+/* x with pad_left zero columns before and enough after for every merged
+ * run: (N, H, (Wo - 1) * sw + kw, C). O(input) memory, not O(im2col). */
+static real *pad_width(const fc_conv_desc *d, const real *x, int nthreads, int64_t *Wp_out)
+{
+    const int64_t C = d->C, Wp = (d->Wo - 1) * d->sw + d->kw;
+    real *xp = malloc(sizeof(real) * (size_t)(d->N * d->H * Wp * C));
+    if (!xp)
+        return NULL;
+#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * d->H)) schedule(static)
+    for (int64_t row = 0; row < d->N * d->H; row++) {
+        for (int64_t j = 0; j < Wp; j++) {
+            const int64_t ix = j - d->pad_left;
+            real *dst = xp + (row * Wp + j) * C;
+            if (ix >= 0 && ix < d->W)
+                memcpy(dst, x + (row * d->W + ix) * C, sizeof(real) * (size_t)C);
+            else
+                memset(dst, 0, sizeof(real) * (size_t)C);
+        }
+    }
+    *Wp_out = Wp;
+    return xp;
 }
 
 /*
@@ -477,27 +457,33 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
     const int64_t ntasks = G * mblocks * nb;
     if (ntasks == 0)
         return FC_OK;
-    row_source src = {x, x + d->N * d->H * d->W * d->C, 0, ROWS_TAPS, NULL};
+    row_source src = {x, d->W, 0, ROWS_TAPS};
     if (ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 && d->pad_left == 0 &&
         d->Ho == d->H && d->Wo == d->W)
         src.kind = ROWS_GEMM;
-    else if (ntaps > 1 && Cg < PACK_ROWS_BELOW_C && ntaps * Cg <= PACK_ROWS_MAX)
-        src.kind = ROWS_PACKED; /* weights [tap][c] are then one run of ntaps * Cg */
-    const int64_t rows_per_tile = src.kind == ROWS_PACKED ? 1 : ntaps;
-    const int64_t run = src.kind == ROWS_PACKED ? ntaps * Cg : Cg;
+    else if (G == 1 && d->C < MERGE_ROWS_BELOW_C && d->kw > 1 && d->dw == 1 &&
+             d->C * d->kw <= KC)
+        src.kind = ROWS_MERGED; /* weights [ty][tx][c] are then [ty][tx * C + c] */
+    const int64_t rows_per_tile = src.kind == ROWS_MERGED ? d->kh : ntaps;
+    const int64_t run = src.kind == ROWS_MERGED ? d->kw * Cg : Cg;
     const real *pbias = d->has_bias ? packed + bias_offset(d) : NULL;
     const int nt = clamp_threads(nthreads, ntasks);
-    /* Per thread: MCT * MR * ntaps row pointers, MCT partial-tile buffers
-     * and, for ROWS_PACKED, MCT * MR packed rows; each region 64-byte
-     * aligned. */
+    real *xpad = NULL;
+    if (src.kind == ROWS_MERGED) {
+        xpad = pad_width(d, x, nthreads, &src.W);
+        if (!xpad)
+            return FC_ENOMEM;
+        src.x = xpad;
+    }
+    /* Per thread: MCT * MR * ntaps row pointers and MCT partial-tile
+     * buffers, each region 64-byte aligned. */
     const size_t ptr_bytes = round64(sizeof(real *) * (size_t)(MCT * MR * ntaps));
-    const size_t tile_bytes = round64(sizeof(real) * (size_t)(MCT * MR * NR));
-    const size_t rows_bytes =
-        src.kind == ROWS_PACKED ? round64(sizeof(real) * (size_t)(MCT * MR * run + VLEN)) : 0;
-    const size_t per_thread = ptr_bytes + tile_bytes + rows_bytes;
+    const size_t per_thread = ptr_bytes + round64(sizeof(real) * (size_t)(MCT * MR * NR));
     char *work = aligned_alloc(64, per_thread * (size_t)nt);
-    if (!work)
+    if (!work) {
+        free(xpad);
         return FC_ENOMEM;
+    }
 
 #pragma omp parallel num_threads(nt)
     {
@@ -505,7 +491,6 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
         char *mine = work + per_thread * (size_t)thread_id();
         const real **a = (const real **)mine;
         real *tiles = (real *)(mine + ptr_bytes);
-        real *rows = (real *)(mine + ptr_bytes + tile_bytes);
         int64_t built = -1; /* (group, m-block) whose pointers are in `a` */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntasks; task++) {
@@ -517,8 +502,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
                 gsrc.goff = g * Cg;
                 for (int64_t t = 0; t < tcount; t++) {
                     const int64_t p0 = (t0 + t) * MR;
-                    build_pointers(d, &gsrc, p0, MIN(MR, M - p0), a + t * MR * ntaps,
-                                   rows + t * MR * run);
+                    build_pointers(d, &gsrc, p0, MIN(MR, M - p0), a + t * MR * ntaps);
                 }
                 built = gm;
             }
@@ -528,7 +512,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
             const real *bias = pbias ? pbias + g * padded(Kg) + b * NR : NULL;
             /* The reduction runs over `run` values per row pointer in KC
              * blocks; the panel holds them as [block][row][value][width]
-             * (for ROWS_PACKED, Cg <= KC makes that [tap][c] one run). At
+             * (for ROWS_MERGED, C * kw <= KC makes that [ty][tx * C + c]). At
              * least one block, so that C == 0 still stores bias/zeros. */
             int64_t c0 = 0;
             do {
@@ -555,6 +539,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
         fp_leave(fp);
     }
     free(work);
+    free(xpad);
     return FC_OK;
 }
 
