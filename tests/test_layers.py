@@ -174,3 +174,26 @@ def test_flush_denormals_does_not_leak_into_the_caller():
 def test_set_flush_denormals_rejects_non_bool():
     with pytest.raises(TypeError, match=r"set_flush_denormals: enabled must be a bool; got 1"):
         fastconv.set_flush_denormals(1)
+
+
+# --------------------------------------------------------------------------
+# Depthwise kernel: wide rows so that tiles inside the image (no bounds
+# checks, and the 3-tap stride-1 path) and border tiles both run.
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("kh,kw,stride,dilation,padding", [
+    (3, 3, 1, 1, 1), (3, 3, 1, 1, 0), (3, 3, 2, 1, 1), (5, 5, 1, 1, 2),
+    (3, 3, 1, 2, 2), (3, 5, (1, 2), 1, ((0, 2), (3, 1))), (1, 3, 1, 1, "same"),
+])
+@pytest.mark.parametrize("c", [16, 35])
+def test_depthwise_wide_rows(isa, rng, kh, kw, stride, dilation, padding, c):
+    x_nhwc, w_hwio, b = make_conv_inputs(rng, n=2, h=6, w=41, c=c, k=c, kh=kh, kw=kw,
+                                         groups=c, dtype=np.float32)
+    expected, magnitude, n_red = reference_for(x_nhwc, w_hwio, b, stride=stride,
+                                               padding=padding, dilation=dilation,
+                                               groups=c, relu=True)
+    y = fastconv.conv2d(x_nhwc, w_hwio, b, stride=stride, padding=padding,
+                        dilation=dilation, groups=c, activation="relu")
+    assert_close_to_reference(y, expected, magnitude, n_red, np.float32)
+    y2 = fastconv.conv2d(x_nhwc, w_hwio, b, stride=stride, padding=padding,
+                         dilation=dilation, groups=c, activation="relu", num_threads=2)
+    assert np.array_equal(y, y2)

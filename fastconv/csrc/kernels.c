@@ -91,8 +91,8 @@ typedef int32_t real_bits;
 /* Inputs with fewer channels than this read the kw taps of a kernel row as
  * one run (ROWS_MERGED). */
 #define MERGE_ROWS_BELOW_C 32
-/* Channels per depthwise register block. */
-#define DW_NV 4
+/* Output pixels per depthwise register tile (one vector of channels each). */
+#define DW_OX 8
 
 typedef real vec __attribute__((vector_size(VBYTES)));
 typedef real_bits vbits __attribute__((vector_size(VBYTES)));
@@ -543,41 +543,74 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
     return FC_OK;
 }
 
-/* Depthwise: NV_ vectors of channels at one output pixel, summed over taps
- * in a fixed order (padding taps are skipped). */
-static inline __attribute__((always_inline)) void dw_block(
-    const fc_conv_desc *d, const real *img, const real *w, const real *bias,
-    int64_t oy, int64_t ox, int64_t c0, int nv, real *out)
+/*
+ * Depthwise convolution, channels in SIMD lanes: for one output row and one
+ * vector of channels, DW_OX output pixels at a time accumulate over the taps
+ * in registers, each input vector read straight from the NHWC row. Tiles
+ * whose taps all fall inside the image skip every bounds check; the others
+ * (the image border) check each tap. The sum over taps is in the same order
+ * everywhere, so the result does not depend on the tiling or thread count.
+ */
+static inline __attribute__((always_inline)) void dw_tile(
+    const fc_conv_desc *d, const real *img, const real *w, const real *bias, int64_t oy,
+    int64_t ox0, int64_t c0, const int nox, const int checked, const int k3s1, real *out_row)
 {
-    vec acc[DW_NV];
-    for (int v = 0; v < nv; v++)
-        acc[v] = (vec){0};
+    const int64_t C = d->C;
+    vec acc[DW_OX];
+#pragma GCC unroll 16
+    for (int i = 0; i < nox; i++)
+        acc[i] = (vec){0};
     for (int64_t ty = 0; ty < d->kh; ty++) {
         const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
         if (iy < 0 || iy >= d->H)
             continue;
+        const real *xrow = img + iy * d->W * C + c0;
+        if (k3s1) {
+            /* 3 taps, stride 1, inside the image: each input vector is
+             * loaded once and feeds the (up to) 3 outputs it touches, in
+             * the same tap order as the general loop below. */
+            const real *xp = xrow + (ox0 - d->pad_left) * C;
+            const vec w0 = load(w + ty * 3 * C + c0), w1 = load(w + (ty * 3 + 1) * C + c0),
+                      w2 = load(w + (ty * 3 + 2) * C + c0);
+            vec xv[DW_OX + 2];
+#pragma GCC unroll 16
+            for (int j = 0; j < DW_OX + 2; j++)
+                xv[j] = load(xp + j * C);
+#pragma GCC unroll 16
+            for (int i = 0; i < DW_OX; i++) {
+                acc[i] += xv[i] * w0;
+                acc[i] += xv[i + 1] * w1;
+                acc[i] += xv[i + 2] * w2;
+            }
+            continue;
+        }
         for (int64_t tx = 0; tx < d->kw; tx++) {
-            const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
-            if (ix < 0 || ix >= d->W)
-                continue;
-            const real *xp = img + (iy * d->W + ix) * d->C + c0;
-            const real *wp = w + (ty * d->kw + tx) * d->C + c0;
-            for (int v = 0; v < nv; v++)
-                acc[v] += load(xp + v * VLEN) * load(wp + v * VLEN);
+            const vec wv = load(w + (ty * d->kw + tx) * C + c0);
+            const int64_t ix0 = ox0 * d->sw - d->pad_left + tx * d->dw;
+#pragma GCC unroll 16
+            for (int i = 0; i < nox; i++) {
+                const int64_t ix = ix0 + i * d->sw;
+                if (!checked || (ix >= 0 && ix < d->W))
+                    acc[i] += load(xrow + ix * C) * wv;
+            }
         }
     }
-    for (int v = 0; v < nv; v++) {
-        if (bias)
-            acc[v] += load(bias + c0 + v * VLEN);
+    const vec b = bias ? load(bias + c0) : (vec){0};
+#pragma GCC unroll 16
+    for (int i = 0; i < nox; i++) {
+        vec v = bias ? acc[i] + b : acc[i];
         if (d->relu)
-            acc[v] = relu(acc[v]);
-        store(out + c0 + v * VLEN, acc[v]);
+            v = relu(v);
+        store(out_row + (ox0 + i) * C + c0, v);
     }
 }
 
+/* One output value the plain way: the channel tail (C not a multiple of
+ * VLEN). */
 static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real *w,
-                             const real *bias, int64_t oy, int64_t ox, int64_t c, real *out)
+                             const real *bias, int64_t oy, int64_t ox, int64_t c, real *out_row)
 {
+    const int64_t C = d->C;
     real acc = 0;
     for (int64_t ty = 0; ty < d->kh; ty++) {
         const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
@@ -585,16 +618,15 @@ static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real 
             continue;
         for (int64_t tx = 0; tx < d->kw; tx++) {
             const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
-            if (ix < 0 || ix >= d->W)
-                continue;
-            acc += img[(iy * d->W + ix) * d->C + c] * w[(ty * d->kw + tx) * d->C + c];
+            if (ix >= 0 && ix < d->W)
+                acc += img[(iy * d->W + ix) * C + c] * w[(ty * d->kw + tx) * C + c];
         }
     }
     if (bias)
         acc += bias[c];
     if (d->relu && acc < 0)
         acc = 0;
-    out[c] = acc;
+    out_row[ox * C + c] = acc;
 }
 
 static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
@@ -602,7 +634,12 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
 {
     const real *x = xv, *w = wv, *bias = biasv;
     real *y = yv;
-    const int64_t rows = d->N * d->Ho, C = d->C;
+    const int64_t rows = d->N * d->Ho, C = d->C, cvec = C / VLEN * VLEN;
+    /* Output columns [ox_lo, ox_hi) read only columns inside the image. */
+    const int64_t ox_lo = MIN(d->Wo, (d->pad_left + d->sw - 1) / d->sw);
+    const int64_t last = d->W - 1 + d->pad_left - (d->kw - 1) * d->dw; /* max ox*sw */
+    const int64_t ox_hi = last < 0 ? 0 : MIN(d->Wo, last / d->sw + 1);
+    const int k3s1 = d->kw == 3 && d->sw == 1 && d->dw == 1;
     const int nt = clamp_threads(nthreads, rows);
 #pragma omp parallel num_threads(nt)
     {
@@ -611,15 +648,23 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
         for (int64_t row = 0; row < rows; row++) {
             const int64_t n = row / d->Ho, oy = row % d->Ho;
             const real *img = x + n * d->H * d->W * C;
-            for (int64_t ox = 0; ox < d->Wo; ox++) {
-                real *out = y + (row * d->Wo + ox) * C;
-                int64_t c = 0;
-                for (; c + DW_NV * VLEN <= C; c += DW_NV * VLEN)
-                    dw_block(d, img, w, bias, oy, ox, c, DW_NV, out);
-                for (; c + VLEN <= C; c += VLEN)
-                    dw_block(d, img, w, bias, oy, ox, c, 1, out);
-                for (; c < C; c++)
-                    dw_scalar(d, img, w, bias, oy, ox, c, out);
+            real *out_row = y + row * d->Wo * C;
+            /* Pixels outer, channels inner: a tile's input window (kh rows
+             * of DW_OX * sw + kw pixels, all channels) stays in L1. */
+            for (int64_t ox = 0; ox < d->Wo; ox += DW_OX) {
+                const int nox = (int)MIN(DW_OX, d->Wo - ox);
+                const int inside = nox == DW_OX && ox >= ox_lo && ox + DW_OX <= ox_hi;
+                for (int64_t c0 = 0; c0 < cvec; c0 += VLEN) {
+                    if (inside && k3s1)
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row);
+                    else if (inside)
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row);
+                    else
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 0, out_row);
+                }
+                for (int64_t o = ox; o < ox + nox; o++)
+                    for (int64_t c = cvec; c < C; c++)
+                        dw_scalar(d, img, w, bias, oy, o, c, out_row);
             }
         }
         fp_leave(fp);
