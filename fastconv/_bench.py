@@ -24,7 +24,8 @@ it is compared with the memory read bandwidth measured by numpy.dot(v, v) over
 a vector much larger than the caches.
 
 --json FILE writes one object with the keys:
-  machine        {cpu, cpus, platform}
+  machine        {cpu, cpus, platform, busy_pct (the CPUs' use by other
+                 processes just before the run, or null)}
   isa            the instruction set fastconv's kernels run
   versions       {fastconv, python, numpy, torch, torch_cpu_capability, blas}
   config         fastconv.config()
@@ -36,7 +37,8 @@ a vector much larger than the caches.
   results        one object per layer and thread count: suite, layer, shape,
                  count, threads, dtype, flops, weight_bytes, numpy_method,
                  seconds / gflops / weight_gbps {contender: value or null},
-                 pct_peak, pct_bandwidth,
+                 pct_peak, pct_bandwidth, others_busy_pct (the CPUs' use by
+                 other processes while the row was timed, or null),
                  speedup {numpy, torch, torch_cl, torch_best} (= their time /
                  fastconv's)
   summary        one object per suite and thread count: suite, threads,
@@ -56,7 +58,7 @@ import statistics
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,6 +73,7 @@ LABELS = {"fastconv": "fastconv", "numpy": "numpy", "torch": "torch NCHW",
 TIMING = {True: (5, 0.02), False: (9, 0.05)}
 PROBE_SECONDS = 0.2        # length of one FMA-probe call
 BANDWIDTH_BYTES = 1 << 28  # the vector read by the bandwidth measurement
+BUSY_LIMIT = 10           # % of the CPUs used by others that makes a figure suspect
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -90,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=[*_shapes.SUITES, "all"], default="all",
                         help="which layers to run (default: all)")
     parser.add_argument("--threads", type=_thread_list, default=None,
-                        help="comma-separated thread counts, e.g. 1,2 (default: the package default)")
+                        help="comma-separated thread counts, e.g. 1,2 "
+                             "(default: fastconv.get_num_threads())")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--quick", action="store_true",
                         help="a representative subset of the layers, fewer repetitions")
@@ -189,9 +193,9 @@ Call = Callable[[int], object]  # called with the thread count
 
 
 def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Call:
-    """fastconv's side of a convolution layer (NHWC input, HWIO weights). The
-    weights are packed inside every call today; this is the one place to
-    change when a layer object packs them once."""
+    """fastconv's side of a convolution layer (NHWC input, HWIO weights).
+    fastconv.conv2d packs the weights inside every call (fastconv.Conv2d packs
+    them once): this is the one place to change to time another way."""
     return lambda nt: fastconv.conv2d(x, w, stride=layer.stride, padding=layer.pad,
                                       groups=layer.groups, num_threads=nt)
 
@@ -293,20 +297,17 @@ def measure_peak(dtype: str, nt: int) -> float:
     return flops_per_iter * iters / t / 1e9
 
 
-BANDWIDTH_METHOD = (f"numpy.dot(v, v) over a {BANDWIDTH_BYTES >> 20} MiB float32 vector "
-                    "(each call reads v once from memory), BLAS threads = thread count, "
-                    "median of 3")
-
-
-def measure_bandwidth(threads: Sequence[int]) -> Dict[int, float]:
-    """Memory read bandwidth in GB/s per thread count (see BANDWIDTH_METHOD)."""
+def measure_bandwidth(threads: Sequence[int]) -> Tuple[Dict[int, float], str]:
+    """Memory read bandwidth in GB/s per thread count, and how it was measured."""
     v = np.ones(BANDWIDTH_BYTES // 4, np.float32)
     gbps = {}
     for nt in threads:
         with thread_limits(nt):
             (t,) = time_interleaved([lambda: np.dot(v, v)], reps=3, min_time=0)
         gbps[nt] = v.nbytes / t / 1e9
-    return gbps
+    method = (f"numpy.dot(v, v) over a {v.nbytes >> 20} MiB float32 vector (each call "
+              "reads v once from memory), BLAS threads = thread count, median of 3")
+    return gbps, method
 
 
 # --------------------------------------------------------------------------
@@ -336,6 +337,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+Snapshot = Optional[Tuple[float, float, float]]
+
+
+def cpu_snapshot() -> Snapshot:
+    """(CPU-seconds busy, CPU-seconds elapsed, both summed over all CPUs, and
+    this process's CPU-seconds) now, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz, time.process_time()
+
+
+def others_busy(before: Snapshot, after: Snapshot) -> Optional[float]:
+    """% of the CPUs' time between two snapshots used by other processes."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    others = (after[0] - before[0]) - (after[2] - before[2])
+    return max(0.0, 100 * others / (after[1] - before[1]))
+
+
 def versions() -> Dict[str, Optional[str]]:
     """Versions of everything the figures depend on."""
     torch = _torch()
@@ -356,7 +381,8 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
 
 
 def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype,
-               seconds: Dict[str, Optional[float]], peak: float, bandwidth: float) -> dict:
+               seconds: Dict[str, Optional[float]], peak: float, bandwidth: float,
+               others_busy_pct: Optional[float]) -> dict:
     """Every figure of one layer at one thread count (see the JSON keys above)."""
     fl, wb = flops(layer), weight_bytes(layer, dtype)
     torch_times = [t for t in (seconds["torch"], seconds["torch_cl"]) if t is not None]
@@ -369,6 +395,7 @@ def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype,
             "weight_gbps": gbps,
             "pct_peak": 100 * fl / 1e9 / tf / peak,
             "pct_bandwidth": 100 * gbps["fastconv"] / bandwidth,
+            "others_busy_pct": others_busy_pct,
             "speedup": {"numpy": _ratio(seconds["numpy"], tf),
                         "torch": _ratio(seconds["torch"], tf),
                         "torch_cl": _ratio(seconds["torch_cl"], tf),
@@ -407,6 +434,7 @@ def _torch_best(values: Dict[str, Optional[float]]) -> Optional[float]:
 
 
 class Column(NamedTuple):
+    """One column of a table: its header, width, and how a row's cell reads."""
     header: str
     width: int
     cell: Callable[[dict], str]
@@ -426,10 +454,11 @@ LAYER_COLUMNS = [
     Column("t_cl", 7, lambda r: _fmt(r["gflops"]["torch_cl"], ".1f")),
     Column("vs np", 6, lambda r: _fmt(r["speedup"]["numpy"], ".2f", "x")),
     Column("vs torch", 8, lambda r: _fmt(r["speedup"]["torch_best"], ".2f", "x")),
+    Column("oth%", 4, lambda r: _fmt(r["others_busy_pct"], ".0f")),
 ]
 # The FC layers stream their weights once per call: show that rate too.
 FC_COLUMNS = LAYER_COLUMNS + [
-    Column("fc GB/s", 7, lambda r: _fmt(r["weight_gbps"]["fastconv"], ".1f")),
+    Column("fastconv GB/s", 13, lambda r: _fmt(r["weight_gbps"]["fastconv"], ".1f")),
     Column("%BW", 4, lambda r: _fmt(r["pct_bandwidth"], ".0f")),
     Column("np GB/s", 7, lambda r: _fmt(r["weight_gbps"]["numpy"], ".1f")),
     Column("t GB/s", 6, lambda r: _fmt(_torch_best(r["weight_gbps"]), ".1f")),
@@ -439,7 +468,7 @@ SUMMARY_COLUMNS = [
     Column("thr", 3, lambda r: str(r["threads"])),
     Column("layers", 6, lambda r: f"{r['layers']}/{r['layers_in_suite']}"),
     Column("GFLOP", 7, lambda r: _fmt(r["flops"] / 1e9, ".2f")),
-    Column("fc ms", 8, lambda r: _ms(r, "fastconv")),
+    Column("fastconv ms", 11, lambda r: _ms(r, "fastconv")),
     Column("GF/s", 6, lambda r: _fmt(r["gflops"], ".1f")),
     Column("%pk", 4, lambda r: _fmt(r["pct_peak"], ".0f")),
     Column("np ms", 8, lambda r: _ms(r, "numpy")),
@@ -502,8 +531,55 @@ def plot(plt, path: str, rows: List[dict]) -> None:
 # The command
 # --------------------------------------------------------------------------
 def _progress(text: str) -> None:
-    """Overwrite the progress line on stderr ("" clears it)."""
-    print(f"\r{text[:100]:100s}\r", end="", file=sys.stderr, flush=True)
+    """Show what runs now on stderr: one line overwritten in a terminal ("" clears
+    it), else a line per step."""
+    if sys.stderr.isatty():
+        print(f"\r{text[:100]:100s}\r", end="", file=sys.stderr, flush=True)
+    elif text:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _print_header(cfg: dict, vers: dict, busy: Optional[float],
+                  openblas_env: Dict[str, str]) -> None:
+    """What runs where: fastconv's build and ISA, the CPU, numpy's BLAS, warnings."""
+    print(f"fastconv {vers['fastconv']}: ISA {_core.active_isa()}, {cfg['compiler']}, "
+          f"OpenMP {'yes' if cfg['openmp'] else 'no'}; numpy {vers['numpy']}; "
+          f"torch {vers['torch'] or '- (not installed)'}"
+          + (f" ({vers['torch_cpu_capability']})" if vers["torch"] else ""))
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs), {_fmt(busy, '.0f', '%')} busy "
+          "with other processes before the run")
+    if busy is not None and busy > BUSY_LIMIT:
+        print(f"WARNING: other processes kept the CPUs {busy:.0f}% busy: the figures, "
+              "the multi-threaded ones most, will be noisy")
+    for info in blas_info():
+        print("numpy BLAS:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    for k, v in openblas_env.items():
+        print(f"WARNING: {k}={v} is set: it can make numpy's OpenBLAS run a slower kernel "
+              "than this CPU supports, which flatters fastconv; unset it for a fair comparison")
+
+
+def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: np.dtype,
+                rng: np.random.Generator, reps: int, min_time: float,
+                peak: Dict[int, float], bandwidth: Dict[int, float]) -> Dict[int, List[dict]]:
+    """Time every contender on every layer at every thread count; the
+    result rows per thread count."""
+    rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
+    for i, layer in enumerate(layers):
+        calls = contenders(layer, dtype, rng)
+        for nt in threads:
+            _progress(f"[{suite} {i + 1}/{len(layers)}, {nt} thr] {layer.name} "
+                      f"{shape_text(layer)} ...")
+            before = cpu_snapshot()
+            with thread_limits(nt):
+                times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
+                                         reps, min_time)
+            seconds: Dict[str, Optional[float]] = {c: None for c in CONTENDERS}
+            seconds.update(zip(calls, times))
+            rows[nt].append(result_row(suite, layer, nt, dtype, seconds, peak[nt],
+                                       bandwidth[nt], others_busy(before, cpu_snapshot())))
+        del calls  # free this layer's arrays before the next layer's are made
+    _progress("")
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -518,74 +594,59 @@ def run(args: argparse.Namespace) -> int:
     reps, min_time = TIMING[args.quick]
     dtype = np.dtype(args.dtype)
     suites = list(_shapes.SUITES) if args.suite == "all" else [args.suite]
-    cfg = fastconv.config()
-    vers = versions()
-
-    print(f"fastconv {vers['fastconv']}: ISA {_core.active_isa()}, {cfg['compiler']}, "
-          f"OpenMP {'yes' if cfg['openmp'] else 'no'}; numpy {vers['numpy']}; "
-          f"torch {vers['torch'] or '- (not installed)'}"
-          + (f" ({vers['torch_cpu_capability']})" if vers["torch"] else ""))
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs)")
-    for info in blas_info():
-        print("numpy BLAS:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    cfg, vers = fastconv.config(), versions()
+    before = cpu_snapshot()
+    time.sleep(0.25)
+    busy = others_busy(before, cpu_snapshot())
     openblas_env = {k: os.environ[k] for k in OPENBLAS_ENV if k in os.environ}
-    for k, v in openblas_env.items():
-        print(f"WARNING: {k}={v} is set: it can make numpy's OpenBLAS run a slower kernel "
-              "than this CPU supports, which flatters fastconv; unset it for a fair comparison")
+    _print_header(cfg, vers, busy, openblas_env)
 
     _progress("measuring the FMA peak and the memory bandwidth ...")
     peak = {nt: measure_peak(dtype.name, nt) for nt in threads}
-    bandwidth = measure_bandwidth(threads)
+    bandwidth, bandwidth_method = measure_bandwidth(threads)
     _progress("")
     for nt in threads:
         print(f"{nt} thread{'s' if nt > 1 else ''}: FMA-probe peak {peak[nt]:.1f} GFLOP/s "
               f"({dtype.name}), memory read bandwidth {bandwidth[nt]:.1f} GB/s")
-    print(f"(bandwidth: {BANDWIDTH_METHOD})")
+    print(f"(bandwidth: {bandwidth_method})")
     print(f"\nGFLOP/s of fastconv, numpy (via matmul / im2col+matmul / taps), torch (NCHW) and "
           f"t_cl (torch channels_last); %pk = fastconv / FMA-probe peak; vs = the other's "
           f"time / fastconv's (>1: fastconv faster), vs torch = the faster torch layout; "
-          f"n = times the network runs the layer; median of {reps} interleaved samples"
+          f"n = times the network runs the layer; oth% = the CPUs' use by other processes "
+          f"meanwhile; median of {reps} interleaved samples"
           + ("; --quick: a representative subset of the layers" if args.quick else ""))
 
     rng = np.random.default_rng(0)
     results, summary = [], []
     for suite in suites:
         layers = [la for la in _shapes.SUITES[suite] if la.quick or not args.quick]
-        rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
-        for i, layer in enumerate(layers):
-            calls = contenders(layer, dtype, rng)
-            for nt in threads:
-                _progress(f"[{suite} {i + 1}/{len(layers)}, {nt} thr] {layer.name} "
-                          f"{shape_text(layer)} ...")
-                with thread_limits(nt):
-                    times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
-                                             reps, min_time)
-                seconds = {c: None for c in CONTENDERS}
-                seconds.update(zip(calls, times))
-                rows[nt].append(result_row(suite, layer, nt, dtype, seconds,
-                                           peak[nt], bandwidth[nt]))
-            del calls  # free this layer's arrays before the next one's
-        _progress("")
+        rows = bench_suite(suite, layers, threads, dtype, rng, reps, min_time, peak, bandwidth)
         for nt in threads:
             print_table(f"{suite}, {nt} thread{'s' if nt > 1 else ''}, {dtype.name}",
                         rows[nt], FC_COLUMNS if suite == "fc" else LAYER_COLUMNS)
             results += rows[nt]
             summary.append(summary_row(suite, nt, rows[nt], peak[nt]))
-
-    print_table("summary: totals over each suite's layers, each counted n times "
-                "(layers = run / in the network)", summary, SUMMARY_COLUMNS)
+    print_table("summary: totals over each suite's layers, each counted n times (layers = "
+                "run / in the network); vs = the other's total / fastconv's, torch = NCHW",
+                summary, SUMMARY_COLUMNS)
+    disturbed = [r for r in results if (r["others_busy_pct"] or 0) > BUSY_LIMIT]
+    if disturbed:
+        print(f"\nWARNING: other processes used more than {BUSY_LIMIT}% of the CPUs while "
+              f"{len(disturbed)} of the {len(results)} rows were timed (oth%): rerun those "
+              "on an idle machine")
     print(f"\n({time.perf_counter() - start:.1f} s)")
 
     if args.json:
         report = {
-            "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform()},
+            "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                        "busy_pct": busy},
             "isa": _core.active_isa(), "versions": vers, "config": cfg, "blas": blas_info(),
             "openblas_env": openblas_env,
             "settings": {"suite": args.suite, "suites": suites, "threads": threads,
                          "dtype": dtype.name, "quick": args.quick, "reps": reps,
                          "min_time": min_time},
             "peak_gflops": {str(nt): g for nt, g in peak.items()},
-            "memory_bandwidth": {"method": BANDWIDTH_METHOD,
+            "memory_bandwidth": {"method": bandwidth_method,
                                  "gbps": {str(nt): g for nt, g in bandwidth.items()}},
             "results": results, "summary": summary,
         }

@@ -36,7 +36,8 @@ class ConvWeights:
     Parameters are those of conv2d; `fn` names the caller in messages.
     """
 
-    def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any) -> None:
+    def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any,
+                 nthreads: int) -> None:
         self.fn = fn
         self.layout = layout_name(fn, layout)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
@@ -60,22 +61,22 @@ class ConvWeights:
         check_bias(fn, b, self.k)
         self.c = self.cg * self.groups
         self.has_bias = b is not None
-        self.packed = self._pack(w, axes, b)
+        self.packed = self._pack(w, axes, b, nthreads)
 
-    def _pack(self, w: np.ndarray, axes: Tuple[int, ...], b: Optional[np.ndarray]
-              ) -> "_core.Packed":
+    def _pack(self, w: np.ndarray, axes: Tuple[int, ...], b: Optional[np.ndarray],
+              nthreads: int) -> "_core.Packed":
         bias = None if b is None else np.ascontiguousarray(b)
         if self.groups > 1 and self.groups == self.c == self.k:
             # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
             taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
             return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                              np.ascontiguousarray(taps), (), bias, True)
+                              np.ascontiguousarray(taps), (), bias, True, nthreads)
         strides = _element_strides(w)
         if strides is None:
             w = np.ascontiguousarray(w)
             strides = _element_strides(w)
         return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                          w, tuple(strides[a] for a in axes), bias, False)
+                          w, tuple(strides[a] for a in axes), bias, False, nthreads)
 
     def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
             out: Any, num_threads: Any, originals: dict) -> np.ndarray:
@@ -206,7 +207,7 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     layout_name(fn, layout)
     # One dtype check over all three, so a mismatch names every dtype seen.
     float_arrays(fn, x=x, weight=weight, bias=bias)
-    weights = ConvWeights(fn, weight, bias, groups, layout)
+    weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, num_threads))
     return weights.run(x, stride=stride, padding=padding, dilation=dilation,
                        activation=activation, out=out, num_threads=num_threads,
                        originals={"x": x, "weight": weight, "bias": bias})
@@ -216,7 +217,8 @@ class GemmWeights:
     """The b operand of a GEMM (and its bias), packed once: a (M, K) @ b (K, N)
     is the 1x1 convolution of an (M, 1) image with K channels."""
 
-    def __init__(self, fn: str, b: np.ndarray, bias: Optional[np.ndarray]) -> None:
+    def __init__(self, fn: str, b: np.ndarray, bias: Optional[np.ndarray],
+                 nthreads: int) -> None:
         self.fn = fn
         self.dtype = b.dtype
         self.k, self.n = b.shape
@@ -228,7 +230,8 @@ class GemmWeights:
             strides = _element_strides(b)
         self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
                                  (0, 0, strides[0], strides[1]),
-                                 None if bias is None else np.ascontiguousarray(bias), False)
+                                 None if bias is None else np.ascontiguousarray(bias), False,
+                                 nthreads)
 
     def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int
             ) -> np.ndarray:
@@ -285,4 +288,4 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     check_bias(fn, bias_a, ba.shape[1])
     nthreads = resolve_threads(fn, num_threads)
     out = check_out(fn, out, (M, ba.shape[1]), dtype, {"a": a, "b": b, "bias": bias})
-    return GemmWeights(fn, ba, bias_a).run(aa, relu, out, nthreads)
+    return GemmWeights(fn, ba, bias_a, nthreads).run(aa, relu, out, nthreads)

@@ -131,7 +131,7 @@ cdef class Packed:
 
 
 def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,
-         cnp.ndarray w, tuple strides, bias, bint depthwise):
+         cnp.ndarray w, tuple strides, bias, bint depthwise, int nthreads):
     """Packed weights for a convolution with these channels and kernel.
 
     w is addressed through `strides` (in elements: tap row, tap column,
@@ -165,7 +165,7 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     pp = cnp.PyArray_DATA(p.buffer)
     cdef const void *wp = cnp.PyArray_DATA(w)
     with nogil:
-        p.ks.pack(&p.d, wp, ws, bp, pp)
+        p.ks.pack(&p.d, wp, ws, bp, pp, nthreads)
     return p
 
 

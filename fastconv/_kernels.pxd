@@ -17,7 +17,7 @@ cdef extern from "fastconv.h" nogil:
         int64_t mr, nr
         int64_t (*packed_size)(const fc_conv_desc *d) noexcept nogil
         void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
-                     const void *bias, void *packed) noexcept nogil
+                     const void *bias, void *packed, int nthreads) noexcept nogil
         int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
                     void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,

@@ -35,7 +35,7 @@ class Conv2d:
                  padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
                  activation: Optional[str] = None, layout: str = "NHWC") -> None:
         fn = "Conv2d"
-        self._weights = ConvWeights(fn, weight, bias, groups, layout)
+        self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None))
         # The options are checked now, so that a bad one fails at
         # construction rather than at the first call.
         self.stride = int_pair(fn, "stride", stride)
@@ -138,7 +138,8 @@ class Linear:
         self.weight_layout = weight_layout
         self._relu = activation_is_relu(fn, activation)
         self.activation = activation
-        self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"])
+        self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"],
+                                    resolve_threads(fn, None))
 
     @property
     def in_features(self) -> int:

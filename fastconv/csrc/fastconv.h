@@ -54,7 +54,7 @@ typedef struct fc_kernel_set {
     /* Pack weights (strided, see fc_weight_strides) and bias (contiguous, K
      * elements, or NULL) into the micro-panel layout the conv kernel reads. */
     void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
-                 const void *bias, void *packed);
+                 const void *bias, void *packed, int nthreads);
     /* Convolution through the register-blocked micro-kernel; a 1x1, stride 1,
      * unpadded convolution (and so every GEMM) takes its GEMM path. x is
      * contiguous NHWC, y contiguous NHWC. */

@@ -230,71 +230,6 @@ static const ukernel_fn ukernels[NV + 1] = {
 #endif
 };
 
-static inline int64_t n_blocks(int64_t n) { return (n + NR - 1) / NR; }
-/* Output channels of a group rounded up to whole vectors: the packed width. */
-static inline int64_t padded(int64_t n) { return (n + VLEN - 1) / VLEN * VLEN; }
-/* Width of panel b of a group with Kg output channels: NR, except the last. */
-static inline int64_t panel_width(int64_t Kg, int64_t b) { return MIN(NR, padded(Kg - b * NR)); }
-
-/* Packed layout: per group, panels of NR output channels (the last one
- * padded(remaining) wide), each [KC block][tap][channel][width]; then the
- * bias, per group padded(Kg) values. */
-static int64_t NAME(packed_size)(const fc_conv_desc *d)
-{
-    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
-    return d->groups * padded(Kg) * (d->kh * d->kw * Cg + 1);
-}
-
-static inline int64_t bias_offset(const fc_conv_desc *d)
-{
-    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
-    return d->groups * padded(Kg) * d->kh * d->kw * Cg;
-}
-
-/* Offset of panel b of group g. */
-static inline int64_t panel_offset(const fc_conv_desc *d, int64_t g, int64_t b)
-{
-    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
-    return (g * padded(Kg) + b * NR) * d->kh * d->kw * Cg;
-}
-
-static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides s,
-                       const void *biasv, void *packedv)
-{
-    const real *w = wv, *bias = biasv;
-    real *packed = packedv;
-    const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
-    const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
-    for (int64_t g = 0; g < G; g++) {
-        for (int64_t b = 0; b < nb; b++) {
-            const int64_t k0 = g * Kg + b * NR, nr = MIN(NR, Kg - b * NR);
-            const int64_t width = panel_width(Kg, b);
-            real *dst = packed + panel_offset(d, g, b);
-            for (int64_t c0 = 0; c0 < Cg; c0 += KC) {
-                const int64_t kc = MIN(KC, Cg - c0);
-                for (int64_t t = 0; t < ntaps; t++) {
-                    const real *src = w + (t / d->kw) * s.ty + (t % d->kw) * s.tx
-                                        + c0 * s.c + k0 * s.k;
-                    for (int64_t c = 0; c < kc; c++) {
-                        int64_t j = 0;
-                        for (; j < nr; j++)
-                            dst[j] = src[c * s.c + j * s.k];
-                        for (; j < width; j++)
-                            dst[j] = 0;
-                        dst += width;
-                    }
-                }
-            }
-        }
-    }
-    real *pb = packed + bias_offset(d);
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t k = 0; k < padded(Kg); k++)
-            *pb++ = (bias && k < Kg) ? bias[g * Kg + k] : 0;
-}
-
-/* Threads for a loop of ntasks: at most one per task and per processor
- * (more would only oversubscribe the cores). */
 /* Flush-to-zero and denormals-are-zero for the calling thread while a kernel
  * runs (subnormal operands can slow FMAs down by orders of magnitude); the
  * thread's previous mode is restored by fp_leave. */
@@ -356,6 +291,72 @@ static inline int thread_id(void)
 #endif
 }
 
+static inline int64_t n_blocks(int64_t n) { return (n + NR - 1) / NR; }
+/* Output channels of a group rounded up to whole vectors: the packed width. */
+static inline int64_t padded(int64_t n) { return (n + VLEN - 1) / VLEN * VLEN; }
+/* Width of panel b of a group with Kg output channels: NR, except the last. */
+static inline int64_t panel_width(int64_t Kg, int64_t b) { return MIN(NR, padded(Kg - b * NR)); }
+
+/* Packed layout: per group, panels of NR output channels (the last one
+ * padded(remaining) wide), each [KC block][tap][channel][width]; then the
+ * bias, per group padded(Kg) values. */
+static int64_t NAME(packed_size)(const fc_conv_desc *d)
+{
+    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
+    return d->groups * padded(Kg) * (d->kh * d->kw * Cg + 1);
+}
+
+static inline int64_t bias_offset(const fc_conv_desc *d)
+{
+    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
+    return d->groups * padded(Kg) * d->kh * d->kw * Cg;
+}
+
+/* Offset of panel b of group g. */
+static inline int64_t panel_offset(const fc_conv_desc *d, int64_t g, int64_t b)
+{
+    const int64_t Cg = d->C / d->groups, Kg = d->K / d->groups;
+    return (g * padded(Kg) + b * NR) * d->kh * d->kw * Cg;
+}
+
+static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides s,
+                       const void *biasv, void *packedv, int nthreads)
+{
+    const real *w = wv, *bias = biasv;
+    real *packed = packedv;
+    const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
+    const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
+    /* Panels are independent: one thread per panel at a time. */
+#pragma omp parallel for num_threads(clamp_threads(nthreads, G * nb)) schedule(static)
+    for (int64_t gb = 0; gb < G * nb; gb++) {
+        const int64_t g = gb / nb, b = gb % nb;
+        const int64_t k0 = g * Kg + b * NR, nr = MIN(NR, Kg - b * NR);
+        const int64_t width = panel_width(Kg, b);
+        real *dst = packed + panel_offset(d, g, b);
+        for (int64_t c0 = 0; c0 < Cg; c0 += KC) {
+            const int64_t kc = MIN(KC, Cg - c0);
+            for (int64_t t = 0; t < ntaps; t++) {
+                const real *src = w + (t / d->kw) * s.ty + (t % d->kw) * s.tx
+                                    + c0 * s.c + k0 * s.k;
+                for (int64_t c = 0; c < kc; c++) {
+                    int64_t j = 0;
+                    for (; j < nr; j++)
+                        dst[j] = src[c * s.c + j * s.k];
+                    for (; j < width; j++)
+                        dst[j] = 0;
+                    dst += width;
+                }
+            }
+        }
+    }
+    real *pb = packed + bias_offset(d);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t k = 0; k < padded(Kg); k++)
+            *pb++ = (bias && k < Kg) ? bias[g * Kg + k] : 0;
+}
+
+/* Threads for a loop of ntasks: at most one per task and per processor
+ * (more would only oversubscribe the cores). */
 /* How a tile's input rows are found. */
 typedef struct {
     const real *x;   /* input, NHWC (for ROWS_MERGED its width-padded copy) */
@@ -436,7 +437,7 @@ static real *pad_width(const fc_conv_desc *d, const real *x, int nthreads, int64
 
 /*
  * Loop structure (BLIS-like, per thread):
- *   task = (group, block of MCT m-tiles, NR block of output channels), the
+ *   task = (group, block of <= MCT m-tiles, NR block of output channels), the
  *          NR block innermost so that a thread keeps one block of input rows
  *          (and its row pointers) in cache while it sweeps the weights;
  *     for each KC block of input channels:      weights panel: L1/L2
@@ -453,7 +454,10 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
     const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
     const int64_t ntaps = d->kh * d->kw, M = d->N * d->Ho * d->Wo;
     const int64_t nb = n_blocks(Kg), mtiles = (M + MR - 1) / MR;
+    /* At most MCT tiles per block, the tiles spread evenly over the blocks
+     * (9 tiles make blocks of 5 and 4, not 8 and 1, for the two threads). */
     const int64_t mblocks = (mtiles + MCT - 1) / MCT;
+    const int64_t bsize = mblocks ? (mtiles + mblocks - 1) / mblocks : 0;
     const int64_t ntasks = G * mblocks * nb;
     if (ntasks == 0)
         return FC_OK;
@@ -496,7 +500,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
         for (int64_t task = 0; task < ntasks; task++) {
             const int64_t b = task % nb, gm = task / nb;
             const int64_t mb = gm % mblocks, g = gm / mblocks;
-            const int64_t t0 = mb * MCT, tcount = MIN(MCT, mtiles - t0);
+            const int64_t t0 = mb * bsize, tcount = MIN(bsize, mtiles - t0);
             if (gm != built) {
                 row_source gsrc = src;
                 gsrc.goff = g * Cg;

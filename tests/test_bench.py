@@ -1,0 +1,206 @@
+"""`python -m fastconv bench` machinery on tiny layers: tables, summary, JSON,
+plot, arguments, and the NumPy baselines' numbers. No speed is asserted."""
+
+import contextlib
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _bench, _shapes
+from fastconv.__main__ import main
+from fastconv._shapes import Conv, Gemm
+
+TINY_SUITES = {
+    "gemm": [Gemm("g", 16, 8, 12, quick=True)],
+    "vgg16": [Conv("c3", 8, 4, 6, 3, pad=1, count=2, quick=True),
+              Conv("not-quick", 8, 6, 6, 3, pad=1)],
+    "resnet50": [Conv("c7s2", 12, 3, 8, 7, stride=2, pad=3, quick=True),
+                 Conv("ds", 8, 4, 8, 1, stride=2, quick=True)],
+    "mobilenet_v2": [Conv("dw", 9, 8, 8, 3, stride=2, pad=1, groups=8, quick=True)],
+    "fc": [Conv("fc", 3, 4, 5, 3, quick=True)],
+}
+JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
+             "peak_gflops", "memory_bandwidth", "results", "summary"}
+RESULT_KEYS = {"suite", "layer", "shape", "count", "threads", "dtype", "flops",
+               "weight_bytes", "numpy_method", "seconds", "gflops", "weight_gbps",
+               "pct_peak", "pct_bandwidth", "others_busy_pct", "speedup"}
+SUMMARY_KEYS = {"suite", "threads", "layers", "layers_in_suite", "flops", "seconds",
+                "gflops", "pct_peak", "speedup"}
+
+
+@contextlib.contextmanager
+def tiny_bench():
+    """The bench on TINY_SUITES with the shortest timings and measurements."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_shapes, "SUITES", TINY_SUITES)
+        mp.setattr(_bench, "TIMING", {True: (2, 0.0), False: (2, 0.0)})
+        mp.setattr(_bench, "PROBE_SECONDS", 0.001)
+        mp.setattr(_bench, "BANDWIDTH_BYTES", 1 << 20)
+        yield mp
+
+
+def run_bench(*argv):
+    """main(["bench", *argv]) -> (exit code, stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["bench", *argv])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run over every tiny suite at 1 and 2 threads, with --json."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    with tiny_bench():
+        code, text = run_bench("--quick", "--threads", "1,2", "--json", str(path))
+    with open(path) as f:
+        return code, text, json.load(f)
+
+
+def test_tables_and_summary_are_printed(quick_run):
+    code, text, _ = quick_run
+    assert code == 0
+    for suite in TINY_SUITES:
+        for nt, word in ((1, "thread"), (2, "threads")):
+            assert f"{suite}, {nt} {word}, float32" in text
+    assert "FMA-probe peak" in text and "memory read bandwidth" in text
+    assert "summary" in text and "vs torch" in text and "%pk" in text
+    assert "fastconv GB/s" in text  # the fc table's weight-streaming columns
+    assert "c3 " in text and "not-quick" not in text  # --quick keeps the quick layers
+    # the summary: layers run / in the suite, with multiplicity (c3 counts 2)
+    assert re.search(r"^vgg16 +1 +2/3 ", text, re.MULTILINE)
+
+
+def test_json_has_the_documented_keys(quick_run):
+    _, _, report = quick_run
+    assert set(report) == JSON_KEYS
+    assert report["isa"] == fastconv.config()["dispatch"]["conv"]
+    assert set(report["peak_gflops"]) == {"1", "2"}
+    assert set(report["memory_bandwidth"]["gbps"]) == {"1", "2"}
+    assert report["settings"]["threads"] == [1, 2] and report["settings"]["quick"]
+    results = report["results"]
+    assert len(results) == 2 * 6  # six quick layers, two thread counts
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert set(r["seconds"]) == set(_bench.CONTENDERS)
+        assert r["seconds"]["fastconv"] > 0 and r["seconds"]["numpy"] > 0
+    assert [r["numpy_method"] for r in results if r["threads"] == 1] == \
+        ["matmul", "im2col", "im2col", "im2col", "taps", "im2col"]
+    summary = report["summary"]
+    assert len(summary) == 2 * len(TINY_SUITES)
+    for s in summary:
+        assert set(s) == SUMMARY_KEYS
+    vgg = next(s for s in summary if s["suite"] == "vgg16")
+    assert (vgg["layers"], vgg["layers_in_suite"]) == (2, 3)
+    assert vgg["flops"] == 2 * _bench.flops(TINY_SUITES["vgg16"][0])
+
+
+def test_openblas_env_is_reported(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    with tiny_bench():
+        code, text = run_bench("--suite", "gemm", "--threads", "1")
+    assert code == 0
+    assert "WARNING: OPENBLAS_CORETYPE=Haswell" in text
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    with tiny_bench():
+        code, _ = run_bench("--suite", "vgg16", "--threads", "1", "--plot", str(path))
+    assert code == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(_bench, "_pyplot", lambda: None)
+    assert main(["bench", "--suite", "gemm", "--plot", "x.png"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--suite", "alexnet"], ["--threads", "0"],
+                                  ["--threads", "1,x"], ["--dtype", "float16"]])
+def test_bad_arguments_are_argparse_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *argv])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_layer_geometry():
+    layer = Conv("x", 9, 4, 6, 3, stride=2, pad=1)
+    assert _bench.out_size(layer) == 5
+    assert _bench.flops(layer) == 2 * 5 * 5 * 6 * 3 * 3 * 4
+    assert _bench.weight_bytes(layer, np.dtype("float32")) == 3 * 3 * 4 * 6 * 4
+    dw = Conv("dw", 8, 16, 16, 3, pad=1, groups=16)
+    assert _bench.flops(dw) == 2 * 8 * 8 * 16 * 9
+    assert _bench.flops(Gemm("g", 2, 3, 4)) == 2 * 2 * 3 * 4
+
+
+@pytest.mark.parametrize("hw,C,K,k,stride,pad", [(9, 5, 7, 3, 1, 1), (11, 3, 8, 7, 2, 3),
+                                                 (8, 6, 4, 1, 2, 0), (7, 4, 3, 7, 1, 0)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_im2col_baseline_equals_conv2d(hw, C, K, k, stride, pad, dtype):
+    rng = np.random.default_rng(hw * K)
+    x = rng.standard_normal((2, hw, hw, C)).astype(dtype)
+    w = rng.standard_normal((k, k, C, K)).astype(dtype)
+    expected = fastconv.conv2d(x, w, stride=stride, padding=pad)
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(_bench.im2col_matmul(x, w, stride, pad), expected,
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_baseline_equals_conv2d(stride):
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((1, 10, 10, 12)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, 12)).astype(np.float32)
+    expected = fastconv.conv2d(x, w, stride=stride, padding=1, groups=12)
+    np.testing.assert_allclose(_bench.depthwise_taps(x, w, stride, 1), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_every_contender_computes_the_same_layer():
+    layer = Conv("c", 6, 4, 5, 3, stride=2, pad=1)
+    calls = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    with _bench.thread_limits(1):
+        outs = {name: np.asarray(call(1)) for name, call in calls.items()}
+    expected = outs.pop("fastconv")
+    for name, out in outs.items():
+        if out.shape != expected.shape:  # torch's NCHW result
+            out = out.transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_shape_tables():
+    counts = {suite: sum(layer.count for layer in layers)
+              for suite, layers in _shapes.SUITES.items()}
+    assert counts == {"gemm": 11, "vgg16": 13, "resnet50": 53, "mobilenet_v2": 17, "fc": 3}
+    assert all(any(layer.quick for layer in layers) for layers in _shapes.SUITES.values())
+    assert all(layer.groups == layer.C == layer.K for layer in _shapes.MOBILENET_V2)
+    assert {_bench.out_size(layer) for layer in _shapes.FC} == {1}
+
+
+def test_without_torch_its_columns_show_a_dash(monkeypatch, tmp_path):
+    monkeypatch.setattr(_bench, "_torch", lambda: None)
+    path = tmp_path / "bench.json"
+    with tiny_bench():
+        code, text = run_bench("--suite", "fc", "--threads", "1", "--json", str(path))
+    assert code == 0
+    assert "torch - (not installed)" in text
+    row = json.loads(path.read_text())["results"][0]
+    assert row["seconds"]["torch"] is None and row["speedup"]["torch_best"] is None
+    fc_line = next(line for line in text.splitlines() if line.startswith("fc "))
+    assert " - " in fc_line
+
+
+def test_others_busy():
+    # 2 CPU-seconds busy out of 4 elapsed, 1 of them ours: others used 25%
+    assert _bench.others_busy((10.0, 100.0, 5.0), (12.0, 104.0, 6.0)) == 25.0
+    assert _bench.others_busy(None, (12.0, 104.0, 6.0)) is None
+    snapshot = _bench.cpu_snapshot()
+    assert snapshot is None or len(snapshot) == 3
