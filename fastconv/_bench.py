@@ -6,7 +6,8 @@ For every layer and thread count, the contenders are timed interleaved
 (fastconv, numpy, torch, torch_cl, fastconv, ...) after a warm-up, and the
 medians are compared, so that the noise of a shared machine hits all alike:
 
-- fastconv: fastconv.matmul, or fastconv.conv2d in NHWC with HWIO weights;
+- fastconv: fastconv.matmul (weights packed in every call), or a
+  fastconv.Conv2d layer (weights packed once) in NHWC with HWIO weights;
 - numpy: numpy.matmul for GEMMs and 1x1 stride-1 layers ("matmul"),
   im2col + numpy.matmul for the other convolutions ("im2col"), and a sum of
   k*k shifted slices times the weights for depthwise layers ("taps"); its BLAS
@@ -193,11 +194,11 @@ Call = Callable[[int], object]  # called with the thread count
 
 
 def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Call:
-    """fastconv's side of a convolution layer (NHWC input, HWIO weights).
-    fastconv.conv2d packs the weights inside every call (fastconv.Conv2d packs
-    them once): this is the one place to change to time another way."""
-    return lambda nt: fastconv.conv2d(x, w, stride=layer.stride, padding=layer.pad,
-                                      groups=layer.groups, num_threads=nt)
+    """fastconv's side of a convolution layer (NHWC input, HWIO weights): a
+    fastconv.Conv2d, whose weights are packed once at construction as in a
+    network (fastconv.conv2d packs them inside every call)."""
+    conv = fastconv.Conv2d(w, stride=layer.stride, padding=layer.pad, groups=layer.groups)
+    return lambda nt: conv(x, num_threads=nt)
 
 
 def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[str, Call]:
