@@ -71,6 +71,8 @@ CONTENDERS = ("fastconv", "numpy", "torch", "torch_cl")
 LABELS = {"fastconv": "fastconv", "numpy": "numpy", "torch": "torch NCHW",
           "torch_cl": "torch channels_last"}
 # (repetitions, minimum seconds per timed sample) for --quick and for full runs.
+# Idle time after each sample at more than one thread (see time_interleaved).
+SETTLE_SECONDS = 0.1
 TIMING = {True: (5, 0.02), False: (9, 0.05)}
 PROBE_SECONDS = 0.2        # length of one FMA-probe call
 BANDWIDTH_BYTES = 1 << 28  # the vector read by the bandwidth measurement
@@ -262,13 +264,16 @@ def thread_limits(nt: int) -> Iterator[None]:
 
 
 def time_interleaved(calls: Sequence[Callable[[], object]], reps: int,
-                     min_time: float) -> List[float]:
+                     min_time: float, settle: float = 0.0) -> List[float]:
     """Median seconds per call of each callable.
 
     Each is called once to warm up and once more to time it; a sample then
     repeats it enough times to last min_time. The samples are taken in
     rounds, one of each callable per round, so that a disturbance of the
-    machine hits them all alike."""
+    machine hits them all alike. After each sample the machine idles for
+    `settle` seconds: a multi-threaded library's workers keep spinning on the
+    cores after a call returns (OpenBLAS's for up to ~0.1 s), and would
+    otherwise take a core from whichever contender runs next."""
     for call in calls:
         call()
     counts = []
@@ -284,6 +289,8 @@ def time_interleaved(calls: Sequence[Callable[[], object]], reps: int,
             for _ in range(n):
                 call()
             acc.append((time.perf_counter() - t0) / n)
+            if settle:
+                time.sleep(settle)
     return [statistics.median(acc) for acc in samples]
 
 
@@ -573,7 +580,7 @@ def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: 
             before = cpu_snapshot()
             with thread_limits(nt):
                 times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
-                                         reps, min_time)
+                                         reps, min_time, SETTLE_SECONDS if nt > 1 else 0.0)
             seconds: Dict[str, Optional[float]] = {c: None for c in CONTENDERS}
             seconds.update(zip(calls, times))
             rows[nt].append(result_row(suite, layer, nt, dtype, seconds, peak[nt],
