@@ -388,12 +388,24 @@ static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t
     const int64_t hw = d->Ho * d->Wo;
     int64_t n = p0 / hw, oy = (p0 % hw) / d->Wo, ox = (p0 % hw) % d->Wo;
     for (int i = 0; i < MR; i++) {
+        int same_row = i > 0;
         if (i > 0 && i < mr && ++ox == d->Wo) {
+            same_row = 0;
             ox = 0;
             if (++oy == d->Ho) {
                 oy = 0;
                 n++;
             }
+        }
+        if (src->kind == ROWS_MERGED && same_row) {
+            /* The next pixel of the same output row: every tap row moves
+             * sw pixels along (rows past the last pixel repeat it). */
+            const int64_t step = i < mr ? d->sw * C : 0;
+            for (int64_t ty = 0; ty < d->kh; ty++) {
+                const real *prev = a[ty * MR + i - 1];
+                a[ty * MR + i] = prev == zero_row ? zero_row : prev + step;
+            }
+            continue;
         }
         const real *img = src->x + n * d->H * src->W * C + src->goff;
         for (int64_t ty = 0; ty < d->kh; ty++) {
@@ -562,7 +574,7 @@ static inline __attribute__((always_inline)) void dw_tile(
     const int64_t C = d->C;
     vec acc[DW_OX];
 #pragma GCC unroll 16
-    for (int i = 0; i < nox; i++)
+    for (int i = 0; i < DW_OX; i++)
         acc[i] = (vec){0};
     for (int64_t ty = 0; ty < d->kh; ty++) {
         const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
