@@ -565,11 +565,12 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
  * in registers, each input vector read straight from the NHWC row. Tiles
  * whose taps all fall inside the image skip every bounds check; the others
  * (the image border) check each tap. The sum over taps is in the same order
- * everywhere, so the result does not depend on the tiling or thread count.
+ * everywhere, so the result does not depend on the thread count.
  */
 static inline __attribute__((always_inline)) void dw_tile(
     const fc_conv_desc *d, const real *img, const real *w, const real *bias, int64_t oy,
-    int64_t ox0, int64_t c0, const int nox, const int checked, const int k3s1, real *out_row)
+    int64_t ox0, int64_t c0, const int nox, const int checked, const int k3_stride,
+    real *out_row)
 {
     const int64_t C = d->C;
     vec acc[DW_OX];
@@ -581,22 +582,25 @@ static inline __attribute__((always_inline)) void dw_tile(
         if (iy < 0 || iy >= d->H)
             continue;
         const real *xrow = img + iy * d->W * C + c0;
-        if (k3s1) {
-            /* 3 taps, stride 1, inside the image: each input vector is
-             * loaded once and feeds the (up to) 3 outputs it touches, in
-             * the same tap order as the general loop below. */
-            const real *xp = xrow + (ox0 - d->pad_left) * C;
+        if (k3_stride) {
+            /* 3 taps, dilation 1, stride k3_stride (1 or 2): each input
+             * vector of the row is loaded once and feeds every output it
+             * touches; columns outside the image read as zeros. */
+            const int S = k3_stride;
+            const int64_t ix0 = ox0 * S - d->pad_left;
             const vec w0 = load(w + ty * 3 * C + c0), w1 = load(w + (ty * 3 + 1) * C + c0),
                       w2 = load(w + (ty * 3 + 2) * C + c0);
-            vec xv[DW_OX + 2];
+            vec xv[(DW_OX - 1) * 2 + 3];
+#pragma GCC unroll 32
+            for (int j = 0; j < (DW_OX - 1) * S + 3; j++) {
+                const int64_t ix = ix0 + j;
+                xv[j] = !checked || (ix >= 0 && ix < d->W) ? load(xrow + ix * C) : (vec){0};
+            }
 #pragma GCC unroll 16
-            for (int j = 0; j < DW_OX + 2; j++)
-                xv[j] = load(xp + j * C);
-#pragma GCC unroll 16
-            for (int i = 0; i < DW_OX; i++) {
-                acc[i] += xv[i] * w0;
-                acc[i] += xv[i + 1] * w1;
-                acc[i] += xv[i + 2] * w2;
+            for (int i = 0; i < nox; i++) {
+                acc[i] += xv[i * S] * w0;
+                acc[i] += xv[i * S + 1] * w1;
+                acc[i] += xv[i * S + 2] * w2;
             }
             continue;
         }
@@ -655,7 +659,8 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
     const int64_t ox_lo = MIN(d->Wo, (d->pad_left + d->sw - 1) / d->sw);
     const int64_t last = d->W - 1 + d->pad_left - (d->kw - 1) * d->dw; /* max ox*sw */
     const int64_t ox_hi = last < 0 ? 0 : MIN(d->Wo, last / d->sw + 1);
-    const int k3s1 = d->kw == 3 && d->sw == 1 && d->dw == 1;
+    /* 3-tap rows at stride 1 or 2 (MobileNet's) load each input once. */
+    const int k3 = d->kw == 3 && d->dw == 1 && (d->sw == 1 || d->sw == 2) ? (int)d->sw : 0;
     const int nt = clamp_threads(nthreads, rows);
 #pragma omp parallel num_threads(nt)
     {
@@ -671,8 +676,14 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
                 const int nox = (int)MIN(DW_OX, d->Wo - ox);
                 const int inside = nox == DW_OX && ox >= ox_lo && ox + DW_OX <= ox_hi;
                 for (int64_t c0 = 0; c0 < cvec; c0 += VLEN) {
-                    if (inside && k3s1)
+                    if (k3 == 1 && inside)
                         dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row);
+                    else if (k3 == 1)
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 1, out_row);
+                    else if (k3 == 2 && inside)
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 2, out_row);
+                    else if (k3 == 2)
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 2, out_row);
                     else if (inside)
                         dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row);
                     else
