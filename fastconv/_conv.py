@@ -78,24 +78,20 @@ class ConvWeights:
         return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
                           w, tuple(strides[a] for a in axes), bias, False, nthreads)
 
-    def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
-            out: Any, num_threads: Any, originals: dict) -> np.ndarray:
-        """Convolve x with these weights (every check on x and the options
-        first). `originals` are the caller's arrays, for the overlap check."""
+    def plan(self, shape: Tuple[int, ...], stride: Any, padding: Any, dilation: Any,
+             activation: Any) -> "ConvPlan":
+        """Check an input of this shape and the options against the weights."""
         fn = self.fn
-        _, arr = float_arrays(fn, x=x)
-        xa = arr["x"]
-        if xa.dtype != self.dtype:
-            raise TypeError(f"{fn}: x and weight must share one dtype; "
-                            f"got x {xa.dtype}, weight {self.dtype}")
         dims = "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)"
-        check_ndim(fn, "x", xa, (3, 4), f"4-D {dims} or 3-D without the batch axis")
-        unbatched = xa.ndim == 3
-        x4 = xa[None] if unbatched else xa
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{fn}: x must be 4-D {dims} or 3-D without the batch axis; "
+                             f"got {len(shape)}-D array of shape {shape}")
+        unbatched = len(shape) == 3
+        shape4 = (1,) + tuple(shape) if unbatched else tuple(shape)
         if self.layout == "NHWC":
-            N, H, W, C = x4.shape
+            N, H, W, C = shape4
         else:
-            N, C, H, W = x4.shape
+            N, C, H, W = shape4
         groups = self.groups
         if C % groups:
             raise ValueError(f"{fn}: groups={groups} must divide the input channels C={C}")
@@ -114,30 +110,59 @@ class ConvWeights:
                 f"would be empty")
         Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
         relu = activation_is_relu(fn, activation)
-        nthreads = resolve_threads(fn, num_threads)
         K = self.k
-        shape = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
-        out = check_out(fn, out, shape[1:] if unbatched else shape, self.dtype, originals)
+        geom = _core.Geometry(self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
+                              pt, pl, Ho, Wo, relu, self.has_bias, get_flush_denormals())
+        result = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
+        return ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result)
 
+    def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
+                nthreads: int) -> np.ndarray:
+        """Run a plan on xa (checked to have the plan's shape and the dtype)."""
         # The kernels work in NHWC; an NCHW input is transposed once on the
         # way in and the result once on the way out.
         if self.layout == "NHWC":
-            xk = np.ascontiguousarray(x4)
-            y = out.reshape(shape) if out is not None else np.empty(shape, self.dtype)
-        else:
-            xk = np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
-            y = np.empty((N, Ho, Wo, K), self.dtype)
-        geom = _core.Geometry(self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
-                              pt, pl, Ho, Wo, relu, get_flush_denormals())
-        geom.run(xk, self.packed, y, nthreads)
-        if self.layout == "NCHW":
-            if out is not None:
-                np.copyto(out.reshape(shape), y.transpose(0, 3, 1, 2))
-                return out
-            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            y = out if out is not None else np.empty(plan.result, self.dtype)
+            plan.geometry.run(np.ascontiguousarray(xa), self.packed, y, nthreads)
+            return y
+        x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
+        y = np.empty(plan.nhwc, self.dtype)
+        plan.geometry.run(np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), self.packed, y,
+                          nthreads)
+        y = y.transpose(0, 3, 1, 2).reshape(plan.result)
         if out is not None:
+            np.copyto(out, y)
             return out
-        return y[0] if unbatched else y
+        return np.ascontiguousarray(y)
+
+    def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
+            out: Any, num_threads: Any, originals: dict) -> np.ndarray:
+        """Convolve x with these weights (every check on x and the options
+        first). `originals` are the caller's arrays, for the overlap check."""
+        xa = self.input_array(x)
+        plan = self.plan(xa.shape, stride, padding, dilation, activation)
+        nthreads = resolve_threads(self.fn, num_threads)
+        out = check_out(self.fn, out, plan.result, self.dtype, originals)
+        return self.execute(plan, xa, out, nthreads)
+
+    def input_array(self, x: Any) -> np.ndarray:
+        """x as an ndarray of the weights' dtype (TypeError otherwise)."""
+        _, arr = float_arrays(self.fn, x=x)
+        xa = arr["x"]
+        if xa.dtype != self.dtype:
+            raise TypeError(f"{self.fn}: x and weight must share one dtype; "
+                            f"got x {xa.dtype}, weight {self.dtype}")
+        return xa
+
+
+class ConvPlan:
+    """A checked convolution for one input shape: the kernel geometry, the
+    NHWC shape the kernels write and the shape returned to the caller."""
+    __slots__ = ("geometry", "nhwc", "result")
+
+    def __init__(self, geometry: "_core.Geometry", nhwc: Tuple[int, ...],
+                 result: Tuple[int, ...]) -> None:
+        self.geometry, self.nhwc, self.result = geometry, nhwc, result
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
@@ -239,7 +264,7 @@ class GemmWeights:
         M = a.shape[0]
         y = out if out is not None else np.empty((M, self.n), self.dtype)
         geom = _core.Geometry(self.dtype.name, 1, M, 1, self.k, self.n, 1, 1, 1, 1, 1, 1, 1,
-                              0, 0, M, 1, relu, get_flush_denormals())
+                              0, 0, M, 1, relu, self.has_bias, get_flush_denormals())
         geom.run(np.ascontiguousarray(a), self.packed, y, nthreads)
         return y
 

@@ -178,7 +178,8 @@ cdef inline int _dtype_code(str dtype) except -1:
 
 
 cdef class Geometry:
-    """One convolution's shape and options (everything but the weights)."""
+    """One convolution's shape and options (everything but the weights'
+    values); immutable, so one Geometry may run on several threads at once."""
     cdef fc_conv_desc d
     cdef int dtype
 
@@ -186,21 +187,22 @@ cdef class Geometry:
                   int64_t K, int64_t groups, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t dh, int64_t dw,
                   int64_t pad_top, int64_t pad_left, int64_t Ho, int64_t Wo,
-                  bint relu, bint flush_denormals):
+                  bint relu, bint has_bias, bint flush_denormals):
         self.dtype = _dtype_code(dtype)
         self.d.N, self.d.H, self.d.W, self.d.C, self.d.K = N, H, W, C, K
         self.d.groups, self.d.kh, self.d.kw = groups, kh, kw
         self.d.sh, self.d.sw, self.d.dh, self.d.dw = sh, sw, dh, dw
         self.d.pad_top, self.d.pad_left, self.d.Ho, self.d.Wo = pad_top, pad_left, Ho, Wo
         self.d.relu = relu
+        self.d.has_bias = has_bias
         self.d.flush_denormals = flush_denormals
 
     def run(self, cnp.ndarray x, Packed p, cnp.ndarray y, int nthreads):
         """y = conv(x) with the packed weights p (x, y contiguous NHWC)."""
         if (p.dtype != self.dtype or p.d.C != self.d.C or p.d.K != self.d.K or
-                p.d.groups != self.d.groups or p.d.kh != self.d.kh or p.d.kw != self.d.kw):
+                p.d.groups != self.d.groups or p.d.kh != self.d.kh or p.d.kw != self.d.kw or
+                p.d.has_bias != self.d.has_bias):
             raise ValueError("internal: packed weights do not match the geometry")
-        self.d.has_bias = p.d.has_bias
         cdef const void *xp = _buffer(x, self.d.N * self.d.H * self.d.W * self.d.C,
                                       self.dtype, "x")
         cdef void *yp = _buffer(y, self.d.N * self.d.Ho * self.d.Wo * self.d.K,

@@ -5,12 +5,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fastconv._config import resolve_threads
+from fastconv._config import get_flush_denormals, resolve_threads
 from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding
 from fastconv._validate import (activation_is_relu, check_ndim, check_out, float_arrays,
                                 int_pair, padding_amounts)
 
 __all__ = ["Conv2d", "Linear"]
+
+# Input shapes whose checked plan a Conv2d keeps (a network sees few).
+PLAN_CACHE_SIZE = 32
 
 
 class Conv2d:
@@ -44,6 +47,7 @@ class Conv2d:
         self.padding = padding
         activation_is_relu(fn, activation)
         self.activation = activation
+        self._plans: dict = {}
 
     @property
     def layout(self) -> str:
@@ -89,9 +93,22 @@ class Conv2d:
         -------
         numpy.ndarray
         """
-        return self._weights.run(x, stride=self.stride, padding=self.padding,
-                                 dilation=self.dilation, activation=self.activation,
-                                 out=out, num_threads=num_threads, originals={"x": x})
+        weights = self._weights
+        xa = weights.input_array(x)
+        # The checks of an input shape are done once: its plan is kept (the
+        # flush setting is part of the key, as the kernels read it).
+        key = (xa.shape, get_flush_denormals())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = weights.plan(xa.shape, self.stride, self.padding, self.dilation,
+                                self.activation)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        nthreads = resolve_threads("Conv2d", num_threads)
+        if out is not None:
+            out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": x})
+        return weights.execute(plan, xa, out, nthreads)
 
     def __repr__(self) -> str:
         w = self._weights

@@ -197,3 +197,34 @@ def test_depthwise_wide_rows(isa, rng, kh, kw, stride, dilation, padding, c):
     y2 = fastconv.conv2d(x_nhwc, w_hwio, b, stride=stride, padding=padding,
                          dilation=dilation, groups=c, activation="relu", num_threads=2)
     assert np.array_equal(y, y2)
+
+
+def test_conv2d_layer_plans_follow_the_flush_setting():
+    """A layer keeps its checked plan per input shape; the flush setting,
+    which the kernels read from the plan, must still take effect."""
+    x, w, tiny = _subnormal_case(np.float32)
+    layer = fastconv.Conv2d(w)
+    assert np.all(layer(x) == 0)
+    fastconv.set_flush_denormals(False)
+    try:
+        assert np.all(layer(x) == np.float32(tiny / 4))
+    finally:
+        fastconv.set_flush_denormals(True)
+    assert np.all(layer(x) == 0)
+
+
+def test_conv2d_layer_from_many_python_threads(rng):
+    """One layer called at once from several Python threads, with several
+    input shapes and thread counts, gives each call's single-threaded result."""
+    import concurrent.futures
+
+    _, w, b = make_conv_inputs(rng, n=1, h=4, w=4, c=8, k=24, kh=3, kw=3)
+    layer = fastconv.Conv2d(w, b, padding="same", activation="relu")
+    inputs = [random_array(rng, (n, h, h, 8), np.float32)
+              for n, h in [(1, 9), (2, 16), (1, 31), (3, 7)]]
+    expected = [layer(xi, num_threads=1) for xi in inputs]
+    jobs = [(i % len(inputs), 1 + i % 2) for i in range(32)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda job: layer(inputs[job[0]], num_threads=job[1]), jobs))
+    for (i, _), y in zip(jobs, results):
+        assert np.array_equal(y, expected[i])
