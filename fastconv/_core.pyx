@@ -103,13 +103,16 @@ cdef inline void *_buffer(cnp.ndarray a, int64_t need, int dtype, str what) exce
 cdef inline _check_status(int status):
     if status == FC_ENOMEM:
         raise MemoryError("fastconv: out of memory for the convolution workspace")
+    if status == FC_EINVAL:
+        raise ValueError("internal: a kernel refused its arguments")
 
 
 cdef class Packed:
     """A convolution's weights (and bias) ready for one ISA's kernels.
 
     For the GEMM/indirect path: the micro-panel layout of that ISA's register
-    tile. For the depthwise kernel: the taps as a contiguous (kh, kw, C)
+    tile, or (direct) a GEMM's C-contiguous (C, K) matrix itself, read in
+    place. For the depthwise kernel: the taps as a contiguous (kh, kw, C)
     array. The kernel set is captured here, so packed weights are always
     read back by the kernels that packed them, even if set_isa() is called
     meanwhile.
@@ -120,6 +123,7 @@ cdef class Packed:
     cdef readonly object buffer
     cdef readonly object bias
     cdef readonly bint depthwise
+    cdef readonly bint direct
 
     @property
     def isa(self):
@@ -131,12 +135,15 @@ cdef class Packed:
 
 
 def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,
-         cnp.ndarray w, tuple strides, bias, bint depthwise, int nthreads):
+         cnp.ndarray w, tuple strides, bias, bint depthwise, int nthreads,
+         bint allow_direct=False):
     """Packed weights for a convolution with these channels and kernel.
 
     w is addressed through `strides` (in elements: tap row, tap column,
     channel within the group, output channel); for depthwise it must be the
-    contiguous (kh, kw, C) taps.
+    contiguous (kh, kw, C) taps. With allow_direct, a GEMM whose w is a
+    C-contiguous (C, K) matrix with K a multiple of the vector length keeps
+    w itself (and reads it in place) instead of a packed copy.
     """
     cdef Packed p = Packed.__new__(Packed)
     p.dtype = _dtype_code(dtype)
@@ -159,6 +166,15 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     ws.ty, ws.tx, ws.c, ws.k = strides
     if _dtype_index(w) != p.dtype:
         raise TypeError("internal: weight dtype")
+    if (allow_direct and kh == 1 and kw == 1 and groups == 1 and ws.c == K and ws.k == 1
+            and K % p.ks.vlen == 0 and cnp.PyArray_IS_C_CONTIGUOUS(w)):
+        _buffer(w, C * K, p.dtype, "weight")
+        p.direct = True
+        p.buffer = w
+        p.bias = bias
+        if bias is not None:
+            _buffer(bias, K, p.dtype, "bias")
+        return p
     if bias is not None:
         bp = _buffer(bias, K, p.dtype, "bias")
     p.buffer = cnp.PyArray_EMPTY(1, [p.ks.packed_size(&p.d)], cnp.PyArray_TYPE(w), 0)
@@ -210,11 +226,14 @@ cdef class Geometry:
         cdef const void *wp = cnp.PyArray_DATA(p.buffer)
         cdef const void *bp = NULL
         cdef int status
+        if p.bias is not None:
+            bp = cnp.PyArray_DATA(p.bias)
         if p.depthwise:
-            if p.bias is not None:
-                bp = cnp.PyArray_DATA(p.bias)
             with nogil:
                 status = p.ks.dwconv(&self.d, xp, wp, bp, yp, nthreads)
+        elif p.direct:
+            with nogil:
+                status = p.ks.gemm_direct(&self.d, xp, wp, bp, yp, nthreads)
         else:
             with nogil:
                 status = p.ks.conv(&self.d, xp, wp, yp, nthreads)

@@ -14,12 +14,14 @@ cdef extern from "fastconv.h" nogil:
 
     ctypedef struct fc_kernel_set:
         const char *isa
-        int64_t mr, nr
+        int64_t mr, nr, vlen
         int64_t (*packed_size)(const fc_conv_desc *d) noexcept nogil
         void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
                      const void *bias, void *packed, int nthreads) noexcept nogil
         int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
                     void *y, int nthreads) noexcept nogil
+        int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
+                           const void *bias, void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                       const void *bias, void *y, int nthreads) noexcept nogil
         double (*fma_probe)(int64_t iters, int nthreads) noexcept nogil
@@ -30,6 +32,7 @@ cdef extern from "fastconv.h" nogil:
     enum:
         FC_OK
         FC_ENOMEM
+        FC_EINVAL
         FC_ISA_GENERIC
         FC_ISA_AVX2
         FC_ISA_AVX512

@@ -42,13 +42,14 @@ typedef struct fc_weight_strides {
     int64_t ty, tx, c, k;
 } fc_weight_strides;
 
-enum { FC_OK = 0, FC_ENOMEM = 1 };
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2 };
 
 /* One instruction set's kernels for one dtype. Pointers are void* so that a
  * single table type serves float32 and float64. */
 typedef struct fc_kernel_set {
     const char *isa;  /* "avx512", "avx2" or "generic" */
     int64_t mr, nr;   /* register tile: output pixels x output channels */
+    int64_t vlen;     /* values per vector register */
     /* Number of elements the packed weights (plus bias) of `d` occupy. */
     int64_t (*packed_size)(const fc_conv_desc *d);
     /* Pack weights (strided, see fc_weight_strides) and bias (contiguous, K
@@ -60,6 +61,11 @@ typedef struct fc_kernel_set {
      * contiguous NHWC, y contiguous NHWC. */
     int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
                 void *y, int nthreads);
+    /* The GEMM path reading a C-contiguous (C, K) weight matrix in place
+     * (1x1 kernel, one group, K a multiple of vlen; else FC_EINVAL) with a
+     * contiguous bias of K values or NULL. */
+    int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
+                       const void *bias, void *y, int nthreads);
     /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,

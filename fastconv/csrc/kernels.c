@@ -132,7 +132,7 @@ static const real zero_row[KC] __attribute__((aligned(64)));
  */
 static inline __attribute__((always_inline)) void ukernel(
     const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
-    const real *restrict w, real *restrict c, int64_t ldc,
+    const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
     const real *restrict bias, int flags, int do_relu)
 {
     vec acc[MR][NV];
@@ -161,7 +161,7 @@ static inline __attribute__((always_inline)) void ukernel(
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++)
                 wv[v] = load(w + v * VLEN);
-            w += nv * VLEN;
+            w += ldw;
 #pragma GCC unroll 16
             for (int i = 0; i < MR; i++) {
                 const real s = ap[i][k];
@@ -195,15 +195,15 @@ static inline __attribute__((always_inline)) void ukernel(
 }
 
 typedef void (*ukernel_fn)(int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
-                           const real *restrict w, real *restrict c, int64_t ldc,
+                           const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
                            const real *restrict bias, int flags, int do_relu);
 #define UKERNEL_NV(n)                                                                   \
     static void ukernel_##n(int64_t kc, int64_t ntaps, const real *const *a,           \
-                            int64_t a_off, const real *restrict w, real *restrict c,   \
-                            int64_t ldc, const real *restrict bias, int flags,         \
-                            int do_relu)                                               \
+                            int64_t a_off, const real *restrict w, int64_t ldw,        \
+                            real *restrict c, int64_t ldc, const real *restrict bias,  \
+                            int flags, int do_relu)                                    \
     {                                                                                  \
-        ukernel(n, kc, ntaps, a, a_off, w, c, ldc, bias, flags, do_relu);              \
+        ukernel(n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);         \
     }
 UKERNEL_NV(1)
 #if NV >= 2
@@ -340,6 +340,10 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
                                     + c0 * s.c + k0 * s.k;
                 for (int64_t c = 0; c < kc; c++) {
                     int64_t j = 0;
+                    if (s.k == 1) { /* HWIO or (K, N): output channels contiguous */
+                        memcpy(dst, src + c * s.c, sizeof(real) * (size_t)nr);
+                        j = nr;
+                    }
                     for (; j < nr; j++)
                         dst[j] = src[c * s.c + j * s.k];
                     for (; j < width; j++)
@@ -458,11 +462,18 @@ static real *pad_width(const fc_conv_desc *d, const real *x, int nthreads, int64
  * Partial tiles (the last pixels, the last channels) go through a per-thread
  * buffer and are copied out at the end.
  */
-static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv,
-                      void *yv, int nthreads)
+/* Where the micro-kernels read the weights: packed panels, or (direct) a
+ * GEMM's (C, K) matrix itself, rows K apart, with the bias beside it. */
+typedef struct {
+    const real *w;
+    const real *bias; /* direct only */
+    int direct;
+} weight_source;
+
+static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, real *y,
+                     int nthreads)
 {
-    const real *x = xv, *packed = packedv;
-    real *y = yv;
+    const real *packed = ws.w;
     const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
     const int64_t ntaps = d->kh * d->kw, M = d->N * d->Ho * d->Wo;
     const int64_t nb = n_blocks(Kg), mtiles = (M + MR - 1) / MR;
@@ -482,7 +493,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
         src.kind = ROWS_MERGED; /* weights [ty][tx][c] are then [ty][tx * C + c] */
     const int64_t rows_per_tile = src.kind == ROWS_MERGED ? d->kh : ntaps;
     const int64_t run = src.kind == ROWS_MERGED ? d->kw * Cg : Cg;
-    const real *pbias = d->has_bias ? packed + bias_offset(d) : NULL;
+    const real *pbias = !d->has_bias ? NULL : ws.direct ? ws.bias : packed + bias_offset(d);
     const int nt = clamp_threads(nthreads, ntasks);
     real *xpad = NULL;
     if (src.kind == ROWS_MERGED) {
@@ -524,7 +535,11 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
             }
             const int64_t nr = MIN(NR, Kg - b * NR), width = panel_width(Kg, b);
             const ukernel_fn uk = ukernels[width / VLEN];
-            const real *wb = packed + panel_offset(d, g, b);
+            /* Panel b: its first row, the distance between its rows, and
+             * the distance between reduction blocks. */
+            const real *wb = ws.direct ? ws.w + b * NR : packed + panel_offset(d, g, b);
+            const int64_t ldw = ws.direct ? d->K : width;
+            const int64_t block_step = ws.direct ? d->K : rows_per_tile * width;
             const real *bias = pbias ? pbias + g * padded(Kg) + b * NR : NULL;
             /* The reduction runs over `run` values per row pointer in KC
              * blocks; the panel holds them as [block][row][value][width]
@@ -538,7 +553,7 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
                     const int64_t p0 = (t0 + t) * MR;
                     const int full = p0 + MR <= M && nr == width;
                     real *c = full ? y + p0 * d->K + g * Kg + b * NR : tiles + t * MR * NR;
-                    uk(kc, rows_per_tile, a + t * MR * ntaps, c0, wb + c0 * rows_per_tile * width, c,
+                    uk(kc, rows_per_tile, a + t * MR * ntaps, c0, wb + c0 * block_step, ldw, c,
                        full ? d->K : NR, bias, flags, d->relu);
                 }
                 c0 += kc;
@@ -557,6 +572,25 @@ static int NAME(conv)(const fc_conv_desc *d, const void *xv, const void *packedv
     free(work);
     free(xpad);
     return FC_OK;
+}
+
+static int NAME(conv)(const fc_conv_desc *d, const void *x, const void *packed, void *y,
+                      int nthreads)
+{
+    const weight_source ws = {packed, NULL, 0};
+    return conv_impl(d, x, ws, y, nthreads);
+}
+
+/* A GEMM (1x1 kernel, one group, K a multiple of VLEN) reading its (C, K)
+ * weight matrix in place: no packing pass, for calls that would pack the
+ * weights only to read them once. */
+static int NAME(gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
+                             const void *bias, void *y, int nthreads)
+{
+    if (d->kh != 1 || d->kw != 1 || d->groups != 1 || d->K % VLEN)
+        return FC_EINVAL;
+    const weight_source ws = {w, bias, 1};
+    return conv_impl(d, x, ws, y, nthreads);
 }
 
 /*
@@ -733,7 +767,9 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .nr = NR,
     .packed_size = NAME(packed_size),
     .pack = NAME(pack),
+    .vlen = VLEN,
     .conv = NAME(conv),
+    .gemm_direct = NAME(gemm_direct),
     .dwconv = NAME(dwconv),
     .fma_probe = NAME(fma_probe),
 };
