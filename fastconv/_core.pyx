@@ -48,15 +48,24 @@ def active_isa():
     return fc_isa_name(_active_isa).decode()
 
 
+cdef inline int _dtype_code(str dtype) except -1:
+    """FC_F32 / FC_F64 for a dtype name."""
+    if dtype == "float32":
+        return FC_F32
+    if dtype == "float64":
+        return FC_F64
+    raise TypeError(f"internal: unsupported dtype {dtype}")
+
+
 def register_tile(str dtype):
     """(MR, NR) of the active kernels for `dtype`: output pixels x channels."""
-    cdef const fc_kernel_set *ks = _active[FC_F64 if dtype == "float64" else FC_F32]
+    cdef const fc_kernel_set *ks = _active[_dtype_code(dtype)]
     return (ks.mr, ks.nr)
 
 
 def fma_probe(str dtype, int64_t iters, int nthreads):
     """Run the active ISA's register-only FMA loop; returns the flops done."""
-    cdef const fc_kernel_set *ks = _active[FC_F64 if dtype == "float64" else FC_F32]
+    cdef const fc_kernel_set *ks = _active[_dtype_code(dtype)]
     cdef double flops
     with nogil:
         flops = ks.fma_probe(iters, nthreads)
@@ -183,14 +192,6 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     with nogil:
         p.ks.pack(&p.d, wp, ws, bp, pp, nthreads)
     return p
-
-
-cdef inline int _dtype_code(str dtype) except -1:
-    if dtype == "float32":
-        return FC_F32
-    if dtype == "float64":
-        return FC_F64
-    raise TypeError(f"internal: unsupported dtype {dtype}")
 
 
 cdef class Geometry:
