@@ -128,7 +128,7 @@ def test_output_channel_belongs_to_group_k_div_k_per_group(isa):
 # Channel counts that are not multiples of any SIMD width
 # --------------------------------------------------------------------------
 IN_CHANNELS = (1, 3, 17, 33, 63)
-OUT_CHANNELS = (1, 5, 17, 40, 70)
+OUT_CHANNELS = (1, 3, 5, 17, 40, 63, 70, 130)
 
 
 @pytest.mark.parametrize("c", IN_CHANNELS, ids=lambda v: f"C{v}")
