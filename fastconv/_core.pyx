@@ -239,3 +239,25 @@ cdef class Geometry:
             with nogil:
                 status = p.ks.conv(&self.d, xp, wp, yp, nthreads)
         _check_status(status)
+
+
+def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+         int64_t ph, int64_t pw, bint is_max, bint count_include_pad, int nthreads):
+    """Max or average pooling of contiguous NHWC x into contiguous NHWC y."""
+    cdef fc_pool_desc d
+    if x.ndim != 4 or y.ndim != 4:
+        raise ValueError("internal: pooling needs 4-D NHWC arrays")
+    d.N, d.H, d.W, d.C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    d.Ho, d.Wo = y.shape[1], y.shape[2]
+    if y.shape[0] != d.N or y.shape[3] != d.C:
+        raise ValueError("internal: pooling output shape")
+    d.kh, d.kw, d.sh, d.sw, d.ph, d.pw = kh, kw, sh, sw, ph, pw
+    d.max, d.count_include_pad = is_max, count_include_pad
+    cdef int dt = _dtype_index(x)
+    cdef const fc_kernel_set *ks = _active[dt]
+    cdef const void *xp = _buffer(x, d.N * d.H * d.W * d.C, dt, "x")
+    cdef void *yp = _buffer(y, d.N * d.Ho * d.Wo * d.C, dt, "out")
+    cdef int status
+    with nogil:
+        status = ks.pool(&d, xp, yp, nthreads)
+    _check_status(status)

@@ -9,6 +9,11 @@ cdef extern from "fastconv.h" nogil:
         int has_bias
         int flush_denormals
 
+    ctypedef struct fc_pool_desc:
+        int64_t N, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo
+        int max
+        int count_include_pad
+
     ctypedef struct fc_weight_strides:
         int64_t ty, tx, c, k
 
@@ -24,6 +29,7 @@ cdef extern from "fastconv.h" nogil:
                            const void *bias, void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                       const void *bias, void *y, int nthreads) noexcept nogil
+        int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads) noexcept nogil
         double (*fma_probe)(int64_t iters, int nthreads) noexcept nogil
 
     ctypedef struct fc_cpu_features:

@@ -35,6 +35,18 @@ typedef struct fc_conv_desc {
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
 } fc_conv_desc;
 
+/* A 2-D max or average pooling over NHWC input (PyTorch's semantics:
+ * symmetric zero padding of at most half the window, windows that may run
+ * past the padding in ceil mode, NaN propagating through max). */
+typedef struct fc_pool_desc {
+    int64_t N, H, W, C;
+    int64_t kh, kw, sh, sw;
+    int64_t ph, pw;          /* padding on each side */
+    int64_t Ho, Wo;
+    int max;                 /* 1: max pooling, 0: average */
+    int count_include_pad;   /* average: divide by the window including padding */
+} fc_pool_desc;
+
 /* Strides, in elements, of a weight tensor indexed (tap row, tap column,
  * input channel within the group, output channel). HWIO and OIHW weights are
  * both packed straight from the caller's array through these. */
@@ -70,6 +82,8 @@ typedef struct fc_kernel_set {
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                   const void *bias, void *y, int nthreads);
+    /* Pooling, channels in SIMD lanes, OpenMP over output rows. */
+    int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads);
     /* Register-only FMA loop on nthreads threads, for the peak-throughput
      * figure of the benchmark; returns the floating-point operations done. */
     double (*fma_probe)(int64_t iters, int nthreads);

@@ -1,0 +1,177 @@
+"""fastconv.nn: layers, Sequential, pooling, and to_fully_convolutional."""
+
+import numpy as np
+import pytest
+
+from fastconv import nn
+from checks import random_array
+
+
+# --------------------------------------------------------------------------
+# Pooling against a plain NumPy reference (PyTorch's rules)
+# --------------------------------------------------------------------------
+def pool_ref(x, k, s, p, ceil_mode, is_max, count_include_pad=True):
+    """Max/avg pooling of NHWC x, written out window by window."""
+    n, h, w, c = x.shape
+
+    def out_size(size):
+        span = size + 2 * p - k
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= size + p:
+            out -= 1
+        return out
+
+    ho, wo = out_size(h), out_size(w)
+    y = np.zeros((n, ho, wo, c), np.float64)
+    for i in range(ho):
+        for j in range(wo):
+            y0, x0 = i * s - p, j * s - p
+            y1, x1 = min(y0 + k, h + p), min(x0 + k, w + p)
+            win = x[:, max(y0, 0):min(y1, h), max(x0, 0):min(x1, w), :].astype(np.float64)
+            if is_max:
+                y[:, i, j] = win.max(axis=(1, 2))
+            else:
+                count = (y1 - y0) * (x1 - x0) if count_include_pad else win.shape[1] * win.shape[2]
+                y[:, i, j] = win.sum(axis=(1, 2)) / count
+    return y
+
+
+@pytest.mark.parametrize("h,w,c,k,s,p,ceil", [
+    (7, 8, 5, 3, 2, 1, False), (7, 8, 5, 3, 2, 1, True), (8, 8, 17, 2, 2, 0, False),
+    (9, 9, 16, 3, 2, 0, True), (6, 5, 3, 3, 1, 1, False), (224 // 8, 224 // 8, 64, 2, 2, 0, False),
+])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_pooling_matches_reference(isa, rng, h, w, c, k, s, p, ceil, count_include_pad, dtype):
+    x = random_array(rng, (2, h, w, c), dtype)
+    got_max = nn.MaxPool2d(k, s, p, ceil_mode=ceil)(x)
+    assert np.array_equal(got_max, pool_ref(x, k, s, p, ceil, True).astype(dtype))
+    got_avg = nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=count_include_pad)(x)
+    expected = pool_ref(x, k, s, p, ceil, False, count_include_pad)
+    assert got_avg.shape == expected.shape
+    # A sum of k*k values and one scaling, each rounding once: the error is at
+    # most (k*k + 1) * eps times the mean of |x| over the window.
+    magnitude = pool_ref(np.abs(x), k, s, p, ceil, False, count_include_pad)
+    bound = (k * k + 1) * np.finfo(dtype).eps * magnitude
+    assert np.all(np.abs(got_avg - expected) <= bound)
+
+
+def test_pooling_nchw_and_nan():
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    x[0, 1, 0, 0] = np.nan
+    y = nn.MaxPool2d(2, layout="NCHW")(x)
+    expected = pool_ref(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), 2, 2, 0, False,
+                        True).transpose(0, 3, 1, 2)
+    assert np.isnan(y[0, 1, 0, 0]), "NaN must propagate through max pooling"
+    assert np.array_equal(y, expected.astype(np.float32), equal_nan=True)
+
+
+def test_pooling_rejects_bad_options():
+    with pytest.raises(ValueError, match=r"MaxPool2d: padding must be at most half"):
+        nn.MaxPool2d(2, padding=2)
+    with pytest.raises(ValueError, match=r"AvgPool2d: stride must be >= 1; got 0"):
+        nn.AvgPool2d(2, stride=0)
+    with pytest.raises(ValueError, match=r"MaxPool2d: the window \(5\) is larger"):
+        nn.MaxPool2d(5)(np.zeros((1, 3, 3, 1), np.float32))
+
+
+# --------------------------------------------------------------------------
+# Sequential
+# --------------------------------------------------------------------------
+def small_classifier(rng, layout="NHWC", order="HWC", dtype=np.float32, padding=0,
+                     weight_layout="IO"):
+    """conv 3x3 (2 -> 6) + relu, maxpool 2, flatten, fc 54 -> 10 + relu, dropout,
+    fc 10 -> 4, softmax: built for (8, 8, 2) inputs."""
+    w1 = random_array(rng, (3, 3, 2, 6), dtype)
+    if layout == "NCHW":
+        w1 = np.ascontiguousarray(w1.transpose(3, 2, 0, 1))
+    fc1 = random_array(rng, (3 * 3 * 6, 10), dtype)
+    fc2 = random_array(rng, (10, 4), dtype)
+    if weight_layout == "OI":
+        fc1, fc2 = np.ascontiguousarray(fc1.T), np.ascontiguousarray(fc2.T)
+    return nn.Sequential(
+        nn.Conv2d(w1, random_array(rng, (6,), dtype), padding=padding, activation="relu",
+                  layout=layout),
+        nn.MaxPool2d(2, layout=layout),
+        nn.Flatten(order, layout=layout),
+        nn.Linear(fc1, random_array(rng, (10,), dtype), activation="relu",
+                  weight_layout=weight_layout),
+        nn.Dropout(0.5),
+        nn.Linear(fc2, random_array(rng, (4,), dtype), weight_layout=weight_layout),
+        nn.Softmax(),
+        layout=layout)
+
+
+def test_sequential_basics(rng):
+    model = small_classifier(rng)
+    assert len(model) == 7
+    assert isinstance(model[2], nn.Flatten)
+    assert isinstance(model[:2], nn.Sequential) and len(model[:2]) == 2
+    x = random_array(rng, (3, 8, 8, 2), np.float32)
+    y = model(x)
+    assert y.shape == (3, 4)
+    assert np.allclose(y.sum(axis=1), 1, atol=1e-6)
+    manual = x
+    for layer in model:
+        manual = layer(manual)
+    assert np.array_equal(y, manual)
+    summary = model.summary((8, 8, 2))
+    for shape in ["(6, 6, 6)", "(3, 3, 6)", "(54,)", "(10,)", "(4,)"]:
+        assert shape in summary
+    assert "MaxPool2d" in repr(model)
+
+
+def test_sequential_rejects_mixed_layouts_and_non_layers():
+    w = np.zeros((3, 3, 2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"Sequential: layer 0 .* is NHWC but the model is NCHW"):
+        nn.Sequential(nn.Conv2d(w), layout="NCHW")
+    with pytest.raises(TypeError, match=r"Sequential: layer 1 must be a fastconv.nn layer"):
+        nn.Sequential(nn.ReLU(), lambda x: x)
+
+
+# --------------------------------------------------------------------------
+# to_fully_convolutional
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("order", ["HWC", "CHW", "WHC"])
+@pytest.mark.parametrize("weight_layout", ["IO", "OI"])
+def test_fully_convolutional_equals_the_classifier(rng, layout, order, weight_layout):
+    model = small_classifier(rng, layout=layout, order=order, weight_layout=weight_layout)
+    in_shape = (8, 8, 2) if layout == "NHWC" else (2, 8, 8)
+    fcn = nn.to_fully_convolutional(model, in_shape)
+
+    # Exactly the input it was built for: the same output, as a 1x1 map.
+    x = random_array(rng, (3,) + in_shape, np.float32)
+    y = fcn(x)
+    assert y.shape == ((3, 1, 1, 4) if layout == "NHWC" else (3, 4, 1, 1))
+    assert np.allclose(y.reshape(3, 4), model(x), rtol=0, atol=2e-6)
+
+    # A larger input: entry (i, j) is the classifier on the window at
+    # (i * S, j * S), S = 2 (the max pool's stride).
+    big = random_array(rng, (2, 14, 17, 2), np.float32)
+    if layout == "NCHW":
+        big = np.ascontiguousarray(big.transpose(0, 3, 1, 2))
+    scores = fcn(big)
+    ho, wo = (scores.shape[1], scores.shape[2]) if layout == "NHWC" else scores.shape[2:]
+    assert (ho, wo) == (4, 5)
+    for i in range(ho):
+        for j in range(wo):
+            if layout == "NHWC":
+                window, got = big[:, 2 * i:2 * i + 8, 2 * j:2 * j + 8], scores[:, i, j]
+            else:
+                window, got = big[:, :, 2 * i:2 * i + 8, 2 * j:2 * j + 8], scores[:, :, i, j]
+            assert np.allclose(got, model(window), rtol=0, atol=2e-6), (i, j)
+
+
+def test_fully_convolutional_refuses_what_it_cannot_convert(rng):
+    w = random_array(rng, (3, 3, 2, 4), np.float32)
+    fc = random_array(rng, (16, 3), np.float32)
+    with pytest.raises(ValueError, match=r"layer 1 .*GlobalAvgPool2d.* mixes every spatial"):
+        nn.to_fully_convolutional(
+            nn.Sequential(nn.Conv2d(w), nn.GlobalAvgPool2d(), nn.Linear(fc[:4])), (6, 6, 2))
+    with pytest.raises(ValueError, match=r"layer 3 \(MaxPool2d.* after the Flatten"):
+        nn.to_fully_convolutional(
+            nn.Sequential(nn.Conv2d(w), nn.Flatten(), nn.Linear(fc), nn.MaxPool2d(2)),
+            (4, 4, 2))
+    with pytest.raises(ValueError, match=r"no Flatten followed by a Linear"):
+        nn.to_fully_convolutional(nn.Sequential(nn.Conv2d(w), nn.ReLU()), (6, 6, 2))
