@@ -8,6 +8,8 @@ NHWC by default; a model (and each of its spatial layers) may be NCHW.
 """
 from __future__ import annotations
 
+import json
+import zipfile
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -19,7 +21,7 @@ from fastconv._fc import fc_to_conv
 from fastconv._validate import float_arrays, int_pair, layout_name
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
-           "Flatten", "Softmax", "Dropout", "Sequential", "to_fully_convolutional"]
+           "Flatten", "Softmax", "Dropout", "Sequential", "to_fully_convolutional", "load"]
 
 Shape = Tuple[int, ...]
 
@@ -56,6 +58,10 @@ class Layer:
         """The shape this layer produces for an input of `shape` (no batch axis)."""
         raise NotImplementedError
 
+    def _describe(self):
+        """(JSON-able constructor keywords, named arrays) for save()."""
+        return {}, {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -74,6 +80,8 @@ class Conv2d(Layer):
                                     dilation=dilation, groups=groups, activation=activation,
                                     layout=layout)
         self.layout = self.conv.layout
+        _, arr = float_arrays("Conv2d", weight=weight, bias=bias)
+        self.weight, self.bias = arr["weight"], arr["bias"]  # kept as given, for save()
 
     def __call__(self, x: Any, num_threads: Optional[int] = None) -> np.ndarray:
         return self.conv(x, num_threads=num_threads)
@@ -83,6 +91,12 @@ class Conv2d(Layer):
         plan = c._weights.plan((1,) + tuple(shape), c.stride, c.padding, c.dilation,
                                c.activation)
         return tuple(plan.result[1:])
+
+    def _describe(self):
+        c = self.conv
+        params = dict(stride=c.stride, padding=c.padding, dilation=c.dilation,
+                      groups=c.groups, activation=c.activation, layout=c.layout)
+        return params, {"weight": self.weight, "bias": self.bias}
 
     def __repr__(self) -> str:
         c = self.conv
@@ -116,6 +130,10 @@ class Linear(Layer):
                              f"got {tuple(shape)}")
         return (self.linear.out_features,)
 
+    def _describe(self):
+        return (dict(activation=self.activation, weight_layout=self.weight_layout),
+                {"weight": self.weight, "bias": self.bias})
+
     def __repr__(self) -> str:
         return (f"Linear({self.linear.in_features}, {self.linear.out_features}, "
                 f"activation={self.activation!r})")
@@ -146,6 +164,9 @@ class Dropout(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         return tuple(shape)
+
+    def _describe(self):
+        return dict(p=self.p), {}
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"
@@ -204,6 +225,13 @@ class _Pool2d(Layer):
                    resolve_threads(fn, num_threads))
         return y if self.layout == "NHWC" else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
+    def _describe(self):
+        params = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                      ceil_mode=self.ceil_mode, layout=self.layout)
+        if not self.is_max:
+            params["count_include_pad"] = self.count_include_pad
+        return params, {}
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, ceil_mode={self.ceil_mode})")
@@ -239,6 +267,9 @@ class GlobalAvgPool2d(Layer):
     def output_shape(self, shape: Shape) -> Shape:
         return (_spatial(self.layout, shape)[2],)
 
+    def _describe(self):
+        return dict(layout=self.layout), {}
+
 
 class Flatten(Layer):
     """(N, H, W, C) -> (N, H*W*C), the axes taken in `order` (any permutation
@@ -261,6 +292,9 @@ class Flatten(Layer):
     def output_shape(self, shape: Shape) -> Shape:
         return (int(np.prod(shape)),)
 
+    def _describe(self):
+        return dict(order=self.order, layout=self.layout), {}
+
     def __repr__(self) -> str:
         return f"Flatten(order={self.order!r})"
 
@@ -281,6 +315,9 @@ class Softmax(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         return tuple(shape)
+
+    def _describe(self):
+        return dict(axis=self.axis), {}
 
     def __repr__(self) -> str:
         return f"Softmax(axis={self.axis})"
@@ -345,6 +382,24 @@ class Sequential(Layer):
             shape = layer.output_shape(shape)
             lines.append(f"  {i:2d}  {layer!r:70s} -> {shape}")
         return "\n".join(lines)
+
+    def save(self, path: Any) -> None:
+        """Write the model to `path` as a plain .npz: one array per weight and
+        a JSON description of the layers (no pickle; nn.load reads it)."""
+        layers, arrays = [], {}
+        for i, layer in enumerate(self.layers):
+            params, named = layer._describe()
+            stored = []
+            for name, value in named.items():
+                if value is not None:
+                    arrays[f"layer{i}.{name}"] = np.asarray(value)
+                    stored.append(name)
+            layers.append({"type": type(layer).__name__, "params": params, "arrays": stored})
+        description = {"format": FORMAT, "version": FORMAT_VERSION,
+                       "fastconv": fastconv.__version__, "layout": self.layout,
+                       "layers": layers}
+        arrays["__model__"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
+        np.savez(path, **arrays)
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
@@ -417,3 +472,64 @@ def to_fully_convolutional(model: Sequential, input_shape: Sequence[int]) -> Seq
     if not converted:
         raise ValueError("to_fully_convolutional: the model has no Flatten followed by a Linear")
     return Sequential(*layers, layout=layout)
+
+
+# --------------------------------------------------------------------------
+# Saving and loading: a plain .npz, arrays plus a JSON description, no pickle
+# --------------------------------------------------------------------------
+FORMAT = "fastconv.nn"
+FORMAT_VERSION = 1
+_LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d,
+                                              GlobalAvgPool2d, Flatten, Softmax, Dropout)}
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the constructors were given."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def load(path: Any) -> Sequential:
+    """Read a model written by Sequential.save.
+
+    Never executes code from the file (numpy.load with allow_pickle=False).
+
+    Raises
+    ------
+    ValueError
+        The file is not a fastconv.nn model, is corrupt, or was written in
+        another format version.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"nn.load: {path!s} is not a readable .npz model file ({exc})") from None
+    try:
+        description = json.loads(arrays.pop("__model__").tobytes().decode())
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"nn.load: {path!s} has no valid fastconv.nn model description "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise ValueError(f"nn.load: {path!s} is not a fastconv.nn model file")
+    if description.get("version") != FORMAT_VERSION:
+        raise ValueError(f"nn.load: {path!s} is format version {description.get('version')!r} "
+                         f"(written by fastconv {description.get('fastconv')!r}); this fastconv "
+                         f"{fastconv.__version__} reads version {FORMAT_VERSION}")
+    layers = []
+    try:
+        for i, record in enumerate(description["layers"]):
+            cls = _LAYER_TYPES.get(record["type"])
+            if cls is None:
+                raise ValueError(f"layer {i} has unknown type {record['type']!r}")
+            params = {k: _tuples(v) for k, v in record["params"].items()}
+            named = {name: arrays[f"layer{i}.{name}"] for name in record["arrays"]}
+            if cls in (Conv2d, Linear):
+                layers.append(cls(named["weight"], named.get("bias"), **params))
+            else:
+                layers.append(cls(**params))
+        return Sequential(*layers, layout=description["layout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"nn.load: {path!s} describes a model that cannot be built "
+                         f"({type(exc).__name__}: {exc})") from None

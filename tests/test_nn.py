@@ -1,5 +1,7 @@
 """fastconv.nn: layers, Sequential, pooling, and to_fully_convolutional."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -175,3 +177,54 @@ def test_fully_convolutional_refuses_what_it_cannot_convert(rng):
             (4, 4, 2))
     with pytest.raises(ValueError, match=r"no Flatten followed by a Linear"):
         nn.to_fully_convolutional(nn.Sequential(nn.Conv2d(w), nn.ReLU()), (6, 6, 2))
+
+
+# --------------------------------------------------------------------------
+# save / load
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_save_load_round_trip(rng, tmp_path, layout):
+    model = small_classifier(rng, layout=layout, order="CHW", padding=((1, 0), (0, 1)))
+    model.layers.insert(2, nn.AvgPool2d(3, 1, 1, count_include_pad=False, layout=layout))
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = nn.load(path)
+    assert repr(loaded) == repr(model)
+    x = random_array(rng, (2,) + ((8, 8, 2) if layout == "NHWC" else (2, 8, 8)), np.float32)
+    assert np.array_equal(loaded(x), model(x))
+
+
+def test_load_refuses_corrupt_and_foreign_files(rng, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match=r"nn.load: .*bad.npz is not a readable .npz"):
+        nn.load(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(ValueError, match=r"no valid fastconv.nn model description"):
+        nn.load(other)
+    model = small_classifier(rng)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    desc = json.loads(arrays["__model__"].tobytes())
+    desc["version"] = 99
+    arrays["__model__"] = np.frombuffer(json.dumps(desc).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"format version 99 .* reads version 1"):
+        nn.load(path)
+    desc["version"] = 1
+    desc["layers"][0]["type"] = "Conv3d"
+    arrays["__model__"] = np.frombuffer(json.dumps(desc).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"layer 0 has unknown type 'Conv3d'"):
+        nn.load(path)
+
+
+def test_load_never_unpickles(tmp_path):
+    """An object array (which only pickle can store) is refused, not loaded."""
+    path = tmp_path / "pickled.npz"
+    np.savez(path, __model__=np.array([{"format": "fastconv.nn"}], dtype=object))
+    with pytest.raises(ValueError, match=r"nn.load: .*not a readable .npz model file"):
+        nn.load(path)
