@@ -43,6 +43,15 @@ def _spatial(layout: str, shape: Shape) -> Tuple[int, int, int]:
     return shape[1], shape[2], shape[0]
 
 
+def _frozen_copy(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """A read-only copy of a (None stays None)."""
+    if a is None:
+        return None
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
 def _map_shape(layout: str, h: int, w: int, c: int) -> Shape:
     return (h, w, c) if layout == "NHWC" else (c, h, w)
 
@@ -81,8 +90,10 @@ class Conv2d(Layer):
                                     dilation=dilation, groups=groups, activation=activation,
                                     layout=layout)
         self.layout = self.conv.layout
+        # Copies, so that changing the caller's arrays later cannot make the
+        # saved or converted model differ from the packed one that runs.
         _, arr = float_arrays("Conv2d", weight=weight, bias=bias)
-        self.weight, self.bias = arr["weight"], arr["bias"]  # kept as given, for save()
+        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
 
     def __call__(self, x: Any, num_threads: Optional[int] = None) -> np.ndarray:
         return self.conv(x, num_threads=num_threads)
@@ -109,8 +120,8 @@ class Conv2d(Layer):
 class Linear(Layer):
     """A fully-connected layer on (N, in_features) (fastconv.Linear).
 
-    The weight is kept as given (no copy beyond the packed one) so that
-    to_fully_convolutional can turn it into a kernel.
+    A read-only copy of the weight is kept (besides the packed one) so that
+    to_fully_convolutional and save() see exactly what runs.
     """
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: Optional[str] = None,
@@ -118,7 +129,7 @@ class Linear(Layer):
         self.linear = fastconv.Linear(weight, bias, activation=activation,
                                       weight_layout=weight_layout)
         _, arr = float_arrays("Linear", weight=weight, bias=bias)
-        self.weight, self.bias = arr["weight"], arr["bias"]
+        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
         self.weight_layout = weight_layout
         self.activation = activation
 
@@ -465,6 +476,9 @@ def to_fully_convolutional(model: Sequential, input_shape: Sequence[int]) -> Seq
         elif isinstance(layer, (ReLU, Dropout)):
             layers.append(layer)
         elif isinstance(layer, Softmax):
+            if layer.axis not in (1, -1):
+                raise ValueError(f"to_fully_convolutional: layer {i} ({layer!r}) after the "
+                                 f"Flatten acts on axis {layer.axis}, not the features")
             layers.append(Softmax(axis=-1 if layout == "NHWC" else 1))
         else:
             raise ValueError(f"to_fully_convolutional: layer {i} ({layer!r}) after the Flatten "

@@ -228,3 +228,30 @@ def test_load_never_unpickles(tmp_path):
     np.savez(path, __model__=np.array([{"format": "fastconv.nn"}], dtype=object))
     with pytest.raises(ValueError, match=r"nn.load: .*not a readable .npz model file"):
         nn.load(path)
+
+
+def test_layers_keep_their_own_weights(rng):
+    """Changing the caller's arrays after building a model changes neither
+    what runs nor what is converted or saved."""
+    w_conv = random_array(rng, (3, 3, 2, 6), np.float32)
+    w_fc = random_array(rng, (3 * 3 * 6, 4), np.float32)
+    model = nn.Sequential(nn.Conv2d(w_conv), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(w_fc))
+    x = random_array(rng, (2, 8, 8, 2), np.float32)
+    before = model(x)
+    w_conv += 1
+    w_fc += 1
+    for layer in (model[0], model[3]):
+        assert not layer.weight.flags.writeable
+    assert np.array_equal(model(x), before)
+    fcn = nn.to_fully_convolutional(model, (8, 8, 2))
+    # Same products summed in another order: float32 rounding only (the +1
+    # above would move the logits by tens).
+    assert np.allclose(fcn(x).reshape(2, 4), before, rtol=0,
+                       atol=1e-5 * np.abs(before).max())
+
+
+def test_fully_convolutional_refuses_softmax_over_another_axis(rng):
+    model = small_classifier(rng)
+    model.layers[-1] = nn.Softmax(axis=0)
+    with pytest.raises(ValueError, match=r"layer 6 \(Softmax\(axis=0\)\) .* acts on axis 0"):
+        nn.to_fully_convolutional(model, (8, 8, 2))

@@ -265,12 +265,19 @@ static inline void fp_leave(fp_mode m)
 
 static inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
-static inline int clamp_threads(int nthreads, int64_t ntasks)
+/* Below this many multiply-adds (or values moved) a call runs on one thread:
+ * waking a second costs more than it saves (a few microseconds of work). */
+#define MIN_PARALLEL_WORK (1 << 18)
+
+/* Threads for a loop of ntasks tasks doing `work` in all: at most one per
+ * task and per processor (more would only oversubscribe the cores), and one
+ * for tiny work. The results do not depend on it. */
+static inline int clamp_threads(int nthreads, int64_t ntasks, int64_t work)
 {
 #ifdef _OPENMP
     if (nthreads > omp_get_num_procs())
         nthreads = omp_get_num_procs();
-    if (nthreads < 1)
+    if (nthreads < 1 || work < MIN_PARALLEL_WORK)
         nthreads = 1;
     if (ntasks < nthreads)
         nthreads = (int)(ntasks > 0 ? ntasks : 1);
@@ -278,6 +285,7 @@ static inline int clamp_threads(int nthreads, int64_t ntasks)
 #else
     (void)nthreads;
     (void)ntasks;
+    (void)work;
     return 1;
 #endif
 }
@@ -327,7 +335,8 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
     const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
     const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
     /* Panels are independent: one thread per panel at a time. */
-#pragma omp parallel for num_threads(clamp_threads(nthreads, G * nb)) schedule(static)
+#pragma omp parallel for num_threads(clamp_threads(nthreads, G * nb, G * nb * NR * ntaps * Cg)) \
+    schedule(static)
     for (int64_t gb = 0; gb < G * nb; gb++) {
         const int64_t g = gb / nb, b = gb % nb;
         const int64_t k0 = g * Kg + b * NR, nr = MIN(NR, Kg - b * NR);
@@ -436,7 +445,8 @@ static real *pad_width(const fc_conv_desc *d, const real *x, int nthreads, int64
     real *xp = malloc(sizeof(real) * (size_t)(d->N * d->H * Wp * C));
     if (!xp)
         return NULL;
-#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * d->H)) schedule(static)
+#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * d->H, d->N * d->H * Wp * C)) \
+    schedule(static)
     for (int64_t row = 0; row < d->N * d->H; row++) {
         for (int64_t j = 0; j < Wp; j++) {
             const int64_t ix = j - d->pad_left;
@@ -494,7 +504,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
     const int64_t rows_per_tile = src.kind == ROWS_MERGED ? d->kh : ntaps;
     const int64_t run = src.kind == ROWS_MERGED ? d->kw * Cg : Cg;
     const real *pbias = !d->has_bias ? NULL : ws.direct ? ws.bias : packed + bias_offset(d);
-    const int nt = clamp_threads(nthreads, ntasks);
+    const int nt = clamp_threads(nthreads, ntasks, M * d->K * ntaps * Cg);
     real *xpad = NULL;
     if (src.kind == ROWS_MERGED) {
         xpad = pad_width(d, x, nthreads, &src.W);
@@ -695,7 +705,7 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
     const int64_t ox_hi = last < 0 ? 0 : MIN(d->Wo, last / d->sw + 1);
     /* 3-tap rows at stride 1 or 2 (MobileNet's) load each input once. */
     const int k3 = d->kw == 3 && d->dw == 1 && (d->sw == 1 || d->sw == 2) ? (int)d->sw : 0;
-    const int nt = clamp_threads(nthreads, rows);
+    const int nt = clamp_threads(nthreads, rows, rows * d->Wo * C * d->kh * d->kw);
 #pragma omp parallel num_threads(nt)
     {
         const fp_mode fp = fp_enter(d->flush_denormals);
@@ -750,7 +760,7 @@ static int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nthre
     const real *x = xv;
     real *y = yv;
     const int64_t C = d->C, rows = d->N * d->Ho, cvec = C / VLEN * VLEN;
-    const int nt = clamp_threads(nthreads, rows);
+    const int nt = clamp_threads(nthreads, rows, rows * d->Wo * C * d->kh * d->kw);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t row = 0; row < rows; row++) {
         const int64_t n = row / d->Ho, oy = row % d->Ho;
@@ -794,7 +804,7 @@ static int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nthre
 #define FMA_CHAINS 16
 static double NAME(fma_probe)(int64_t iters, int nthreads)
 {
-    const int nt = clamp_threads(nthreads, nthreads);
+    const int nt = clamp_threads(nthreads, nthreads, INT64_MAX);
     double total = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : total)
     {
