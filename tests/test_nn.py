@@ -255,3 +255,57 @@ def test_fully_convolutional_refuses_softmax_over_another_axis(rng):
     model.layers[-1] = nn.Softmax(axis=0)
     with pytest.raises(ValueError, match=r"layer 6 \(Softmax\(axis=0\)\) .* acts on axis 0"):
         nn.to_fully_convolutional(model, (8, 8, 2))
+
+
+# --------------------------------------------------------------------------
+# The seed's case at full size: VGG16 with its fc6/fc7/fc8 head
+# --------------------------------------------------------------------------
+VGG16_CONVS = [(3, 64), (64, 64), "pool", (64, 128), (128, 128), "pool", (128, 256),
+               (256, 256), (256, 256), "pool", (256, 512), (512, 512), (512, 512), "pool",
+               (512, 512), (512, 512), (512, 512), "pool"]
+
+
+def vgg16(rng, classes=1000):
+    """VGG16 (224x224 RGB, NHWC) with random He-scaled weights, so that the
+    activations stay of order one through the 16 layers."""
+    layers = []
+    for item in VGG16_CONVS:
+        if item == "pool":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        c, k = item
+        w = rng.standard_normal((3, 3, c, k), dtype=np.float32) * np.float32(np.sqrt(2 / (9 * c)))
+        layers.append(nn.Conv2d(w, np.zeros(k, np.float32), padding=1, activation="relu"))
+    layers.append(nn.Flatten("HWC"))
+    for fin, fout, act in [(7 * 7 * 512, 4096, "relu"), (4096, 4096, "relu"),
+                           (4096, classes, None)]:
+        w = rng.standard_normal((fin, fout), dtype=np.float32) * np.float32(np.sqrt(2 / fin))
+        layers.append(nn.Linear(w, np.zeros(fout, np.float32), activation=act))
+        if act:
+            layers.append(nn.Dropout(0.5))
+    layers.append(nn.Softmax())
+    return nn.Sequential(*layers)
+
+
+def test_vgg16_fully_convolutional(rng):
+    model = vgg16(rng)
+    assert model.output_shape((224, 224, 3)) == (1000,)
+    fcn = nn.to_fully_convolutional(model, (224, 224, 3))
+    # fc6 is a 7x7 convolution over the 7x7x512 map, fc7 and fc8 are 1x1.
+    convs = [layer for layer in fcn if isinstance(layer, nn.Conv2d)]
+    assert [c.conv.kernel_size for c in convs[-3:]] == [(7, 7), (1, 1), (1, 1)]
+
+    x = rng.random((1, 224, 224, 3), dtype=np.float32)
+    logits_model = model[:-1](x)
+    logits_fcn = fcn[:-1](x).reshape(1, 1000)
+    # The same products summed in another order, float32: compare at the
+    # scale of the logits (each a sum of 4096 terms of order one).
+    assert np.allclose(logits_fcn, logits_model, rtol=0,
+                       atol=1e-4 * np.abs(logits_model).max())
+    assert np.allclose(fcn(x).reshape(1, 1000), model(x), rtol=0, atol=1e-6)
+
+    # 384x384: pool5 is 12x12, so fc6's 7x7 kernel fits at 6x6 places.
+    big = rng.random((1, 384, 384, 3), dtype=np.float32)
+    scores = fcn(big)
+    assert scores.shape == (1, 6, 6, 1000)
+    assert np.allclose(scores.sum(axis=-1), 1, atol=1e-5)
