@@ -309,3 +309,83 @@ def test_vgg16_fully_convolutional(rng):
     scores = fcn(big)
     assert scores.shape == (1, 6, 6, 1000)
     assert np.allclose(scores.sum(axis=-1), 1, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# to_fully_convolutional on random networks
+# --------------------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@st.composite
+def random_classifier(draw):
+    """(model, input_shape, S, layout): an unpadded trunk of convolutions and
+    pools (strides 1-2, kernels 1-3, dilation 1-2), a Flatten in a random
+    order and 1-2 Linears, for an input that the trunk reduces to >= 1x1."""
+    layout = draw(st.sampled_from(["NHWC", "NCHW"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    c = draw(st.integers(1, 4))
+    trunk, stride_product, shrink = [], 1, 0
+    channels = c
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "max", "avg", "relu"]))
+        k, s = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        if kind == "conv":
+            d = draw(st.integers(1, 2)) if k > 1 else 1
+            k_out = draw(st.integers(1, 5))
+            w = random_array(rng, (k, k, channels, k_out), np.float32)
+            if layout == "NCHW":
+                w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+            trunk.append(nn.Conv2d(w, random_array(rng, (k_out,), np.float32), stride=s,
+                                   dilation=d, layout=layout))
+            channels, span = k_out, d * (k - 1) + 1
+        elif kind == "relu":
+            trunk.append(nn.ReLU())
+            continue
+        else:
+            pool = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
+            trunk.append(pool(k, s, layout=layout))
+            span = k
+        shrink += (span - 1) * stride_product
+        stride_product *= s
+    h = shrink + stride_product * draw(st.integers(1, 3))
+    w_ = shrink + stride_product * draw(st.integers(1, 3))
+    in_shape = (h, w_, c) if layout == "NHWC" else (c, h, w_)
+    features = int(np.prod(nn.Sequential(*trunk, layout=layout).output_shape(in_shape)))
+    head = [nn.Flatten(draw(st.sampled_from(["HWC", "CHW", "WHC", "HCW", "CWH", "WCH"])),
+                       layout=layout)]
+    for i in range(draw(st.integers(1, 2))):
+        out = draw(st.integers(1, 6))
+        head.append(nn.Linear(random_array(rng, (features, out), np.float32),
+                              random_array(rng, (out,), np.float32),
+                              activation="relu" if i == 0 else None))
+        features = out
+    model = nn.Sequential(*trunk, *head, layout=layout)
+    return model, in_shape, stride_product, layout
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(random_classifier(), st.integers(0, 2), st.integers(0, 2))
+def test_fully_convolutional_random_networks(case, extra_rows, extra_cols):
+    model, in_shape, S, layout = case
+    fcn = nn.to_fully_convolutional(model, in_shape)
+    rng = np.random.default_rng(7)
+    if layout == "NHWC":
+        h, w, c = in_shape
+        big = random_array(rng, (1, h + S * extra_rows, w + S * extra_cols, c), np.float32)
+    else:
+        c, h, w = in_shape
+        big = random_array(rng, (1, c, h + S * extra_rows, w + S * extra_cols), np.float32)
+    scores = fcn(big)
+    rows, cols = (scores.shape[1:3] if layout == "NHWC" else scores.shape[2:4])
+    assert (rows, cols) == (extra_rows + 1, extra_cols + 1)
+    for i in range(rows):
+        for j in range(cols):
+            if layout == "NHWC":
+                window, got = big[:, i * S:i * S + h, j * S:j * S + w], scores[0, i, j]
+            else:
+                window, got = big[:, :, i * S:i * S + h, j * S:j * S + w], scores[0, :, i, j]
+            expected = model(window)[0]
+            # Same products summed in another order: float32 rounding at the
+            # scale of the values.
+            assert np.allclose(got, expected, rtol=0, atol=1e-5 * (1 + np.abs(expected).max()))
