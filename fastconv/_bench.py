@@ -2,6 +2,9 @@
 
 The layers are those of fastconv._shapes (VGG16, ResNet-50, MobileNetV2's
 depthwise layers, VGG's classifier as convolutions, and ResNet-50's 1x1 GEMMs).
+The "fcn" suite times a whole network instead: VGG16 converted with
+fastconv.nn.to_fully_convolutional, on 224x224 and 384x384 inputs, against
+the same network in torch (full runs and --suite fcn; not in --quick).
 For every layer and thread count, the contenders are timed interleaved
 (fastconv, numpy, torch, torch_cl, fastconv, ...) after a warm-up, and the
 medians are compared, so that the noise of a shared machine hits all alike:
@@ -42,6 +45,10 @@ a vector much larger than the caches.
                  other processes while the row was timed, or null),
                  speedup {numpy, torch, torch_cl, torch_best} (= their time /
                  fastconv's)
+  fcn            (the "fcn" suite, in full runs) one object per input size and
+                 thread count: layer, shape, threads, dtype, seconds {fastconv,
+                 torch, torch_cl}, speedup_torch_best, max_rel_diff_vs_torch
+                 (fastconv's scores against torch's, relative to the largest)
   summary        one object per suite and thread count: suite, threads,
                  layers, layers_in_suite (both with multiplicity), flops,
                  seconds {contender: total or null}, gflops, pct_peak,
@@ -93,7 +100,7 @@ def _thread_list(text: str) -> List[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m fastconv bench`."""
-    parser.add_argument("--suite", choices=[*_shapes.SUITES, "all"], default="all",
+    parser.add_argument("--suite", choices=[*_shapes.SUITES, "fcn", "all"], default="all",
                         help="which layers to run (default: all)")
     parser.add_argument("--threads", type=_thread_list, default=None,
                         help="comma-separated thread counts, e.g. 1,2 "
@@ -602,6 +609,9 @@ def run(args: argparse.Namespace) -> int:
     reps, min_time = TIMING[args.quick]
     dtype = np.dtype(args.dtype)
     suites = list(_shapes.SUITES) if args.suite == "all" else [args.suite]
+    # The whole-network suite is long (VGG16 at 224 and 384): not in --quick.
+    run_fcn = args.suite == "fcn" or (args.suite == "all" and not args.quick)
+    suites = [s for s in suites if s != "fcn"]
     cfg, vers = fastconv.config(), versions()
     before = cpu_snapshot()
     time.sleep(0.25)
@@ -634,9 +644,16 @@ def run(args: argparse.Namespace) -> int:
                         rows[nt], FC_COLUMNS if suite == "fc" else LAYER_COLUMNS)
             results += rows[nt]
             summary.append(summary_row(suite, nt, rows[nt], peak[nt]))
-    print_table("summary: totals over each suite's layers, each counted n times (layers = "
-                "run / in the network); vs = the other's total / fastconv's, torch = NCHW",
-                summary, SUMMARY_COLUMNS)
+    fcn_rows = bench_fcn(threads, dtype, rng, reps, min_time) if run_fcn else []
+    if fcn_rows:
+        print_table("fcn: VGG16 fully convolutional (13 convs, 5 max pools, fc6 as a 7x7 "
+                    "conv, fc7/fc8 1x1), batch 1, whole network; fastconv NHWC vs torch "
+                    "NCHW / channels_last; max rel diff = fastconv vs torch output at 224/384",
+                    fcn_rows, FCN_COLUMNS)
+    if summary:
+        print_table("summary: totals over each suite's layers, each counted n times (layers = "
+                    "run / in the network); vs = the other's total / fastconv's, torch = NCHW",
+                    summary, SUMMARY_COLUMNS)
     disturbed = [r for r in results if (r["others_busy_pct"] or 0) > BUSY_LIMIT]
     if disturbed:
         print(f"\nWARNING: other processes used more than {BUSY_LIMIT}% of the CPUs while "
@@ -656,12 +673,124 @@ def run(args: argparse.Namespace) -> int:
             "peak_gflops": {str(nt): g for nt, g in peak.items()},
             "memory_bandwidth": {"method": bandwidth_method,
                                  "gbps": {str(nt): g for nt, g in bandwidth.items()}},
-            "results": results, "summary": summary,
+            "results": results, "summary": summary, "fcn": fcn_rows,
         }
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
-    if plt is not None:
+    if plt is not None and results:
         plot(plt, args.plot, results)
         print(f"wrote {args.plot}")
+    elif plt is not None:
+        print(f"nothing to plot: --plot draws the per-layer suites, not {args.suite!r}")
     return 0
+
+
+# --------------------------------------------------------------------------
+# The "fcn" suite: VGG16 written fully convolutionally, as a whole network
+# --------------------------------------------------------------------------
+FCN_SIZES = (224, 384)  # 384x384 gives a 6x6 score map
+VGG16_CONVS = [(3, 64), (64, 64), "pool", (64, 128), (128, 128), "pool", (128, 256),
+               (256, 256), (256, 256), "pool", (256, 512), (512, 512), (512, 512), "pool",
+               (512, 512), (512, 512), (512, 512), "pool"]
+
+
+def vgg16_fcn(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
+    """VGG16 (13 convs, 5 max pools, fc6-fc8) with random He-scaled weights,
+    converted with fastconv.nn.to_fully_convolutional, and the same network
+    in torch (fc6 as a 7x7 convolution, fc7/fc8 as 1x1), or None without
+    torch. Softmax is left out of both. `width` scales every channel count
+    (1 is VGG16; tests use less)."""
+    from fastconv import nn
+
+    def ch(n: int) -> int:
+        return n if n == 3 else max(1, int(n * width))
+
+    layers, torch_layers, c_last = [], [], 3
+    torch = _torch()
+    for item in VGG16_CONVS:
+        if item == "pool":
+            layers.append(nn.MaxPool2d(2))
+            torch_layers.append(("pool", None, None))
+            continue
+        c, k = ch(item[0]), ch(item[1])
+        w = (rng.standard_normal((3, 3, c, k)) * np.sqrt(2 / (9 * c))).astype(dtype)
+        layers.append(nn.Conv2d(w, np.zeros(k, dtype), padding=1, activation="relu"))
+        torch_layers.append(("conv", w, 1))
+        c_last = k
+    layers.append(nn.Flatten("HWC"))
+    fc = [(7 * 7 * c_last, ch(4096)), (ch(4096), ch(4096)), (ch(4096), 1000)]
+    for i, (fin, fout) in enumerate(fc):
+        w = (rng.standard_normal((fin, fout)) * np.sqrt(2 / fin)).astype(dtype)
+        layers.append(nn.Linear(w, np.zeros(fout, dtype), activation="relu" if i < 2 else None))
+        kernel = w.reshape(7, 7, c_last, fout) if i == 0 else w.reshape(1, 1, fin, fout)
+        torch_layers.append(("fc", kernel, 0))
+    fcn = nn.to_fully_convolutional(nn.Sequential(*layers), (224, 224, 3))
+    if torch is None:
+        return fcn, None
+    modules = []
+    for kind, w, pad in torch_layers:
+        if kind == "pool":
+            modules.append(torch.nn.MaxPool2d(2))
+            continue
+        conv = torch.nn.Conv2d(w.shape[2], w.shape[3], w.shape[:2], padding=pad)
+        conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+        conv.bias.data.zero_()
+        modules += [conv, torch.nn.ReLU()]
+    modules.pop()  # no ReLU after fc8
+    return fcn, torch.nn.Sequential(*modules).to(getattr(torch, dtype.name)).eval()
+
+
+def bench_fcn(threads: Sequence[int], dtype: np.dtype, rng: np.random.Generator, reps: int,
+              min_time: float, width: float = 1.0) -> List[dict]:
+    """Time the fully convolutional VGG16 at batch 1 on each FCN size:
+    fastconv NHWC against torch NCHW and channels_last, interleaved."""
+    body, tmodel = vgg16_fcn(dtype, rng, width)
+    torch = _torch()
+    rows = []
+    for size in FCN_SIZES:
+        x = rng.random((1, size, size, 3)).astype(dtype)
+        calls = {"fastconv": lambda nt, x=x: body(x, num_threads=nt)}
+        diff = None
+        if tmodel is not None:
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            tcl = tmodel.to(memory_format=torch.channels_last)
+            xcl = xt.to(memory_format=torch.channels_last)
+            calls["torch"] = lambda nt, xt=xt: tmodel(xt)
+            calls["torch_cl"] = lambda nt, xcl=xcl: tcl(xcl)
+            with torch.no_grad():
+                ref = tmodel(xt).numpy().transpose(0, 2, 3, 1)
+            got = body(x)
+            diff = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+        out = (size // 32) - 6
+        for nt in threads:
+            _progress(f"[fcn, {nt} thr] vgg16 on {size}x{size} ...")
+            with thread_limits(nt):
+                times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
+                                         reps, min_time, SETTLE_SECONDS if nt > 1 else 0.0)
+            seconds = dict(zip(calls, times))
+            best_torch = min((seconds[k] for k in ("torch", "torch_cl") if k in seconds),
+                             default=None)
+            rows.append({"suite": "fcn", "layer": f"vgg16 fcn {size}x{size}",
+                         "shape": f"{size}x{size}x3 -> {out}x{out}x1000", "threads": nt,
+                         "dtype": dtype.name, "seconds": {k: seconds.get(k) for k in
+                                                          ("fastconv", "torch", "torch_cl")},
+                         "speedup_torch_best": None if best_torch is None
+                         else best_torch / seconds["fastconv"],
+                         "max_rel_diff_vs_torch": diff})
+    _progress("")
+    return rows
+
+
+FCN_COLUMNS = [
+    Column("network", 22, lambda r: r["layer"], left=True),
+    Column("input -> scores", 26, lambda r: r["shape"], left=True),
+    Column("thr", 3, lambda r: str(r["threads"])),
+    Column("fastconv ms", 11, lambda r: _fmt(r["seconds"]["fastconv"] * 1e3, ".1f")),
+    Column("torch ms", 9, lambda r: _fmt(None if r["seconds"]["torch"] is None
+                                         else r["seconds"]["torch"] * 1e3, ".1f")),
+    Column("t_cl ms", 9, lambda r: _fmt(None if r["seconds"]["torch_cl"] is None
+                                        else r["seconds"]["torch_cl"] * 1e3, ".1f")),
+    Column("vs torch", 8, lambda r: _fmt(r["speedup_torch_best"], ".2f", "x")),
+    Column("max rel diff", 12, lambda r: _fmt(r["max_rel_diff_vs_torch"], ".1e")),
+]

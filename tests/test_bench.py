@@ -24,7 +24,7 @@ TINY_SUITES = {
     "fc": [Conv("fc", 3, 4, 5, 3, quick=True)],
 }
 JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
-             "peak_gflops", "memory_bandwidth", "results", "summary"}
+             "peak_gflops", "memory_bandwidth", "results", "summary", "fcn"}
 RESULT_KEYS = {"suite", "layer", "shape", "count", "threads", "dtype", "flops",
                "weight_bytes", "numpy_method", "seconds", "gflops", "weight_gbps",
                "pct_peak", "pct_bandwidth", "others_busy_pct", "speedup"}
@@ -204,3 +204,19 @@ def test_others_busy():
     assert _bench.others_busy(None, (12.0, 104.0, 6.0)) is None
     snapshot = _bench.cpu_snapshot()
     assert snapshot is None or len(snapshot) == 3
+
+
+def test_fcn_suite_rows_and_agreement_with_torch():
+    """The whole-network suite on a VGG16 of 1/16 the width: one row per size
+    and thread count, and (with torch) fastconv's output equals torch's."""
+    rows = _bench.bench_fcn([1], np.dtype("float32"), np.random.default_rng(0), reps=1,
+                            min_time=0.0, width=1 / 16)
+    assert [r["layer"] for r in rows] == ["vgg16 fcn 224x224", "vgg16 fcn 384x384"]
+    assert rows[1]["shape"] == "384x384x3 -> 6x6x1000"
+    for r in rows:
+        assert r["seconds"]["fastconv"] > 0
+        if r["seconds"]["torch"] is not None:
+            # The same network in float32 through 16 layers: relative to the
+            # largest score, within float32 rounding of long sums.
+            assert r["max_rel_diff_vs_torch"] < 1e-4
+    _bench.print_table("fcn", rows, _bench.FCN_COLUMNS)
