@@ -131,20 +131,20 @@ static const real zero_row[KC] __attribute__((aligned(64)));
  * compile-time constant in each instance below.
  */
 static inline __attribute__((always_inline)) void ukernel(
-    const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
+    const int rows, const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
     const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
     const real *restrict bias, int flags, int do_relu)
 {
     vec acc[MR][NV];
     if (flags & F_ACCUMULATE) {
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++)
+        for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++)
                 acc[i][v] = load(c + i * ldc + v * VLEN);
     } else {
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++)
+        for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
             for (int v = 0; v < nv; v++)
                 acc[i][v] = (vec){0};
@@ -152,7 +152,7 @@ static inline __attribute__((always_inline)) void ukernel(
     for (int64_t t = 0; t < ntaps; t++) {
         const real *ap[MR];
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             const real *p = a[t * MR + i];
             ap[i] = p == zero_row ? p : p + a_off;
         }
@@ -163,7 +163,7 @@ static inline __attribute__((always_inline)) void ukernel(
                 wv[v] = load(w + v * VLEN);
             w += ldw;
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++) {
+            for (int i = 0; i < rows; i++) {
                 const real s = ap[i][k];
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
@@ -174,21 +174,21 @@ static inline __attribute__((always_inline)) void ukernel(
     if (flags & F_LAST) {
         if (bias) {
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++)
+            for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     acc[i][v] += load(bias + v * VLEN);
         }
         if (do_relu) {
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; i++)
+            for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     acc[i][v] = relu(acc[i][v]);
         }
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++)
             store(c + i * ldc + v * VLEN, acc[i][v]);
@@ -203,7 +203,14 @@ typedef void (*ukernel_fn)(int64_t kc, int64_t ntaps, const real *const *a, int6
                             real *restrict c, int64_t ldc, const real *restrict bias,  \
                             int flags, int do_relu)                                    \
     {                                                                                  \
-        ukernel(n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);         \
+        ukernel(MR, n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);     \
+    }                                                                                  \
+    static void ukernel_1row_##n(int64_t kc, int64_t ntaps, const real *const *a,      \
+                                 int64_t a_off, const real *restrict w, int64_t ldw,   \
+                                 real *restrict c, int64_t ldc,                        \
+                                 const real *restrict bias, int flags, int do_relu)    \
+    {                                                                                  \
+        ukernel(1, n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);      \
     }
 UKERNEL_NV(1)
 #if NV >= 2
@@ -215,8 +222,9 @@ UKERNEL_NV(3)
 #if NV >= 4
 UKERNEL_NV(4)
 #endif
-/* The micro-kernel for a panel nv vectors wide (the last panel of a group
- * may be narrower than NR). */
+/* The micro-kernels for a panel nv vectors wide (the last panel of a group
+ * may be narrower than NR): MR output rows, and one row for a single output
+ * pixel (a batch-1 dense layer), which would waste MR - 1 rows of FMAs. */
 static const ukernel_fn ukernels[NV + 1] = {
     0, ukernel_1,
 #if NV >= 2
@@ -227,6 +235,18 @@ static const ukernel_fn ukernels[NV + 1] = {
 #endif
 #if NV >= 4
     ukernel_4,
+#endif
+};
+static const ukernel_fn ukernels_1row[NV + 1] = {
+    0, ukernel_1row_1,
+#if NV >= 2
+    ukernel_1row_2,
+#endif
+#if NV >= 3
+    ukernel_1row_3,
+#endif
+#if NV >= 4
+    ukernel_1row_4,
 #endif
 };
 
@@ -544,7 +564,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
                 built = gm;
             }
             const int64_t nr = MIN(NR, Kg - b * NR), width = panel_width(Kg, b);
-            const ukernel_fn uk = ukernels[width / VLEN];
+            const ukernel_fn uk = (M == 1 ? ukernels_1row : ukernels)[width / VLEN];
             /* Panel b: its first row, the distance between its rows, and
              * the distance between reduction blocks. */
             const real *wb = ws.direct ? ws.w + b * NR : packed + panel_offset(d, g, b);
