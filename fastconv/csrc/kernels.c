@@ -22,7 +22,11 @@
  *   - with few input channels (the RGB first layer), the kw taps of a kernel
  *     row are read as one run of kw * C values from a width-padded copy of
  *     the input, instead of one pointer per 3-channel tap;
- *   - bias and ReLU are applied in the micro-kernel's store.
+ *   - bias and ReLU are applied in the micro-kernel's store;
+ *   - a GEMM with few rows may read its weight matrix in place (gemm_direct)
+ *     and a single output pixel uses a one-row micro-kernel;
+ *   - depthwise convolution and pooling have their own kernels, channels in
+ *     SIMD lanes.
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
  */
@@ -58,10 +62,8 @@ typedef int32_t real_bits;
 #if defined(FC_TARGET_AVX512)
 #define ISA avx512
 #define VBYTES 64
-#ifndef MR
 #define MR 6
 #define NV 4
-#endif
 #elif defined(FC_TARGET_AVX2)
 #define ISA avx2
 #define VBYTES 32
@@ -79,7 +81,8 @@ typedef int32_t real_bits;
 #define VLEN ((int64_t)(VBYTES / sizeof(real)))
 #define NR (NV * VLEN)
 /* Input channels per reduction block: keeps a block of packed weights
- * (taps * KC * NR) and of input rows cache-resident. */
+ * (taps * KC * NR) and of input rows cache-resident. KC and MCT may be set
+ * with -D for tuning experiments; these are the measured best here. */
 #ifndef KC
 #define KC 256
 #endif
