@@ -1,8 +1,9 @@
 """conv2d and matmul: argument handling, layouts, and the choice of kernel.
 
-The same two steps serve the functions here and the packed layers in
-_layers.py: ConvWeights checks and packs the weights, ConvCall checks an
-input against them and runs the kernels.
+The same steps serve the functions here and the packed layers in _layers.py:
+ConvWeights checks and packs the weights, ConvWeights.plan checks an input
+shape and the options against them, and ConvWeights.execute runs the
+kernels.
 """
 from __future__ import annotations
 
@@ -25,12 +26,23 @@ IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, str, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
 
 
-def _element_strides(a: np.ndarray) -> Optional[Tuple[int, ...]]:
-    """Strides of a in elements, or None if one is not a multiple of the item size."""
+def _element_strides(a: np.ndarray) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """(a, its strides in elements), a copied to C order first if some stride
+    is not a multiple of the item size."""
     size = a.itemsize
     if any(s % size for s in a.strides):
-        return None
-    return tuple(s // size for s in a.strides)
+        a = np.ascontiguousarray(a)
+    return a, tuple(s // size for s in a.strides)
+
+
+def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
+    """x as an ndarray of `dtype`, the weights' (TypeError otherwise)."""
+    _, arr = float_arrays(fn, x=x)
+    xa = arr["x"]
+    if xa.dtype != dtype:
+        raise TypeError(f"{fn}: x and weight must share one dtype; got x {xa.dtype}, "
+                        f"weight {dtype}")
+    return xa
 
 
 class ConvWeights:
@@ -74,10 +86,7 @@ class ConvWeights:
             taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
             return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
                               np.ascontiguousarray(taps), (), bias, True, nthreads)
-        strides = _element_strides(w)
-        if strides is None:
-            w = np.ascontiguousarray(w)
-            strides = _element_strides(w)
+        w, strides = _element_strides(w)
         return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
                           w, tuple(strides[a] for a in axes), bias, False, nthreads)
 
@@ -142,20 +151,11 @@ class ConvWeights:
             out: Any, num_threads: Any, originals: dict) -> np.ndarray:
         """Convolve x with these weights (every check on x and the options
         first). `originals` are the caller's arrays, for the overlap check."""
-        xa = self.input_array(x)
+        xa = input_array(self.fn, x, self.dtype)
         plan = self.plan(xa.shape, stride, padding, dilation, activation)
         nthreads = resolve_threads(self.fn, num_threads)
         out = check_out(self.fn, out, plan.result, self.dtype, originals)
         return self.execute(plan, xa, out, nthreads)
-
-    def input_array(self, x: Any) -> np.ndarray:
-        """x as an ndarray of the weights' dtype (TypeError otherwise)."""
-        _, arr = float_arrays(self.fn, x=x)
-        xa = arr["x"]
-        if xa.dtype != self.dtype:
-            raise TypeError(f"{self.fn}: x and weight must share one dtype; "
-                            f"got x {xa.dtype}, weight {self.dtype}")
-        return xa
 
 
 class ConvPlan:
@@ -233,10 +233,12 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     """
     fn = "conv2d"
     layout_name(fn, layout)
-    # One dtype check over all three, so a mismatch names every dtype seen.
-    float_arrays(fn, x=x, weight=weight, bias=bias)
-    weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, num_threads))
-    return weights.run(x, stride=stride, padding=padding, dilation=dilation,
+    # One dtype check over all three, so a mismatch names every dtype seen;
+    # the converted arrays go on (converted once).
+    _, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
+    weights = ConvWeights(fn, arr["weight"], arr["bias"], groups, layout,
+                          resolve_threads(fn, num_threads))
+    return weights.run(arr["x"], stride=stride, padding=padding, dilation=dilation,
                        activation=activation, out=out, num_threads=num_threads,
                        originals={"x": x, "weight": weight, "bias": bias})
 
@@ -252,10 +254,7 @@ class GemmWeights:
         self.k, self.n = b.shape
         check_bias(fn, bias, self.n)
         self.has_bias = bias is not None
-        strides = _element_strides(b)
-        if strides is None:
-            b = np.ascontiguousarray(b)
-            strides = _element_strides(b)
+        b, strides = _element_strides(b)
         self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
                                  (0, 0, strides[0], strides[1]),
                                  None if bias is None else np.ascontiguousarray(bias), False,

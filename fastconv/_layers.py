@@ -6,7 +6,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fastconv._config import get_flush_denormals, resolve_threads
-from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding
+from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_array
 from fastconv._validate import (activation_is_relu, check_ndim, check_out, float_arrays,
                                 int_pair, padding_amounts)
 
@@ -94,7 +94,7 @@ class Conv2d:
         numpy.ndarray
         """
         weights = self._weights
-        xa = weights.input_array(x)
+        xa = input_array("Conv2d", x, weights.dtype)
         # The checks of an input shape are done once: its plan is kept (the
         # flush setting is part of the key, as the kernels read it).
         key = (xa.shape, get_flush_denormals())
@@ -182,11 +182,7 @@ class Linear:
         numpy.ndarray, shape (N, out_features) or (out_features,)
         """
         fn = "Linear"
-        _, arr = float_arrays(fn, x=x)
-        xa = arr["x"]
-        if xa.dtype != self.dtype:
-            raise TypeError(f"{fn}: x and weight must share one dtype; "
-                            f"got x {xa.dtype}, weight {self.dtype}")
+        xa = input_array(fn, x, self.dtype)
         check_ndim(fn, "x", xa, (1, 2), "2-D (N, in_features) or 1-D (in_features,)")
         if xa.shape[-1] != self.in_features:
             raise ValueError(f"{fn}: x has {xa.shape[-1]} features; the layer takes "

@@ -86,14 +86,14 @@ class Conv2d(Layer):
     def __init__(self, weight: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, activation: Optional[str] = None,
                  layout: str = "NHWC") -> None:
-        self.conv = fastconv.Conv2d(weight, bias, stride=stride, padding=padding,
+        # Copies, packed from: changing the caller's arrays later cannot make
+        # the saved or converted model differ from the one that runs.
+        _, arr = float_arrays("Conv2d", weight=weight, bias=bias)
+        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
+        self.conv = fastconv.Conv2d(self.weight, self.bias, stride=stride, padding=padding,
                                     dilation=dilation, groups=groups, activation=activation,
                                     layout=layout)
         self.layout = self.conv.layout
-        # Copies, so that changing the caller's arrays later cannot make the
-        # saved or converted model differ from the packed one that runs.
-        _, arr = float_arrays("Conv2d", weight=weight, bias=bias)
-        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
 
     def __call__(self, x: Any, num_threads: Optional[int] = None) -> np.ndarray:
         return self.conv(x, num_threads=num_threads)
@@ -126,10 +126,10 @@ class Linear(Layer):
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: Optional[str] = None,
                  weight_layout: str = "IO") -> None:
-        self.linear = fastconv.Linear(weight, bias, activation=activation,
-                                      weight_layout=weight_layout)
         _, arr = float_arrays("Linear", weight=weight, bias=bias)
         self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
+        self.linear = fastconv.Linear(self.weight, self.bias, activation=activation,
+                                      weight_layout=weight_layout)
         self.weight_layout = weight_layout
         self.activation = activation
 
