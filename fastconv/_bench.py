@@ -695,49 +695,59 @@ VGG16_CONVS = [(3, 64), (64, 64), "pool", (64, 128), (128, 128), "pool", (128, 2
                (512, 512), (512, 512), (512, 512), "pool"]
 
 
-def vgg16_fcn(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
-    """VGG16 (13 convs, 5 max pools, fc6-fc8) with random He-scaled weights,
-    converted with fastconv.nn.to_fully_convolutional, and the same network
-    in torch (fc6 as a 7x7 convolution, fc7/fc8 as 1x1), or None without
-    torch. Softmax is left out of both. `width` scales every channel count
-    (1 is VGG16; tests use less)."""
+def vgg16(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
+    """VGG16 for 224x224 RGB NHWC input as a fastconv.nn.Sequential: 13 convs,
+    5 max pools, fc6-fc8 with dropout, no softmax; random He-scaled weights,
+    so that activations stay of order one through the 16 layers. `width`
+    scales every channel count but the input's (1 is VGG16)."""
     from fastconv import nn
 
     def ch(n: int) -> int:
         return n if n == 3 else max(1, int(n * width))
 
-    layers, torch_layers, c_last = [], [], 3
-    torch = _torch()
+    layers, c_last = [], 3
     for item in VGG16_CONVS:
         if item == "pool":
             layers.append(nn.MaxPool2d(2))
-            torch_layers.append(("pool", None, None))
             continue
         c, k = ch(item[0]), ch(item[1])
         w = (rng.standard_normal((3, 3, c, k)) * np.sqrt(2 / (9 * c))).astype(dtype)
         layers.append(nn.Conv2d(w, np.zeros(k, dtype), padding=1, activation="relu"))
-        torch_layers.append(("conv", w, 1))
         c_last = k
     layers.append(nn.Flatten("HWC"))
     fc = [(7 * 7 * c_last, ch(4096)), (ch(4096), ch(4096)), (ch(4096), 1000)]
     for i, (fin, fout) in enumerate(fc):
         w = (rng.standard_normal((fin, fout)) * np.sqrt(2 / fin)).astype(dtype)
         layers.append(nn.Linear(w, np.zeros(fout, dtype), activation="relu" if i < 2 else None))
-        kernel = w.reshape(7, 7, c_last, fout) if i == 0 else w.reshape(1, 1, fin, fout)
-        torch_layers.append(("fc", kernel, 0))
-    fcn = nn.to_fully_convolutional(nn.Sequential(*layers), (224, 224, 3))
+        if i < 2:
+            layers.append(nn.Dropout(0.5))
+    return nn.Sequential(*layers)
+
+
+def vgg16_fcn(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
+    """vgg16() converted with fastconv.nn.to_fully_convolutional, and the same
+    network in torch (fc6 as a 7x7 convolution, fc7/fc8 as 1x1, same
+    weights), or None without torch."""
+    from fastconv import nn
+
+    model = vgg16(dtype, rng, width)
+    fcn = nn.to_fully_convolutional(model, (224, 224, 3))
+    torch = _torch()
     if torch is None:
         return fcn, None
     modules = []
-    for kind, w, pad in torch_layers:
-        if kind == "pool":
+    for layer in fcn:
+        if isinstance(layer, nn.MaxPool2d):
             modules.append(torch.nn.MaxPool2d(2))
-            continue
-        conv = torch.nn.Conv2d(w.shape[2], w.shape[3], w.shape[:2], padding=pad)
-        conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-        conv.bias.data.zero_()
-        modules += [conv, torch.nn.ReLU()]
-    modules.pop()  # no ReLU after fc8
+        elif isinstance(layer, nn.Conv2d):
+            w = layer.weight  # HWIO
+            conv = torch.nn.Conv2d(w.shape[2], w.shape[3], w.shape[:2],
+                                   padding=layer.conv.padding)
+            conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+            conv.bias.data = torch.from_numpy(layer.bias.copy())
+            modules.append(conv)
+            if layer.conv.activation == "relu":
+                modules.append(torch.nn.ReLU())
     return fcn, torch.nn.Sequential(*modules).to(getattr(torch, dtype.name)).eval()
 
 

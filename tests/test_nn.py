@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fastconv import nn
+from fastconv import _bench, nn
 from checks import random_array
 
 
@@ -260,35 +260,8 @@ def test_fully_convolutional_refuses_softmax_over_another_axis(rng):
 # --------------------------------------------------------------------------
 # The seed's case at full size: VGG16 with its fc6/fc7/fc8 head
 # --------------------------------------------------------------------------
-VGG16_CONVS = [(3, 64), (64, 64), "pool", (64, 128), (128, 128), "pool", (128, 256),
-               (256, 256), (256, 256), "pool", (256, 512), (512, 512), (512, 512), "pool",
-               (512, 512), (512, 512), (512, 512), "pool"]
-
-
-def vgg16(rng, classes=1000):
-    """VGG16 (224x224 RGB, NHWC) with random He-scaled weights, so that the
-    activations stay of order one through the 16 layers."""
-    layers = []
-    for item in VGG16_CONVS:
-        if item == "pool":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        c, k = item
-        w = rng.standard_normal((3, 3, c, k), dtype=np.float32) * np.float32(np.sqrt(2 / (9 * c)))
-        layers.append(nn.Conv2d(w, np.zeros(k, np.float32), padding=1, activation="relu"))
-    layers.append(nn.Flatten("HWC"))
-    for fin, fout, act in [(7 * 7 * 512, 4096, "relu"), (4096, 4096, "relu"),
-                           (4096, classes, None)]:
-        w = rng.standard_normal((fin, fout), dtype=np.float32) * np.float32(np.sqrt(2 / fin))
-        layers.append(nn.Linear(w, np.zeros(fout, np.float32), activation=act))
-        if act:
-            layers.append(nn.Dropout(0.5))
-    layers.append(nn.Softmax())
-    return nn.Sequential(*layers)
-
-
 def test_vgg16_fully_convolutional(rng):
-    model = vgg16(rng)
+    model = nn.Sequential(*_bench.vgg16(np.float32, rng), nn.Softmax())
     assert model.output_shape((224, 224, 3)) == (1000,)
     fcn = nn.to_fully_convolutional(model, (224, 224, 3))
     # fc6 is a 7x7 convolution over the 7x7x512 map, fc7 and fc8 are 1x1.
