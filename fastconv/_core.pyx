@@ -138,10 +138,6 @@ cdef class Packed:
     def isa(self):
         return self.ks.isa.decode()
 
-    @property
-    def nbytes(self):
-        return self.buffer.nbytes + (0 if self.bias is None else self.bias.nbytes)
-
 
 def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,
          cnp.ndarray w, tuple strides, bias, bint depthwise, int nthreads,
@@ -166,24 +162,14 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     if depthwise:
         if not (groups == C == K):
             raise ValueError("internal: depthwise packing needs groups == C == K")
-        _buffer(w, kh * kw * C, p.dtype, "weight")
-        p.buffer = w
-        p.bias = bias
-        if bias is not None:
-            _buffer(bias, C, p.dtype, "bias")
-        return p
+        return _keep_in_place(p, w, kh * kw * C, bias)
     ws.ty, ws.tx, ws.c, ws.k = strides
     if _dtype_index(w) != p.dtype:
         raise TypeError("internal: weight dtype")
     if (allow_direct and kh == 1 and kw == 1 and groups == 1 and ws.c == K and ws.k == 1
             and K % p.ks.vlen == 0 and cnp.PyArray_IS_C_CONTIGUOUS(w)):
-        _buffer(w, C * K, p.dtype, "weight")
         p.direct = True
-        p.buffer = w
-        p.bias = bias
-        if bias is not None:
-            _buffer(bias, K, p.dtype, "bias")
-        return p
+        return _keep_in_place(p, w, C * K, bias)
     if bias is not None:
         bp = _buffer(bias, K, p.dtype, "bias")
     p.buffer = cnp.PyArray_EMPTY(1, [p.ks.packed_size(&p.d)], cnp.PyArray_TYPE(w), 0)
@@ -191,6 +177,15 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     cdef const void *wp = cnp.PyArray_DATA(w)
     with nogil:
         p.ks.pack(&p.d, wp, ws, bp, pp, nthreads)
+    return p
+
+
+cdef Packed _keep_in_place(Packed p, cnp.ndarray w, int64_t size, bias):
+    """p reading w (contiguous, `size` values) and bias (K values) as they are."""
+    _buffer(w, size, p.dtype, "weight")
+    if bias is not None:
+        _buffer(bias, p.d.K, p.dtype, "bias")
+    p.buffer, p.bias = w, bias
     return p
 
 
