@@ -438,9 +438,9 @@ def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
 
-def _ms(row: dict, contender: str) -> str:
+def _ms(row: dict, contender: str, spec: str = ".2f") -> str:
     t = row["seconds"][contender]
-    return _fmt(t and t * 1e3, ".2f")
+    return _fmt(t and t * 1e3, spec)
 
 
 def _torch_best(values: Dict[str, Optional[float]]) -> Optional[float]:
@@ -796,11 +796,9 @@ FCN_COLUMNS = [
     Column("network", 22, lambda r: r["layer"], left=True),
     Column("input -> scores", 26, lambda r: r["shape"], left=True),
     Column("thr", 3, lambda r: str(r["threads"])),
-    Column("fastconv ms", 11, lambda r: _fmt(r["seconds"]["fastconv"] * 1e3, ".1f")),
-    Column("torch ms", 9, lambda r: _fmt(None if r["seconds"]["torch"] is None
-                                         else r["seconds"]["torch"] * 1e3, ".1f")),
-    Column("t_cl ms", 9, lambda r: _fmt(None if r["seconds"]["torch_cl"] is None
-                                        else r["seconds"]["torch_cl"] * 1e3, ".1f")),
+    Column("fastconv ms", 11, lambda r: _ms(r, "fastconv", ".1f")),
+    Column("torch ms", 9, lambda r: _ms(r, "torch", ".1f")),
+    Column("t_cl ms", 9, lambda r: _ms(r, "torch_cl", ".1f")),
     Column("vs torch", 8, lambda r: _fmt(r["speedup_torch_best"], ".2f", "x")),
     Column("max rel diff", 12, lambda r: _fmt(r["max_rel_diff_vs_torch"], ".1e")),
 ]
