@@ -58,6 +58,11 @@ GEOMETRIES = [
     ("alexnet-k11-s4-p2", 23, 27, 11, 11, 4, 2, 1),
     ("resnet-stem-k7-s2-p3", 15, 14, 7, 7, 2, 3, 1),
     ("k7-same-s4", 13, 10, 7, 7, 4, "same", 1),
+    # taps of a kernel row merged into one run (C < 32), kernel rows dh apart
+    ("k3-d(2,1)-p(2,1)", 10, 9, 3, 3, 1, (2, 1), (2, 1)),
+    ("k3x2-s(2,1)-d(3,1)-asym", 13, 8, 3, 2, (2, 1), ((3, 1), (0, 2)), (3, 1)),
+    # padding wider than the kernel: whole output rows and columns of padding
+    ("k2-p3", 5, 6, 2, 2, 1, 3, 1),
 ]
 
 

@@ -130,12 +130,14 @@ static const real zero_row[KC] __attribute__((aligned(64)));
  * The micro-kernel: c[0:MR, 0:nv*VLEN] (+)= sum over taps t and channels k of
  * a[t][i][a_off + k] * w[t][k][0:nv*VLEN].
  * a holds ntaps * MR row pointers (tap-major); zero_row pointers are not
- * offset. w is the packed panel of this KC block, nv vectors wide. nv is a
+ * offset. With tap_step != 0, a holds MR pointers only, and tap t of row i
+ * is a[i] + t * tap_step (rows of a zero-padded copy, ROWS_MERGED).
+ * w is the packed panel of this KC block, nv vectors wide. nv is a
  * compile-time constant in each instance below.
  */
 static inline __attribute__((always_inline)) void ukernel(
     const int rows, const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
-    const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
+    int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
     const real *restrict bias, int flags, int do_relu)
 {
     vec acc[MR][NV];
@@ -156,7 +158,7 @@ static inline __attribute__((always_inline)) void ukernel(
         const real *ap[MR];
 #pragma GCC unroll 16
         for (int i = 0; i < rows; i++) {
-            const real *p = a[t * MR + i];
+            const real *p = tap_step ? a[i] + t * tap_step : a[t * MR + i];
             ap[i] = p == zero_row ? p : p + a_off;
         }
         for (int64_t k = 0; k < kc; k++) {
@@ -198,22 +200,26 @@ static inline __attribute__((always_inline)) void ukernel(
 }
 
 typedef void (*ukernel_fn)(int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
-                           const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
+                           int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
                            const real *restrict bias, int flags, int do_relu);
 #define UKERNEL_NV(n)                                                                   \
     static void ukernel_##n(int64_t kc, int64_t ntaps, const real *const *a,           \
-                            int64_t a_off, const real *restrict w, int64_t ldw,        \
+                            int64_t a_off, int64_t tap_step, const real *restrict w,   \
+                            int64_t ldw,                                               \
                             real *restrict c, int64_t ldc, const real *restrict bias,  \
                             int flags, int do_relu)                                    \
     {                                                                                  \
-        ukernel(MR, n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);     \
+        ukernel(MR, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,     \
+                do_relu);                                                              \
     }                                                                                  \
     static void ukernel_1row_##n(int64_t kc, int64_t ntaps, const real *const *a,      \
-                                 int64_t a_off, const real *restrict w, int64_t ldw,   \
+                                 int64_t a_off, int64_t tap_step,                      \
+                                 const real *restrict w, int64_t ldw,                  \
                                  real *restrict c, int64_t ldc,                        \
                                  const real *restrict bias, int flags, int do_relu)    \
     {                                                                                  \
-        ukernel(1, n, kc, ntaps, a, a_off, w, ldw, c, ldc, bias, flags, do_relu);      \
+        ukernel(1, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,      \
+                do_relu);                                                              \
     }
 UKERNEL_NV(1)
 #if NV >= 2
@@ -395,92 +401,90 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
  * (more would only oversubscribe the cores). */
 /* How a tile's input rows are found. */
 typedef struct {
-    const real *x;   /* input, NHWC (for ROWS_MERGED its width-padded copy) */
-    int64_t W;       /* width of x */
+    const real *x;   /* input, NHWC (for ROWS_MERGED its zero-padded copy) */
+    int64_t H, W;    /* height and width of x */
     int64_t goff;    /* channel offset of the group */
     enum { ROWS_GEMM, ROWS_TAPS, ROWS_MERGED } kind;
 } row_source;
 
-/* Row pointers of MR output pixels starting at p0 (rows past the last pixel
- * repeat it; their results are never stored):
+/* Row pointers of the npix output pixels p0, p0 + 1, ..., laid out per
+ * tile of MR pixels as the micro-kernel reads them: tile t at
+ * a + t * MR * ntaps, tap-major, MR apart. Pixels at or past M repeat the
+ * last one (their results are never stored).
  *   ROWS_GEMM   one pointer per pixel (1x1, stride 1, unpadded);
  *   ROWS_TAPS   one per pixel and tap (tap-major), padding taps at zero_row;
- *   ROWS_MERGED one per pixel and tap row: in a copy of the input padded in
- *               width, the kw taps of a row are adjacent, so they form one
- *               run of kw * C values. For inputs with few channels (the RGB
- *               first layer), where a pointer per 3-channel tap would cost
- *               more than the few FMAs it feeds. */
+ *   ROWS_MERGED one per pixel, to its first tap in a zero-padded copy of the
+ *               input, where the kw taps of a kernel row are adjacent (one
+ *               run of kw * C values) and the kernel rows are a fixed step
+ *               apart. For inputs with few channels (the RGB first layer),
+ *               where a pointer per 3-channel tap would cost more than the
+ *               few FMAs it feeds.
+ * The coordinates of p0 take one division; later pixels step along the
+ * output row. */
 static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t p0,
-                           int64_t mr, const real **a)
+                           int64_t npix, int64_t M, const real **a)
 {
-    const int64_t C = d->C;
-    if (src->kind == ROWS_GEMM) {
-        for (int i = 0; i < MR; i++)
-            a[i] = src->x + (p0 + (i < mr ? i : mr - 1)) * C + src->goff;
-        return;
-    }
-    /* Pixel p0's coordinates, then step along the row: one division per
-     * tile instead of four per pixel. */
-    const int64_t hw = d->Ho * d->Wo;
+    const int64_t C = d->C, ntaps = d->kh * d->kw, hw = d->Ho * d->Wo;
     int64_t n = p0 / hw, oy = (p0 % hw) / d->Wo, ox = (p0 % hw) % d->Wo;
-    for (int i = 0; i < MR; i++) {
-        int same_row = i > 0;
-        if (i > 0 && i < mr && ++ox == d->Wo) {
-            same_row = 0;
+    for (int64_t j = 0; j < npix; j++) {
+        const real **slot = a + (j / MR) * MR * ntaps + j % MR;
+        if (j > 0 && p0 + j < M && ++ox == d->Wo) {
             ox = 0;
             if (++oy == d->Ho) {
                 oy = 0;
                 n++;
             }
         }
-        if (src->kind == ROWS_MERGED && same_row) {
-            /* The next pixel of the same output row: every tap row moves
-             * sw pixels along (rows past the last pixel repeat it). */
-            const int64_t step = i < mr ? d->sw * C : 0;
-            for (int64_t ty = 0; ty < d->kh; ty++) {
-                const real *prev = a[ty * MR + i - 1];
-                a[ty * MR + i] = prev == zero_row ? zero_row : prev + step;
-            }
+        if (src->kind == ROWS_GEMM) {
+            slot[0] = src->x + MIN(p0 + j, M - 1) * C + src->goff;
             continue;
         }
-        const real *img = src->x + n * d->H * src->W * C + src->goff;
+        const real *img = src->x + n * src->H * src->W * C + src->goff;
+        if (src->kind == ROWS_MERGED) {
+            slot[0] = img + (oy * d->sh * src->W + ox * d->sw) * C;
+            continue;
+        }
         for (int64_t ty = 0; ty < d->kh; ty++) {
             const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
             const int inside_y = iy >= 0 && iy < d->H;
-            if (src->kind == ROWS_MERGED) {
-                a[ty * MR + i] = inside_y ? img + (iy * src->W + ox * d->sw) * C : zero_row;
-                continue;
-            }
             for (int64_t tx = 0; tx < d->kw; tx++) {
                 const int64_t ix = ox * d->sw - d->pad_left + tx * d->dw;
-                a[(ty * d->kw + tx) * MR + i] =
+                slot[(ty * d->kw + tx) * MR] =
                     inside_y && ix >= 0 && ix < d->W ? img + (iy * d->W + ix) * C : zero_row;
             }
         }
     }
 }
 
-/* x with pad_left zero columns before and enough after for every merged
- * run: (N, H, (Wo - 1) * sw + kw, C). O(input) memory, not O(im2col). */
-static real *pad_width(const fc_conv_desc *d, const real *x, int nthreads, int64_t *Wp_out)
+/* x with its padding made of zeros, and only the rows and columns the
+ * output reads: (N, (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + kw,
+ * C) (ROWS_MERGED has dw == 1). O(input) memory, not O(im2col). */
+static real *pad_input(const fc_conv_desc *d, const real *x, int nthreads, row_source *src)
 {
-    const int64_t C = d->C, Wp = (d->Wo - 1) * d->sw + d->kw;
-    real *xp = malloc(sizeof(real) * (size_t)(d->N * d->H * Wp * C));
+    const int64_t C = d->C;
+    const int64_t Hp = (d->Ho - 1) * d->sh + (d->kh - 1) * d->dh + 1;
+    const int64_t Wp = (d->Wo - 1) * d->sw + d->kw;
+    real *xp = malloc(sizeof(real) * (size_t)(d->N * Hp * Wp * C));
     if (!xp)
         return NULL;
-#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * d->H, d->N * d->H * Wp * C)) \
+#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * Hp, d->N * Hp * Wp * C)) \
     schedule(static)
-    for (int64_t row = 0; row < d->N * d->H; row++) {
-        for (int64_t j = 0; j < Wp; j++) {
-            const int64_t ix = j - d->pad_left;
-            real *dst = xp + (row * Wp + j) * C;
-            if (ix >= 0 && ix < d->W)
-                memcpy(dst, x + (row * d->W + ix) * C, sizeof(real) * (size_t)C);
-            else
-                memset(dst, 0, sizeof(real) * (size_t)C);
+    for (int64_t row = 0; row < d->N * Hp; row++) {
+        real *dst = xp + row * Wp * C;
+        const int64_t n = row / Hp, iy = row % Hp - d->pad_top;
+        if (iy < 0 || iy >= d->H) {
+            memset(dst, 0, sizeof(real) * (size_t)(Wp * C));
+            continue;
         }
+        /* [pad_left zero pixels][the W input pixels][zero pixels to Wp] */
+        const int64_t left = MIN(d->pad_left, Wp), inner = MIN(d->W, Wp - left);
+        memset(dst, 0, sizeof(real) * (size_t)(left * C));
+        memcpy(dst + left * C, x + (n * d->H + iy) * d->W * C, sizeof(real) * (size_t)(inner * C));
+        memset(dst + (left + inner) * C, 0, sizeof(real) * (size_t)((Wp - left - inner) * C));
     }
-    *Wp_out = Wp;
+    src->x = xp;
+    src->H = Hp;
+    src->W = Wp;
     return xp;
 }
 
@@ -517,7 +521,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
     const int64_t ntasks = G * mblocks * nb;
     if (ntasks == 0)
         return FC_OK;
-    row_source src = {x, d->W, 0, ROWS_TAPS};
+    row_source src = {x, d->H, d->W, 0, ROWS_TAPS};
     if (ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 && d->pad_left == 0 &&
         d->Ho == d->H && d->Wo == d->W)
         src.kind = ROWS_GEMM;
@@ -530,11 +534,12 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
     const int nt = clamp_threads(nthreads, ntasks, M * d->K * ntaps * Cg);
     real *xpad = NULL;
     if (src.kind == ROWS_MERGED) {
-        xpad = pad_width(d, x, nthreads, &src.W);
+        xpad = pad_input(d, x, nthreads, &src);
         if (!xpad)
             return FC_ENOMEM;
-        src.x = xpad;
     }
+    /* ROWS_MERGED: the kernel rows of a pixel are dh padded rows apart */
+    const int64_t tap_step = src.kind == ROWS_MERGED ? d->dh * src.W * d->C : 0;
     /* Per thread: MCT * MR * ntaps row pointers and MCT partial-tile
      * buffers, each region 64-byte aligned. */
     const size_t ptr_bytes = round64(sizeof(real *) * (size_t)(MCT * MR * ntaps));
@@ -560,10 +565,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
             if (gm != built) {
                 row_source gsrc = src;
                 gsrc.goff = g * Cg;
-                for (int64_t t = 0; t < tcount; t++) {
-                    const int64_t p0 = (t0 + t) * MR;
-                    build_pointers(d, &gsrc, p0, MIN(MR, M - p0), a + t * MR * ntaps);
-                }
+                build_pointers(d, &gsrc, t0 * MR, tcount * MR, M, a);
                 built = gm;
             }
             const int64_t nr = MIN(NR, Kg - b * NR), width = panel_width(Kg, b);
@@ -586,7 +588,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
                     const int64_t p0 = (t0 + t) * MR;
                     const int full = p0 + MR <= M && nr == width;
                     real *c = full ? y + p0 * d->K + g * Kg + b * NR : tiles + t * MR * NR;
-                    uk(kc, rows_per_tile, a + t * MR * ntaps, c0, wb + c0 * block_step, ldw, c,
+                    uk(kc, rows_per_tile, a + t * MR * ntaps, c0, tap_step, wb + c0 * block_step, ldw, c,
                        full ? d->K : NR, bias, flags, d->relu);
                 }
                 c0 += kc;
