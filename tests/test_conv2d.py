@@ -254,6 +254,14 @@ def test_cache_blocking_boundaries(isa, rng, n, h, w, c, k, ksize, groups, dtype
                padding=ksize // 2, groups=groups, relu=True, dtype=dtype)
 
 
+@dtypes
+def test_padded_1x1_long_reduction(isa, rng, dtype):
+    # a padded 1x1 reads its padding taps from the zero row over a whole
+    # reduction block of a GEMM (the larger block size)
+    check_conv(rng, n=1, h=4, w=5, c=600, k=40, kh=1, kw=1, stride=2, padding=1,
+               relu=True, dtype=dtype)
+
+
 # --------------------------------------------------------------------------
 # Fused bias / ReLU and out= on each kernel family
 # --------------------------------------------------------------------------
