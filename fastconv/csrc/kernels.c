@@ -435,6 +435,34 @@ static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t
 {
     const int64_t C = d->C, ntaps = d->kh * d->kw, hw = d->Ho * d->Wo;
     int64_t n = p0 / hw, oy = (p0 % hw) / d->Wo, ox = (p0 % hw) % d->Wo;
+    if (src->kind == ROWS_MERGED) {
+        /* The hot case of few channels: a pointer feeds only kh * kw * C
+         * FMAs per vector, so this loop is kept to a few instructions. */
+        const int64_t step = d->sw * C;
+        const real *p = src->x + ((n * src->H + oy * d->sh) * src->W + ox * d->sw) * C;
+        int64_t i = 0;
+        const real **tile = a;
+        for (int64_t j = 0; j < npix; j++) {
+            tile[i] = p;
+            if (++i == MR) {
+                i = 0;
+                tile += MR * ntaps;
+            }
+            if (p0 + j + 1 >= M) /* past the last pixel: repeat it */
+                continue;
+            if (++ox < d->Wo) {
+                p += step;
+                continue;
+            }
+            ox = 0;
+            if (++oy == d->Ho) {
+                oy = 0;
+                n++;
+            }
+            p = src->x + ((n * src->H + oy * d->sh) * src->W) * C;
+        }
+        return;
+    }
     for (int64_t j = 0; j < npix; j++) {
         const real **slot = a + (j / MR) * MR * ntaps + j % MR;
         if (j > 0 && p0 + j < M && ++ox == d->Wo) {
@@ -449,10 +477,6 @@ static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t
             continue;
         }
         const real *img = src->x + n * src->H * src->W * C + src->goff;
-        if (src->kind == ROWS_MERGED) {
-            slot[0] = img + (oy * d->sh * src->W + ox * d->sw) * C;
-            continue;
-        }
         for (int64_t ty = 0; ty < d->kh; ty++) {
             const int64_t iy = oy * d->sh - d->pad_top + ty * d->dh;
             const int inside_y = iy >= 0 && iy < d->H;
