@@ -21,6 +21,11 @@ __all__ = ["conv2d", "matmul"]
 
 # matmul reads b in place, without packing it, below this many rows of a.
 DIRECT_GEMM_MAX_ROWS = 512
+# Up to this many rows (one pass of the dense kernel over the weights), a
+# dense layer, and a convolution whose kernel covers its whole input, stream
+# their weights in place through the dense kernel: they are bound by memory
+# bandwidth (batch-1 fully-connected layers).
+DENSE_MAX_ROWS = 8
 
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, str, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
@@ -52,7 +57,7 @@ class ConvWeights:
     """
 
     def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any,
-                 nthreads: int) -> None:
+                 nthreads: int, pack_now: bool = True) -> None:
         self.fn = fn
         self.layout = layout_name(fn, layout)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
@@ -76,11 +81,29 @@ class ConvWeights:
         check_bias(fn, b, self.k)
         self.c = self.cg * self.groups
         self.has_bias = b is not None
-        self.packed = self._pack(w, axes, b, nthreads)
+        # Until the weights are packed (at once, or with pack_now=False at the
+        # first call that needs it: conv2d's calls whose kernel covers the
+        # whole input never do), the checked arrays are kept as given.
+        self._w: Optional[np.ndarray] = w
+        self._axes = axes
+        self._bias = None if b is None else np.ascontiguousarray(b)
+        self._packed: Optional["_core.Packed"] = None
+        if pack_now:
+            self._pack(nthreads)
 
-    def _pack(self, w: np.ndarray, axes: Tuple[int, ...], b: Optional[np.ndarray],
-              nthreads: int) -> "_core.Packed":
-        bias = None if b is None else np.ascontiguousarray(b)
+    @property
+    def packed(self) -> "_core.Packed":
+        """The packed weights (packed now if they were not yet)."""
+        if self._packed is None:
+            self._pack(resolve_threads(self.fn, None))
+        return self._packed
+
+    def _pack(self, nthreads: int) -> None:
+        self._packed = self._packed_weights(self._w, self._axes, self._bias, nthreads)
+        self._w = None
+
+    def _packed_weights(self, w: np.ndarray, axes: Tuple[int, ...], bias: Optional[np.ndarray],
+                        nthreads: int) -> "_core.Packed":
         if self.groups > 1 and self.groups == self.c == self.k:
             # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
             taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
@@ -123,14 +146,24 @@ class ConvWeights:
         Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
         relu = activation_is_relu(fn, activation)
         K = self.k
+        flush = get_flush_denormals()
         geom = _core.Geometry(self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
-                              pt, pl, Ho, Wo, relu, self.has_bias, get_flush_denormals())
+                              pt, pl, Ho, Wo, relu, self.has_bias, flush)
         result = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
-        return ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result)
+        # One output pixel from an undilated kernel: a dense layer on the
+        # (zero-padded) input window at (-pt, -pl), with the kernel as its
+        # matrix (the fully-connected layer written as a convolution).
+        window = None
+        if Ho == Wo == 1 and groups == 1 and dh == dw == 1 and N <= DENSE_MAX_ROWS:
+            window = (pt, pl)
+        return ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result,
+                        window, relu, flush)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
         """Run a plan on xa (checked to have the plan's shape and the dtype)."""
+        if plan.window is not None and self._w is not None:
+            return self._execute_dense(plan, xa, out, nthreads)
         # The kernels work in NHWC; an NCHW input is transposed once on the
         # way in and the result once on the way out.
         if self.layout == "NHWC":
@@ -147,6 +180,39 @@ class ConvWeights:
             return out
         return np.ascontiguousarray(y)
 
+    def _execute_dense(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
+                       nthreads: int) -> np.ndarray:
+        """A one-pixel result through the dense kernel, the weights read in
+        place: HWIO as a (kh*kw*C, K) matrix against the NHWC window, OIHW as
+        (K, C*kh*kw) against the NCHW one. No transposes, no packing."""
+        nchw = self.layout == "NCHW"
+        x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
+        N = x4.shape[0]
+        H, W = x4.shape[2:] if nchw else x4.shape[1:3]
+        pt, pl = plan.window
+        kh, kw = self.kh, self.kw
+        # Rows -pt .. kh-pt-1 and columns -pl .. kw-pl-1 of x: inside x, or
+        # padding zeros.
+        if (pt, pl) == (0, 0) and (H, W) == (kh, kw):
+            window = x4
+        else:
+            rows = slice(max(0, -pt), min(H, kh - pt))
+            cols = slice(max(0, -pl), min(W, kw - pl))
+            to_rows = slice(rows.start + pt, rows.stop + pt)
+            to_cols = slice(cols.start + pl, cols.stop + pl)
+            if nchw:
+                window = np.zeros((N, self.c, kh, kw), self.dtype)
+                window[:, :, to_rows, to_cols] = x4[:, :, rows, cols]
+            else:
+                window = np.zeros((N, kh, kw, self.c), self.dtype)
+                window[:, to_rows, to_cols] = x4[:, rows, cols]
+        y = out if out is not None else np.empty(plan.result, self.dtype)
+        w = np.ascontiguousarray(self._w)
+        _core.dense(np.ascontiguousarray(window).reshape(N, -1),
+                    w.reshape(self.k, -1) if nchw else w.reshape(-1, self.k), nchw,
+                    self._bias, y.reshape(N, self.k), plan.relu, plan.flush, nthreads)
+        return y
+
     def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
             out: Any, num_threads: Any, originals: dict) -> np.ndarray:
         """Convolve x with these weights (every check on x and the options
@@ -160,12 +226,16 @@ class ConvWeights:
 
 class ConvPlan:
     """A checked convolution for one input shape: the kernel geometry, the
-    NHWC shape the kernels write and the shape returned to the caller."""
-    __slots__ = ("geometry", "nhwc", "result")
+    NHWC shape the kernels write, the shape returned to the caller, and for a
+    one-pixel result that a dense layer can compute, the window's offset
+    (pad_top, pad_left); relu and flush as the geometry has them."""
+    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush")
 
     def __init__(self, geometry: "_core.Geometry", nhwc: Tuple[int, ...],
-                 result: Tuple[int, ...]) -> None:
+                 result: Tuple[int, ...], window: Optional[Tuple[int, int]], relu: bool,
+                 flush: bool) -> None:
         self.geometry, self.nhwc, self.result = geometry, nhwc, result
+        self.window, self.relu, self.flush = window, relu, flush
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
@@ -218,6 +288,10 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     Notes
     -----
     The weights are packed on every call; fastconv.Conv2d packs them once.
+    A result of one pixel per image from an undilated kernel (a
+    fully-connected layer written as a convolution: VGG's fc6 as a 7x7
+    kernel on a 7x7 map) at batch <= 8 reads the weights in place as one
+    matrix instead, with no packing, at the speed of memory.
     A 1x1, stride 1, unpadded convolution runs as a GEMM over the pixels;
     other kernels run as an indirect convolution with no im2col buffer; a
     depthwise one (groups == C == K) has its own kernel. The GIL is released
@@ -237,7 +311,7 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     # the converted arrays go on (converted once).
     _, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
     weights = ConvWeights(fn, arr["weight"], arr["bias"], groups, layout,
-                          resolve_threads(fn, num_threads))
+                          resolve_threads(fn, num_threads), pack_now=False)
     return weights.run(arr["x"], stride=stride, padding=padding, dilation=dilation,
                        activation=activation, out=out, num_threads=num_threads,
                        originals={"x": x, "weight": weight, "bias": bias})
@@ -315,6 +389,15 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     check_bias(fn, bias_a, ba.shape[1])
     nthreads = resolve_threads(fn, num_threads)
     out = check_out(fn, out, (M, ba.shape[1]), dtype, {"a": a, "b": b, "bias": bias})
+    # A few rows (a batch-1 dense layer): b streamed once, in place, in its
+    # own orientation (C order, or F order as b = W.T of PyTorch's weights).
+    if M <= DENSE_MAX_ROWS and (ba.flags.c_contiguous or ba.flags.f_contiguous):
+        w_out_in = not ba.flags.c_contiguous
+        y = out if out is not None else np.empty((M, ba.shape[1]), dtype)
+        _core.dense(np.ascontiguousarray(aa), ba.T if w_out_in else ba, w_out_in,
+                    None if bias_a is None else np.ascontiguousarray(bias_a), y, relu,
+                    get_flush_denormals(), nthreads)
+        return y
     # With few rows, packing b would cost more than reading it in place saves
     # (measured, 1 thread: 49x2048x512 66 -> 86 GFLOP/s read in place, while
     # 1024^3 drops 100 -> 93 and 2048^3 99 -> 75 as the strided rows of b

@@ -236,6 +236,30 @@ cdef class Geometry:
         _check_status(status)
 
 
+def dense(cnp.ndarray x, cnp.ndarray w, bint w_out_in, bias, cnp.ndarray y, bint relu,
+          bint flush_denormals, int nthreads):
+    """y (M, K) = x (M, R) @ W (+ bias, ReLU) with W read in place: a
+    C-contiguous (R, K) matrix, or with w_out_in a C-contiguous (K, R) one
+    (any shape of those sizes). x and y are C-contiguous 2-D."""
+    cdef fc_dense_desc d
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError("internal: dense needs 2-D x (M, R) and y (M, K)")
+    d.M, d.R, d.K = x.shape[0], x.shape[1], y.shape[1]
+    d.w_out_in, d.relu, d.flush_denormals = w_out_in, relu, flush_denormals
+    cdef int dt = _dtype_index(x)
+    cdef const void *xp = _buffer(x, d.M * d.R, dt, "x")
+    cdef const void *wp = _buffer(w, d.R * d.K, dt, "weight")
+    cdef void *yp = _buffer(y, d.M * d.K, dt, "out")
+    cdef const void *bp = NULL
+    if bias is not None:
+        bp = _buffer(bias, d.K, dt, "bias")
+    cdef const fc_kernel_set *ks = _active[dt]
+    cdef int status
+    with nogil:
+        status = ks.dense(&d, xp, wp, bp, yp, nthreads)
+    _check_status(status)
+
+
 def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
          int64_t ph, int64_t pw, bint is_max, bint count_include_pad, int nthreads):
     """Max or average pooling of contiguous NHWC x into contiguous NHWC y."""

@@ -14,6 +14,12 @@ cdef extern from "fastconv.h" nogil:
         int max
         int count_include_pad
 
+    ctypedef struct fc_dense_desc:
+        int64_t M, R, K
+        int w_out_in
+        int relu
+        int flush_denormals
+
     ctypedef struct fc_weight_strides:
         int64_t ty, tx, c, k
 
@@ -27,6 +33,8 @@ cdef extern from "fastconv.h" nogil:
                     void *y, int nthreads) noexcept nogil
         int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
                            const void *bias, void *y, int nthreads) noexcept nogil
+        int (*dense)(const fc_dense_desc *d, const void *x, const void *w,
+                     const void *bias, void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                       const void *bias, void *y, int nthreads) noexcept nogil
         int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads) noexcept nogil

@@ -54,6 +54,16 @@ typedef struct fc_weight_strides {
     int64_t ty, tx, c, k;
 } fc_weight_strides;
 
+/* A dense layer y (M, K) = x (M, R) @ W (+ bias, ReLU), W read in place in
+ * one of two layouts. x and y are C-contiguous. */
+typedef struct fc_dense_desc {
+    int64_t M, R, K;
+    int w_out_in;            /* 0: W is (R, K) (HWIO flattened, numpy's b);
+                                1: W is (K, R) (OIHW flattened, PyTorch's Linear) */
+    int relu;
+    int flush_denormals;
+} fc_dense_desc;
+
 enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2 };
 
 /* One instruction set's kernels for one dtype. Pointers are void* so that a
@@ -78,6 +88,11 @@ typedef struct fc_kernel_set {
      * contiguous bias of K values or NULL. */
     int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
                        const void *bias, void *y, int nthreads);
+    /* Dense layer with few rows (batch-1 fully-connected layers): W read
+     * once per DENSE_ROWS rows of x, in place, threads over outputs; bias is
+     * K elements or NULL. */
+    int (*dense)(const fc_dense_desc *d, const void *x, const void *w, const void *bias,
+                 void *y, int nthreads);
     /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,

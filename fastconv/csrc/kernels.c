@@ -335,6 +335,16 @@ static inline int thread_id(void)
 #endif
 }
 
+/* Threads in the current parallel region (OpenMP may give fewer than asked). */
+static inline int team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 static inline int64_t n_blocks(int64_t n) { return (n + NR - 1) / NR; }
 /* Output channels of a group rounded up to whole vectors: the packed width. */
 static inline int64_t padded(int64_t n) { return (n + VLEN - 1) / VLEN * VLEN; }
@@ -662,6 +672,172 @@ static int NAME(gemm_direct)(const fc_conv_desc *d, const void *x, const void *w
 }
 
 /*
+ * Dense layer with few rows: y (M, K) = x (M, R) @ W (+ bias, ReLU) reading W
+ * in place, for batch-1 fully-connected layers (and the convolutions whose
+ * kernel covers the whole input), which are bound by the memory bandwidth:
+ * W is streamed once per DENSE_ROWS rows of x, with no packing pass, as long
+ * contiguous runs (the hardware prefetchers' best case) with software
+ * prefetches DENSE_AHEAD bytes ahead.
+ *   (R, K) layout: thread t owns a range of output columns and runs down
+ *     the rows of W, four at a time, adding them into its partial sums.
+ *   (K, R) layout: tasks of DENSE_OUTS output columns; each is a dot product
+ *     of a row of W with each row of x, two vectors of lanes wide.
+ * Every output's sum runs in an order fixed by the shapes alone (rows of W
+ * in order; lanes, then lane sums, in a fixed order), so the result does not
+ * depend on the thread count.
+ */
+#define DENSE_ROWS 8
+#define DENSE_DOT_ROWS 4
+#define DENSE_OUTS 16
+#define DENSE_AHEAD 1024
+
+static inline real finish(real v, const real *bias, int64_t k, int do_relu)
+{
+    if (bias)
+        v += bias[k];
+    return do_relu && v < 0 ? (real)0 : v; /* as relu(): NaN and -0.0 stay */
+}
+
+/* Columns [k0, k1) of y for the (R, K) layout; sums holds DENSE_ROWS *
+ * (k1 - k0) values. */
+static void dense_in_out(const fc_dense_desc *d, const real *x, const real *w,
+                         const real *bias, real *y, int64_t k0, int64_t k1, real *sums)
+{
+    const int64_t R = d->R, K = d->K, cw = k1 - k0, nvec = cw / VLEN;
+    const int64_t ahead = DENSE_AHEAD / (int64_t)sizeof(real);
+    for (int64_t m0 = 0; m0 < d->M; m0 += DENSE_ROWS) {
+        const int64_t mr = MIN(DENSE_ROWS, d->M - m0);
+        memset(sums, 0, sizeof(real) * (size_t)(mr * cw));
+        int64_t r = 0;
+        for (; r < R; r += 4) {
+            const int64_t nr = MIN(4, R - r);
+            const real *w0 = w + r * K + k0;
+            for (int64_t m = 0; m < mr; m++) {
+                const real *xr = x + (m0 + m) * R + r;
+                real *s = sums + m * cw;
+                if (nr == 4) {
+                    const real x0 = xr[0], x1 = xr[1], x2 = xr[2], x3 = xr[3];
+                    for (int64_t v = 0; v < nvec; v++) {
+                        const int64_t j = v * VLEN;
+                        if (m == 0 && (j & (64 / (int64_t)sizeof(real) - 1)) == 0)
+                            for (int q = 0; q < 4; q++)
+                                __builtin_prefetch(w0 + q * K + j + ahead);
+                        vec acc = load(s + j);
+                        acc += load(w0 + j) * x0;
+                        acc += load(w0 + K + j) * x1;
+                        acc += load(w0 + 2 * K + j) * x2;
+                        acc += load(w0 + 3 * K + j) * x3;
+                        store(s + j, acc);
+                    }
+                    for (int64_t j = nvec * VLEN; j < cw; j++) {
+                        real acc = s[j];
+                        acc += w0[j] * x0;
+                        acc += w0[K + j] * x1;
+                        acc += w0[2 * K + j] * x2;
+                        acc += w0[3 * K + j] * x3;
+                        s[j] = acc;
+                    }
+                    continue;
+                }
+                for (int64_t q = 0; q < nr; q++) {
+                    const real xq = xr[q];
+                    const real *wq = w0 + q * K;
+                    for (int64_t v = 0; v < nvec; v++)
+                        store(s + v * VLEN, load(s + v * VLEN) + load(wq + v * VLEN) * xq);
+                    for (int64_t j = nvec * VLEN; j < cw; j++)
+                        s[j] += wq[j] * xq;
+                }
+            }
+        }
+        for (int64_t m = 0; m < mr; m++)
+            for (int64_t j = 0; j < cw; j++)
+                y[(m0 + m) * K + k0 + j] = finish(sums[m * cw + j], bias, k0 + j, d->relu);
+    }
+}
+
+/* Lanes of v summed in a fixed order. */
+static inline real lane_sum(vec v)
+{
+    real s = 0;
+    for (int l = 0; l < VLEN; l++)
+        s += v[l];
+    return s;
+}
+
+/* Columns [k0, k1) of y for the (K, R) layout. */
+static void dense_out_in(const fc_dense_desc *d, const real *x, const real *w,
+                         const real *bias, real *y, int64_t k0, int64_t k1)
+{
+    const int64_t R = d->R, K = d->K, R2 = R / (2 * VLEN) * (2 * VLEN);
+    const int64_t ahead = DENSE_AHEAD / (int64_t)sizeof(real);
+    for (int64_t k = k0; k < k1; k++) {
+        const real *wk = w + k * R;
+        for (int64_t m0 = 0; m0 < d->M; m0 += DENSE_DOT_ROWS) {
+            const int64_t mr = MIN(DENSE_DOT_ROWS, d->M - m0);
+            vec acc[DENSE_DOT_ROWS][2];
+            for (int m = 0; m < DENSE_DOT_ROWS; m++)
+                acc[m][0] = acc[m][1] = (vec){0};
+            for (int64_t r = 0; r < R2; r += 2 * VLEN) {
+                if (m0 == 0 && (r & (64 / (int64_t)sizeof(real) - 1)) == 0)
+                    __builtin_prefetch(wk + r + ahead);
+                const vec w0 = load(wk + r), w1 = load(wk + r + VLEN);
+#pragma GCC unroll 4
+                for (int m = 0; m < DENSE_DOT_ROWS; m++) {
+                    if (m < mr) {
+                        const real *xm = x + (m0 + m) * R + r;
+                        acc[m][0] += load(xm) * w0;
+                        acc[m][1] += load(xm + VLEN) * w1;
+                    }
+                }
+            }
+            for (int m = 0; m < mr; m++) {
+                real tail = 0;
+                for (int64_t r = R2; r < R; r++)
+                    tail += x[(m0 + m) * R + r] * wk[r];
+                y[(m0 + m) * K + k] =
+                    finish(lane_sum(acc[m][0] + acc[m][1]) + tail, bias, k, d->relu);
+            }
+        }
+    }
+}
+
+static int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
+                       const void *biasv, void *yv, int nthreads)
+{
+    const real *x = xv, *w = wv, *bias = biasv;
+    real *y = yv;
+    if (d->M == 0 || d->K == 0)
+        return FC_OK;
+    /* (K, R): tasks of DENSE_OUTS columns. (R, K): one range of whole
+     * vectors of columns per thread, each with its partial sums. */
+    const int64_t ntasks = d->w_out_in ? (d->K + DENSE_OUTS - 1) / DENSE_OUTS
+                                       : (d->K + VLEN - 1) / VLEN;
+    const int nt = clamp_threads(nthreads, ntasks, d->M * d->R * d->K);
+    int failed = 0;
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+    {
+        const fp_mode fp = fp_enter(d->flush_denormals);
+        if (d->w_out_in) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < ntasks; t++)
+                dense_out_in(d, x, w, bias, y, t * DENSE_OUTS, MIN((t + 1) * DENSE_OUTS, d->K));
+        } else {
+            const int64_t n = team_size(), me = thread_id();
+            const int64_t v0 = ntasks * me / n, v1 = ntasks * (me + 1) / n;
+            const int64_t k0 = v0 * VLEN, k1 = MIN(v1 * VLEN, d->K);
+            real *sums = k1 > k0 ? malloc(sizeof(real) * (size_t)(DENSE_ROWS * (k1 - k0))) : NULL;
+            if (sums)
+                dense_in_out(d, x, w, bias, y, k0, k1, sums);
+            else
+                failed = k1 > k0;
+            free(sums);
+        }
+        fp_leave(fp);
+    }
+    return failed ? FC_ENOMEM : FC_OK;
+}
+
+/*
  * Depthwise convolution, channels in SIMD lanes: for one output row and one
  * vector of channels, DW_OX output pixels at a time accumulate over the taps
  * in registers, each input vector read straight from the NHWC row. Tiles
@@ -894,6 +1070,7 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .vlen = VLEN,
     .conv = NAME(conv),
     .gemm_direct = NAME(gemm_direct),
+    .dense = NAME(dense),
     .dwconv = NAME(dwconv),
     .pool = NAME(pool),
     .fma_probe = NAME(fma_probe),
