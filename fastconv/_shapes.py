@@ -114,11 +114,15 @@ MOBILENET_V2: List[Conv] = [
 ]
 
 # VGG16's classifier as convolutions (see fastconv.fc_to_conv): fc6 is a 7x7
-# kernel over the whole 7x7x512 map, fc7 and fc8 are 1x1 on a 1x1 map.
+# kernel over the whole 7x7x512 map, fc7 and fc8 are 1x1 on a 1x1 map
+# (memory-bound at batch 1); then fc6 slid over larger maps, as in a fully
+# convolutional VGG16 on larger images (compute-bound).
 FC: List[Conv] = [
     Conv("fc6", 7, 512, 4096, 7),
     Conv("fc7", 1, 4096, 4096, 1, quick=True),
     Conv("fc8", 1, 4096, 1000, 1),
+    Conv("fc6 on 14x14", 14, 512, 4096, 7),
+    Conv("fc6/4 on 24x24", 24, 512, 1024, 7),
 ]
 
 SUITES: Dict[str, List[Layer]] = {

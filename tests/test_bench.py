@@ -179,10 +179,11 @@ def test_every_contender_computes_the_same_layer():
 def test_shape_tables():
     counts = {suite: sum(layer.count for layer in layers)
               for suite, layers in _shapes.SUITES.items()}
-    assert counts == {"gemm": 11, "vgg16": 13, "resnet50": 53, "mobilenet_v2": 17, "fc": 3}
+    assert counts == {"gemm": 11, "vgg16": 13, "resnet50": 53, "mobilenet_v2": 17, "fc": 5}
     assert all(any(layer.quick for layer in layers) for layers in _shapes.SUITES.values())
     assert all(layer.groups == layer.C == layer.K for layer in _shapes.MOBILENET_V2)
-    assert {_bench.out_size(layer) for layer in _shapes.FC} == {1}
+    # fc6, fc7, fc8 on the maps they cover, then fc6 slid over 14x14 and 24x24
+    assert [_bench.out_size(layer) for layer in _shapes.FC] == [1, 1, 1, 8, 18]
 
 
 def test_without_torch_its_columns_show_a_dash(monkeypatch, tmp_path):
