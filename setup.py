@@ -8,9 +8,17 @@ other CPUs only the portable kernels are built.
 
 Environment:
     FASTCONV_NO_OPENMP=1   build without OpenMP (single-threaded kernels)
+    FASTCONV_EXTRA_CFLAGS  extra compiler flags (split like a shell command
+                           line), added last to every C object: the six kernel
+                           objects, dispatch.c and the Cython module, so they
+                           override the defaults (e.g. "-O1 -g
+                           -fsanitize=address,undefined", as
+                           scripts/sanitize.sh does)
+    FASTCONV_EXTRA_LDFLAGS extra flags for linking the extension module
 """
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,11 +61,17 @@ def openmp_flags(compiler):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def extra_flags(name):
+    """The flags in environment variable `name`, split like a shell would."""
+    return shlex.split(os.environ.get(name, ""))
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
             raise RuntimeError("fastconv needs GCC or Clang (vector extensions)")
         omp = openmp_flags(self.compiler)
+        cflags, ldflags = extra_flags("FASTCONV_EXTRA_CFLAGS"), extra_flags("FASTCONV_EXTRA_LDFLAGS")
         for ext in self.extensions:
             objects = []
             for isa, flags in TARGETS:
@@ -67,12 +81,12 @@ class BuildExt(build_ext):
                         output_dir=os.path.join(self.build_temp, f"kernels_{isa}_{dtype.lower()}"),
                         macros=[(f"FC_TARGET_{isa.upper()}", "1"), (f"FC_DTYPE_{dtype}", "1")],
                         include_dirs=[CSRC],
-                        extra_postargs=BASE_FLAGS + ["-fPIC"] + flags + omp,
+                        extra_postargs=BASE_FLAGS + ["-fPIC"] + flags + omp + cflags,
                         depends=[os.path.join(CSRC, "fastconv.h")],
                     )
             ext.extra_objects = objects + list(ext.extra_objects or [])
-            ext.extra_compile_args = list(ext.extra_compile_args or []) + omp
-            ext.extra_link_args = list(ext.extra_link_args or []) + omp
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + omp + cflags
+            ext.extra_link_args = list(ext.extra_link_args or []) + omp + ldflags
         super().build_extensions()
 
 

@@ -114,7 +114,8 @@ def get_flush_denormals() -> bool:
         restores its previous mode afterwards, so the caller's own
         floating-point state is never changed. Subnormal inputs, weights and
         results are then treated as zero (sign kept), which avoids the
-        10-100x slowdown subnormal arithmetic costs on most CPUs.
+        10-100x slowdown subnormal arithmetic costs on most CPUs. This is
+        for the convolution and matrix kernels; pooling keeps subnormals.
     """
     return _flush_denormals
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._config import get_flush_denormals, resolve_threads
-from fastconv._validate import (activation_is_relu, check_bias, check_ndim, check_out,
-                                float_arrays, int_pair, layout_name, padding_amounts,
-                                positive_int)
+from fastconv._validate import (activation_is_relu, check_bias, check_nbytes, check_ndim,
+                                check_out, float_arrays, int_pair, layout_name,
+                                padding_amounts, positive_int)
 
 __all__ = ["conv2d", "matmul"]
 
@@ -26,6 +26,10 @@ DIRECT_GEMM_MAX_ROWS = 512
 # their weights in place through the dense kernel: they are bound by memory
 # bandwidth (batch-1 fully-connected layers).
 DENSE_MAX_ROWS = 8
+
+# The widest vector of any kernel set, in values (AVX-512, float32): packed
+# weights round each group's output channels up to a multiple of the vector.
+MAX_VLEN = 16
 
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, str, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
@@ -86,8 +90,14 @@ class ConvWeights:
         # whole input never do), the checked arrays are kept as given.
         self._w: Optional[np.ndarray] = w
         self._axes = axes
-        self._bias = None if b is None else np.ascontiguousarray(b)
+        # A copy: the depthwise kernel reads the bias in place, and a layer
+        # must not change when the caller later writes to its arrays.
+        self._bias = None if b is None else np.array(b, order="C")
         self._packed: Optional["_core.Packed"] = None
+        # Once packed: for weights holding Inf or NaN, the packed 0/1 masks of
+        # each kind of non-finite value present ("+inf", "-inf", "nan") and
+        # the finite stand-in weights ("finite"); empty otherwise (see _run).
+        self._nonfinite: Optional[dict] = None
         if pack_now:
             self._pack(nthreads)
 
@@ -99,16 +109,37 @@ class ConvWeights:
         return self._packed
 
     def _pack(self, nthreads: int) -> None:
-        self._packed = self._packed_weights(self._w, self._axes, self._bias, nthreads)
+        w = self._w
+        kg = self.k // self.groups
+        check_nbytes(self.fn, "weight, packed for the kernels (each group's K/groups outputs "
+                     f"rounded up to {MAX_VLEN}, and a row for the bias),",
+                     (self.groups, -(-kg // MAX_VLEN) * MAX_VLEN,
+                      self.kh * self.kw * self.cg + 1), self.dtype.itemsize,
+                     f"weight of shape {w.shape} is too large")
+        self._nonfinite = {}
+        if not np.isfinite(w).all():
+            # Inf or NaN weights (see _run): the kernels also get w with
+            # +-Inf as +-1 and NaN as 0 ("finite"), and 0/1 masks of where
+            # each kind of non-finite value is, to count the non-finite
+            # products of each output. self._packed keeps w as given.
+            self._nonfinite = {
+                kind: self._packed_weights(mask.astype(self.dtype), self._axes, None, nthreads)
+                for kind, mask in (("+inf", w == np.inf), ("-inf", w == -np.inf),
+                                   ("nan", np.isnan(w))) if mask.any()}
+            finite = np.where(np.isnan(w), 0, np.where(np.isinf(w), np.sign(w), w))
+            self._nonfinite["finite"] = self._packed_weights(finite.astype(self.dtype),
+                                                             self._axes, self._bias, nthreads)
+        self._packed = self._packed_weights(w, self._axes, self._bias, nthreads)
         self._w = None
 
     def _packed_weights(self, w: np.ndarray, axes: Tuple[int, ...], bias: Optional[np.ndarray],
                         nthreads: int) -> "_core.Packed":
         if self.groups > 1 and self.groups == self.c == self.k:
             # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
+            # (A copy, read in place by the kernel: see self._bias.)
             taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
             return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                              np.ascontiguousarray(taps), (), bias, True, nthreads)
+                              np.array(taps, order="C"), (), bias, True, nthreads)
         w, strides = _element_strides(w)
         return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
                           w, tuple(strides[a] for a in axes), bias, False, nthreads)
@@ -146,9 +177,17 @@ class ConvWeights:
         Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
         relu = activation_is_relu(fn, activation)
         K = self.k
+        # Sizes the kernels compute in int64_t (every index and offset lies
+        # within these two arrays' extents).
+        check_nbytes(fn, "the zero-padded input (N, H + padding, W + padding, C)",
+                     (N, H + pt + pb, W + pl + pr, C), self.dtype.itemsize,
+                     f"x of shape {tuple(shape)} with padding (({pt}, {pb}), ({pl}, {pr})) "
+                     f"is too large")
+        check_nbytes(fn, "the result (N, Ho, Wo, K)", (N, Ho, Wo, K), self.dtype.itemsize,
+                     f"x of shape {tuple(shape)} and weight with K={K} give too large a result")
         flush = get_flush_denormals()
-        geom = _core.Geometry(self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw,
-                              pt, pl, Ho, Wo, relu, self.has_bias, flush)
+        args = (self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo)
+        geom = _core.Geometry(*args, relu, self.has_bias, flush)
         result = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
         # One output pixel from an undilated kernel: a dense layer on the
         # (zero-padded) input window at (-pt, -pl), with the kernel as its
@@ -156,29 +195,75 @@ class ConvWeights:
         window = None
         if Ho == Wo == 1 and groups == 1 and dh == dw == 1 and N <= DENSE_MAX_ROWS:
             window = (pt, pl)
-        return ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result,
+        plan = ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result,
                         window, relu, flush)
+        plan.args, plan.padded = args, any((pt, pb, pl, pr))
+        return plan
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
         """Run a plan on xa (checked to have the plan's shape and the dtype)."""
-        if plan.window is not None and self._w is not None:
+        if plan.window is not None and self._w is not None and not (
+                plan.padded and not np.isfinite(self._w).all()):  # see _run
             return self._execute_dense(plan, xa, out, nthreads)
         # The kernels work in NHWC; an NCHW input is transposed once on the
         # way in and the result once on the way out.
         if self.layout == "NHWC":
             y = out if out is not None else np.empty(plan.result, self.dtype)
-            plan.geometry.run(np.ascontiguousarray(xa), self.packed, y, nthreads)
+            self._run(plan, np.ascontiguousarray(xa), y, nthreads)
             return y
         x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
         y = np.empty(plan.nhwc, self.dtype)
-        plan.geometry.run(np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), self.packed, y,
-                          nthreads)
+        self._run(plan, np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), y, nthreads)
         y = y.transpose(0, 3, 1, 2).reshape(plan.result)
         if out is not None:
             np.copyto(out, y)
             return out
         return np.ascontiguousarray(y)
+
+    def _run(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray, nthreads: int) -> None:
+        """y = the convolution of x (both contiguous NHWC, of the plan's shapes).
+
+        A tap in the padding adds nothing to an output (as if it were not
+        there), so an Inf or NaN weight reaches exactly the outputs that see
+        it at a tap inside the image. The kernels instead multiply padding
+        taps by zeros, and 0 * Inf is NaN; that changes nothing for finite
+        weights, so only weights holding Inf or NaN take this longer way:
+        the kernels run on the weights with +-Inf as +-1 and NaN as 0 (the
+        Inf and NaN inputs then meet them with the right sign), and each
+        output then adds the IEEE sum of its non-finite products at taps
+        inside the image: NaN if one is NaN (Inf times 0 or NaN, NaN times
+        anything) or both signs of Inf occur, else that Inf. Which kinds
+        occur is counted by the kernels themselves, on 0/1 masks of the
+        input and of the weights, whose padding does add nothing.
+        """
+        packed = self.packed  # (packing sets self._nonfinite)
+        if not self._nonfinite:
+            plan.geometry.run(x, packed, y, nthreads)
+            return
+        _core.Geometry(*plan.args, False, self.has_bias, plan.flush).run(
+            x, self._nonfinite["finite"], y, nthreads)
+        counting = _core.Geometry(*plan.args, False, False, False)
+
+        def meets(x_mask: np.ndarray, kind: str) -> np.ndarray:
+            """Outputs where an input in x_mask meets a weight of this kind."""
+            if kind not in self._nonfinite:
+                return np.zeros(y.shape, bool)
+            counts = np.empty(y.shape, self.dtype)
+            counting.run(x_mask.astype(self.dtype), self._nonfinite[kind], counts, nthreads)
+            return counts > 0
+
+        positive, negative = x > 0, x < 0
+        zero_or_nan = ~(positive | negative)
+        plus = meets(positive, "+inf") | meets(negative, "-inf")
+        minus = meets(negative, "+inf") | meets(positive, "-inf")
+        nan = (meets(zero_or_nan, "+inf") | meets(zero_or_nan, "-inf")
+               | meets(np.ones_like(positive), "nan") | (plus & minus))
+        np.add(y, np.inf, out=y, where=plus)
+        np.add(y, -np.inf, out=y, where=minus)
+        y[nan] = np.nan
+        if plan.relu:
+            y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
 
     def _execute_dense(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                        nthreads: int) -> np.ndarray:
@@ -229,7 +314,7 @@ class ConvPlan:
     NHWC shape the kernels write, the shape returned to the caller, and for a
     one-pixel result that a dense layer can compute, the window's offset
     (pad_top, pad_left); relu and flush as the geometry has them."""
-    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush")
+    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush", "args", "padded")
 
     def __init__(self, geometry: "_core.Geometry", nhwc: Tuple[int, ...],
                  result: Tuple[int, ...], window: Optional[Tuple[int, int]], relu: bool,
@@ -258,7 +343,10 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
         Each >= 1.
     padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
         Zero padding. "same" gives an output of size ceil(in / stride); where
-        the total is odd the extra row/column goes at the bottom/right.
+        the total is odd the extra row/column goes at the bottom/right. A
+        tap in the padding adds no term (so an Inf or NaN weight never
+        reaches an output through the padding, while 0 * Inf inside the
+        image is NaN).
     groups : int
         Divides C and K; groups == C is a depthwise convolution (any
         channel multiplier K / C).
@@ -314,7 +402,8 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
                           resolve_threads(fn, num_threads), pack_now=False)
     return weights.run(arr["x"], stride=stride, padding=padding, dilation=dilation,
                        activation=activation, out=out, num_threads=num_threads,
-                       originals={"x": x, "weight": weight, "bias": bias})
+                       originals={"x": (x, arr["x"]), "weight": (weight, arr["weight"]),
+                                  "bias": (bias, arr["bias"])})
 
 
 class GemmWeights:
@@ -322,12 +411,16 @@ class GemmWeights:
     is the 1x1 convolution of an (M, 1) image with K channels."""
 
     def __init__(self, fn: str, b: np.ndarray, bias: Optional[np.ndarray],
-                 nthreads: int, allow_direct: bool = False) -> None:
+                 nthreads: int, allow_direct: bool = False, name: str = "b") -> None:
         self.fn = fn
         self.dtype = b.dtype
         self.k, self.n = b.shape
         check_bias(fn, bias, self.n)
         self.has_bias = bias is not None
+        check_nbytes(fn, f"{name}, packed for the kernels ({self.n} outputs rounded up to "
+                     f"{MAX_VLEN}, and a row for the bias),",
+                     (-(-self.n // MAX_VLEN) * MAX_VLEN, self.k + 1), self.dtype.itemsize,
+                     f"{name} with {self.k} inputs and {self.n} outputs is too large")
         b, strides = _element_strides(b)
         self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
                                  (0, 0, strides[0], strides[1]),
@@ -388,7 +481,8 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     relu = activation_is_relu(fn, activation)
     check_bias(fn, bias_a, ba.shape[1])
     nthreads = resolve_threads(fn, num_threads)
-    out = check_out(fn, out, (M, ba.shape[1]), dtype, {"a": a, "b": b, "bias": bias})
+    out = check_out(fn, out, (M, ba.shape[1]), dtype,
+                    {"a": (a, aa), "b": (b, ba), "bias": (bias, bias_a)})
     # A few rows (a batch-1 dense layer): b streamed once, in place, in its
     # own orientation (C order, or F order as b = W.T of PyTorch's weights).
     if M <= DENSE_MAX_ROWS and (ba.flags.c_contiguous or ba.flags.f_contiguous):

@@ -98,10 +98,26 @@ cdef inline int _dtype_index(cnp.ndarray a) except -1:
     raise TypeError(f"internal: unsupported dtype {a.dtype}")
 
 
-cdef inline void *_buffer(cnp.ndarray a, int64_t need, int dtype, str what) except NULL:
-    """Pointer to a C-contiguous array of `dtype` holding at least `need` elements."""
+# Every size the kernels compute is an int64_t: a product of sizes is checked
+# here in Python integers (which cannot overflow) before C computes it.
+cdef object INT64_MAX = 2**63 - 1
+
+
+def _count(*sizes):
+    """The product of `sizes` as a Python int (exact, never wraps)."""
+    n = 1
+    for s in sizes:
+        n *= s
+    return n
+
+
+cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) except NULL:
+    """Pointer to an aligned, C-contiguous array of `dtype` holding at least
+    `need` elements (a Python int)."""
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"internal: {what} is not C-contiguous")
+    if not cnp.PyArray_ISALIGNED(a):  # the kernels read whole, aligned elements
+        raise ValueError(f"internal: {what} is not aligned")
     if _dtype_index(a) != dtype:
         raise TypeError(f"internal: {what} has dtype {a.dtype}")
     if cnp.PyArray_SIZE(a) < need:
@@ -139,6 +155,7 @@ cdef class Packed:
         return self.ks.isa.decode()
 
 
+
 def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,
          cnp.ndarray w, tuple strides, bias, bint depthwise, int nthreads,
          bint allow_direct=False):
@@ -162,16 +179,23 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     if depthwise:
         if not (groups == C == K):
             raise ValueError("internal: depthwise packing needs groups == C == K")
-        return _keep_in_place(p, w, kh * kw * C, bias)
+        return _keep_in_place(p, w, _count(kh, kw, C), bias)
     ws.ty, ws.tx, ws.c, ws.k = strides
     if _dtype_index(w) != p.dtype:
         raise TypeError("internal: weight dtype")
+    if not cnp.PyArray_ISALIGNED(w):
+        raise ValueError("internal: weight is not aligned")
     if (allow_direct and kh == 1 and kw == 1 and groups == 1 and ws.c == K and ws.k == 1
             and K % p.ks.vlen == 0 and cnp.PyArray_IS_C_CONTIGUOUS(w)):
         p.direct = True
-        return _keep_in_place(p, w, C * K, bias)
+        return _keep_in_place(p, w, _count(C, K), bias)
     if bias is not None:
         bp = _buffer(bias, K, p.dtype, "bias")
+    # packed_size() computes groups * (K/groups rounded up to vlen) *
+    # (kh * kw * C/groups + 1) in int64_t: bound it first.
+    if _count(groups, K // groups + p.ks.vlen, _count(kh, kw, C // groups) + 1,
+              cnp.PyArray_ITEMSIZE(w)) > INT64_MAX:
+        raise ValueError("internal: the packed weights would not fit in 64-bit sizes")
     p.buffer = cnp.PyArray_EMPTY(1, [p.ks.packed_size(&p.d)], cnp.PyArray_TYPE(w), 0)
     pp = cnp.PyArray_DATA(p.buffer)
     cdef const void *wp = cnp.PyArray_DATA(w)
@@ -180,7 +204,7 @@ def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw
     return p
 
 
-cdef Packed _keep_in_place(Packed p, cnp.ndarray w, int64_t size, bias):
+cdef Packed _keep_in_place(Packed p, cnp.ndarray w, object size, bias):
     """p reading w (contiguous, `size` values) and bias (K values) as they are."""
     _buffer(w, size, p.dtype, "weight")
     if bias is not None:
@@ -208,6 +232,16 @@ cdef class Geometry:
         self.d.relu = relu
         self.d.has_bias = has_bias
         self.d.flush_denormals = flush_denormals
+        # The kernels address the hp x wp zero-padded window of each image
+        # that the output reads (and may copy it whole): its size in bytes,
+        # like the input's and the result's, must fit in int64_t.
+        hp = _count(Ho - 1, sh) + _count(kh - 1, dh) + 1
+        wp = _count(Wo - 1, sw) + _count(kw - 1, dw) + 1
+        itemsize = 8 if self.dtype == FC_F64 else 4
+        if (min(N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw, pad_top, pad_left, Ho, Wo) < 0
+                or _count(N, max(H, hp), max(W, wp), C, itemsize) > INT64_MAX
+                or _count(N, Ho, Wo, K, itemsize) > INT64_MAX):
+            raise ValueError("internal: the convolution's sizes do not fit in 64-bit sizes")
 
     def run(self, cnp.ndarray x, Packed p, cnp.ndarray y, int nthreads):
         """y = conv(x) with the packed weights p (x, y contiguous NHWC)."""
@@ -215,9 +249,9 @@ cdef class Geometry:
                 p.d.groups != self.d.groups or p.d.kh != self.d.kh or p.d.kw != self.d.kw or
                 p.d.has_bias != self.d.has_bias):
             raise ValueError("internal: packed weights do not match the geometry")
-        cdef const void *xp = _buffer(x, self.d.N * self.d.H * self.d.W * self.d.C,
+        cdef const void *xp = _buffer(x, _count(self.d.N, self.d.H, self.d.W, self.d.C),
                                       self.dtype, "x")
-        cdef void *yp = _buffer(y, self.d.N * self.d.Ho * self.d.Wo * self.d.K,
+        cdef void *yp = _buffer(y, _count(self.d.N, self.d.Ho, self.d.Wo, self.d.K),
                                 self.dtype, "out")
         cdef const void *wp = cnp.PyArray_DATA(p.buffer)
         cdef const void *bp = NULL
@@ -247,9 +281,9 @@ def dense(cnp.ndarray x, cnp.ndarray w, bint w_out_in, bias, cnp.ndarray y, bint
     d.M, d.R, d.K = x.shape[0], x.shape[1], y.shape[1]
     d.w_out_in, d.relu, d.flush_denormals = w_out_in, relu, flush_denormals
     cdef int dt = _dtype_index(x)
-    cdef const void *xp = _buffer(x, d.M * d.R, dt, "x")
-    cdef const void *wp = _buffer(w, d.R * d.K, dt, "weight")
-    cdef void *yp = _buffer(y, d.M * d.K, dt, "out")
+    cdef const void *xp = _buffer(x, _count(d.M, d.R), dt, "x")
+    cdef const void *wp = _buffer(w, _count(d.R, d.K), dt, "weight")
+    cdef void *yp = _buffer(y, _count(d.M, d.K), dt, "out")
     cdef const void *bp = NULL
     if bias is not None:
         bp = _buffer(bias, d.K, dt, "bias")
@@ -274,8 +308,8 @@ def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64
     d.max, d.count_include_pad = is_max, count_include_pad
     cdef int dt = _dtype_index(x)
     cdef const fc_kernel_set *ks = _active[dt]
-    cdef const void *xp = _buffer(x, d.N * d.H * d.W * d.C, dt, "x")
-    cdef void *yp = _buffer(y, d.N * d.Ho * d.Wo * d.C, dt, "out")
+    cdef const void *xp = _buffer(x, _count(d.N, d.H, d.W, d.C), dt, "x")
+    cdef void *yp = _buffer(y, _count(d.N, d.Ho, d.Wo, d.C), dt, "out")
     cdef int status
     with nogil:
         status = ks.pool(&d, xp, yp, nthreads)

@@ -107,7 +107,7 @@ class Conv2d:
             self._plans[key] = plan
         nthreads = resolve_threads("Conv2d", num_threads)
         if out is not None:
-            out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": x})
+            out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": (x, xa)})
         return weights.execute(plan, xa, out, nthreads)
 
     def __repr__(self) -> str:
@@ -156,7 +156,7 @@ class Linear:
         self._relu = activation_is_relu(fn, activation)
         self.activation = activation
         self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"],
-                                    resolve_threads(fn, None))
+                                    resolve_threads(fn, None), name="weight")
 
     @property
     def in_features(self) -> int:
@@ -190,7 +190,7 @@ class Linear:
         x2 = xa.reshape(-1, self.in_features)
         nthreads = resolve_threads(fn, num_threads)
         shape = xa.shape[:-1] + (self.out_features,)
-        out = check_out(fn, out, shape, self.dtype, {"x": x})
+        out = check_out(fn, out, shape, self.dtype, {"x": (x, xa)})
         y = self._weights.run(x2, self._relu, None if out is None else out.reshape(
             x2.shape[0], self.out_features), nthreads)
         return out if out is not None else y.reshape(shape)

@@ -13,6 +13,11 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 ACTIVATIONS = (None, "relu")
 LAYOUTS = ("NHWC", "NCHW")
+# Every size, offset and index the kernels compute is a signed 64-bit
+# integer: integer arguments, and the sizes in bytes of the arrays a call
+# makes or addresses (the result, the zero-padded input, the packed weights),
+# must stay below this, so that no arithmetic in C can overflow.
+INT64_MAX = 2**63 - 1
 
 
 def _is_int(value: Any) -> bool:
@@ -33,6 +38,8 @@ def positive_int(fn: str, name: str, value: Any, minimum: int = 1) -> int:
     value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum}; got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{fn}: {name} must be at most 2**63 - 1 (a 64-bit size); got {value}")
     return value
 
 
@@ -97,18 +104,25 @@ def layout_name(fn: str, layout: Any, name: str = "layout") -> str:
 
 
 def float_arrays(fn: str, **arrays: Any) -> Tuple[np.dtype, dict]:
-    """Convert each named argument (None is passed through) to an ndarray of
-    native byte order and check they share one float32/float64 dtype."""
+    """Convert each named argument (bias=None is passed through) to an aligned
+    ndarray of native byte order and check they share one float32/float64
+    dtype (the kernels read whole elements: a view at an odd byte offset is
+    copied)."""
     converted = {}
     for name, value in arrays.items():
-        if value is None:
+        if value is None and name == "bias":  # the one optional array
             converted[name] = None
             continue
-        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        try:
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        except Exception as exc:  # e.g. a ragged list, a tensor that requires grad
+            raise TypeError(f"{fn}: {name} must be an array of float32 or float64 (a numpy "
+                            f"array or anything numpy.asarray converts); converting the "
+                            f"given {type(value).__name__} failed: {exc}") from exc
         dt = arr.dtype
         if dt.kind != "f" or dt.itemsize not in (4, 8):
             raise TypeError(f"{fn}: {name} must have dtype float32 or float64; got {dt}")
-        if not dt.isnative:
+        if not dt.isnative or not arr.flags.aligned:
             arr = arr.astype(dt.newbyteorder("="))
         converted[name] = arr
     seen = {name: a.dtype for name, a in converted.items() if a is not None}
@@ -121,6 +135,17 @@ def float_arrays(fn: str, **arrays: Any) -> Tuple[np.dtype, dict]:
 def check_ndim(fn: str, name: str, arr: np.ndarray, ndims: Sequence[int], what: str) -> None:
     if arr.ndim not in ndims:
         raise ValueError(f"{fn}: {name} must be {what}; got {arr.ndim}-D array of shape {arr.shape}")
+
+
+def check_nbytes(fn: str, what: str, shape: Sequence[int], itemsize: int, hint: str) -> None:
+    """ValueError unless an array of `shape` fits in 64-bit sizes (see INT64_MAX);
+    `hint` names the arguments that made it this large."""
+    count = 1
+    for n in shape:
+        count *= n
+    if count * itemsize > INT64_MAX:
+        raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, {count * itemsize} "
+                         f"bytes: more than 2**63 - 1, the largest 64-bit size; {hint}")
 
 
 def check_bias(fn: str, bias: Optional[np.ndarray], k: int) -> None:
@@ -136,8 +161,8 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
 
 def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,
               inputs: dict) -> Optional[np.ndarray]:
-    """out must be a writeable C-contiguous ndarray of exactly shape/dtype that
-    shares no memory with any input."""
+    """out must be a writeable, aligned, C-contiguous ndarray of exactly
+    shape/dtype that shares no memory with any input."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
@@ -148,9 +173,15 @@ def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,
         raise ValueError(f"{fn}: out must have dtype {dtype}; got {out.dtype}")
     if not out.flags.c_contiguous:
         raise ValueError(f"{fn}: out must be C-contiguous; got an array with strides {out.strides}")
+    if not out.flags.aligned:
+        raise ValueError(f"{fn}: out must be aligned to its item size ({out.itemsize} bytes); "
+                         f"got data at an odd byte offset")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out must be writeable; got a read-only array")
-    for name, arr in inputs.items():
-        if isinstance(arr, np.ndarray) and _overlaps(out, arr):
-            raise ValueError(f"{fn}: out must not overlap {name}; they share memory")
+    for name, arrays in inputs.items():
+        # (the caller's object and the array it was converted to, which may
+        # view the same memory through the buffer protocol or __array__)
+        for arr in arrays if isinstance(arrays, tuple) else (arrays,):
+            if isinstance(arr, np.ndarray) and _overlaps(out, arr):
+                raise ValueError(f"{fn}: out must not overlap {name}; they share memory")
     return out

@@ -68,8 +68,11 @@ def assert_within_bound(actual, expected, bound, what="result"):
     assert actual64.shape == expected.shape, (actual64.shape, expected.shape)
     assert np.array_equal(np.isnan(actual64), np.isnan(expected)), \
         f"{what}: NaN pattern differs from the reference"
-    finite = ~np.isnan(expected)
-    err = np.abs(actual64 - expected)[finite]
+    for sign in (1, -1):
+        assert np.array_equal(actual64 == sign * np.inf, expected == sign * np.inf), \
+            f"{what}: {'+' if sign > 0 else '-'}Inf pattern differs from the reference"
+    finite = np.isfinite(expected)
+    err = np.abs(actual64[finite] - expected[finite])
     bound = np.broadcast_to(bound, expected.shape)[finite]
     bad = err > bound
     if bad.any():
@@ -145,11 +148,47 @@ def strided_view(a):
     return view
 
 
+# How an input can be held in memory; each kind is a valid input.
+MEMORY_KINDS = ("contiguous", "strided", "reversed", "fortran", "byteswapped",
+                "read-only", "unaligned")
+
+
+def in_memory(a, kind):
+    """A new array equal to ``a`` (same shape and values) held as ``kind``:
+    "strided" every other element of every axis, "reversed" negative strides
+    on every axis, "fortran" column-major, "byteswapped" the non-native byte
+    order, "read-only" not writeable, "unaligned" at an odd byte offset."""
+    a = np.asarray(a)
+    if kind == "contiguous":
+        return a.copy()
+    if kind == "strided":
+        return strided_view(a)
+    if kind == "reversed":
+        view = np.zeros_like(a)[(slice(None, None, -1),) * a.ndim]
+    elif kind == "fortran":
+        view = np.zeros(a.shape, a.dtype, order="F")
+    elif kind == "byteswapped":
+        view = np.zeros(a.shape, a.dtype.newbyteorder())
+    elif kind == "read-only":
+        view = a.copy()
+        view.setflags(write=False)
+        return view
+    elif kind == "unaligned":
+        buffer = np.zeros(a.nbytes + 1, np.uint8)
+        view = np.frombuffer(buffer[1:].data, a.dtype, count=a.size).reshape(a.shape)
+    else:
+        raise AssertionError(kind)
+    view[...] = a
+    return view
+
+
 def check_conv(rng, *, n=2, h=7, w=6, c=3, k=4, kh=3, kw=3, stride=1,
                padding=0, dilation=1, groups=1, bias=True, relu=False,
                layout="NHWC", dtype=np.float32, use_out=False,
-               num_threads=None, strided_inputs=False):
-    """Run fastconv.conv2d on random data and check it against the reference.
+               num_threads=None, strided_inputs=False, call="conv2d"):
+    """Run fastconv.conv2d (or with call="layer" a fastconv.Conv2d layer
+    built from the same arguments) on random data and check it against the
+    reference.
 
     ``strided_inputs`` passes x, weight and bias as non-contiguous views.
     Returns the fastconv result.
@@ -168,10 +207,13 @@ def check_conv(rng, *, n=2, h=7, w=6, c=3, k=4, kh=3, kw=3, stride=1,
     if use_out:
         # NaN-filled so that any element the library forgets to write shows.
         out = np.full(expected.shape, np.nan, dtype=dtype)
-    result = fastconv.conv2d(
-        x, weight, b, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, activation="relu" if relu else None, layout=layout,
-        out=out, num_threads=num_threads)
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                   activation="relu" if relu else None, layout=layout)
+    if call == "layer":
+        result = fastconv.Conv2d(weight, b, **options)(x, out=out, num_threads=num_threads)
+    else:
+        assert call == "conv2d", call
+        result = fastconv.conv2d(x, weight, b, out=out, num_threads=num_threads, **options)
     assert isinstance(result, np.ndarray)
     if use_out:
         assert result is out, "conv2d(out=...) must return the out array itself"

@@ -84,6 +84,10 @@ def conv2d_ref(x, w, bias=None, stride=1, padding=((0, 0), (0, 0)),
 
     ``x``: (N, H, W, C) or (H, W, C); ``w``: (kh, kw, C/groups, K);
     ``padding``: ((top, bottom), (left, right)).
+
+    A tap in the padding contributes nothing (no term at all, not 0 * w), so
+    an Inf or NaN weight reaches only the outputs that see it at a tap
+    inside the image: padding never turns an Inf weight into NaN.
     """
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
@@ -100,6 +104,7 @@ def conv2d_ref(x, w, bias=None, stride=1, padding=((0, 0), (0, 0)),
     (top, bottom), (left, right) = padding
 
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    inside = np.pad(np.ones((h, wd), bool), ((top, bottom), (left, right)))
     ho = output_size(h, kh, sh, dh, top, bottom)
     wo = output_size(wd, kw, sw, dw, left, right)
     assert ho > 0 and wo > 0, (ho, wo)
@@ -113,8 +118,9 @@ def conv2d_ref(x, w, bias=None, stride=1, padding=((0, 0), (0, 0)),
                 rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
                 cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
                 patch = x_g[:, rows, cols, :]  # (n, ho, wo, C/groups)
-                out[..., g * k_per_group:(g + 1) * k_per_group] += np.einsum(
-                    "nhwc,ck->nhwk", patch, w_g[i, j])
+                term = np.einsum("nhwc,ck->nhwk", patch, w_g[i, j])
+                out[..., g * k_per_group:(g + 1) * k_per_group] += np.where(
+                    inside[rows, cols][:, :, None], term, 0.0)
     if bias is not None:
         out += np.asarray(bias, dtype=np.float64)
     if relu:

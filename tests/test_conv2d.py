@@ -7,8 +7,7 @@ bound documented in tests/checks.py.
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 
 import fastconv
 from checks import (
@@ -20,7 +19,8 @@ from checks import (
     reference_for,
     to_layout,
 )
-from reference import hwio_to_oihw, normalize_padding
+from reference import hwio_to_oihw
+from strategies import conv_configs, examples
 
 LAYOUTS = ("NHWC", "NCHW")
 
@@ -175,56 +175,11 @@ def test_output_pixel_counts(isa, rng, n, h, w, ksize, dtype):
 
 
 # --------------------------------------------------------------------------
-# Random cross-product of every option (derandomized: the same examples
-# every run), on every ISA
+# Random cross-product of every option, on every ISA (the hypothesis profile
+# of conftest.py: "ci" tries the same examples every run, "long" new ones).
+# Four times the profile's examples: the widest sweep, cheap per example.
 # --------------------------------------------------------------------------
-def _int_or_pair(values):
-    return st.one_of(st.sampled_from(values),
-                     st.tuples(st.sampled_from(values), st.sampled_from(values)))
-
-
-@st.composite
-def conv_configs(draw):
-    kind = draw(st.sampled_from(["dense", "grouped", "depthwise"]))
-    if kind == "dense":
-        groups, c_per_group, k_per_group = 1, draw(st.integers(1, 20)), draw(st.integers(1, 20))
-    elif kind == "grouped":
-        groups = draw(st.integers(2, 4))
-        c_per_group, k_per_group = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    else:
-        groups, c_per_group, k_per_group = draw(st.integers(1, 20)), 1, draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    stride = draw(_int_or_pair([1, 2, 3]))
-    dilation = draw(_int_or_pair([1, 2, 3]))
-    padding = draw(st.one_of(
-        st.integers(0, 3),
-        st.tuples(st.integers(0, 3), st.integers(0, 3)),
-        st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
-                  st.tuples(st.integers(0, 3), st.integers(0, 3))),
-        st.sampled_from(["valid", "same"])))
-    # Smallest image giving a non-empty result, then up to 9 more.
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
-    pads = normalize_padding(padding, (100, 100), (kh, kw), stride, dilation)
-    if padding == "same":
-        min_h = min_w = 1
-    else:
-        min_h = max(1, dh * (kh - 1) + 1 - sum(pads[0]))
-        min_w = max(1, dw * (kw - 1) + 1 - sum(pads[1]))
-    h = draw(st.integers(min_h, min_h + 9))
-    w = draw(st.integers(min_w, min_w + 9))
-    return dict(
-        n=draw(st.sampled_from([None, 1, 2, 3])), h=h, w=w,
-        c=groups * c_per_group, k=groups * k_per_group, kh=kh, kw=kw,
-        stride=stride, padding=padding, dilation=dilation, groups=groups,
-        bias=draw(st.booleans()), relu=draw(st.booleans()),
-        use_out=draw(st.booleans()), strided_inputs=draw(st.booleans()),
-        layout=draw(st.sampled_from(LAYOUTS)),
-        dtype=draw(st.sampled_from(FLOAT_DTYPES)),
-        seed=draw(st.integers(0, 2**32 - 1)))
-
-
-@settings(max_examples=400, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(4))
 @given(config=conv_configs())
 def test_random_configurations(isa, config):
     config = dict(config)

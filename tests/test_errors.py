@@ -266,6 +266,22 @@ def test_conv2d_out_not_c_contiguous(kind):
         fastconv.conv2d(x, weight, out=out)
 
 
+def _unaligned_empty(shape, dtype):
+    """A C-contiguous array of `shape` whose data starts at an odd byte offset."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    out = np.frombuffer(np.zeros(size + 1, np.uint8)[1:].data, dtype).reshape(shape)
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def test_conv2d_out_unaligned():
+    """The kernels write whole, aligned elements: an odd byte offset is refused."""
+    x, weight, _ = conv_args(k=16)
+    out = _unaligned_empty((1, 4, 4, 16), np.float32)
+    with raises_naming(ValueError, "out", "aligned"):
+        fastconv.conv2d(x, weight, out=out)
+
+
 def test_conv2d_out_is_x():
     x, _, _ = conv_args(c=5, k=5)
     weight = np.ones((1, 1, 5, 5), np.float32)
@@ -390,7 +406,7 @@ def test_matmul_unknown_activation():
 
 
 @pytest.mark.parametrize("case", ["shape", "dtype", "fortran", "read-only",
-                                  "overlaps-a", "overlaps-b", "is-a"])
+                                  "overlaps-a", "overlaps-b", "is-a", "unaligned"])
 def test_matmul_bad_out(case):
     a, b, bias = mm_args(m=3, k=4, n=5)
     out = np.empty((3, 5), np.float32)
@@ -415,6 +431,8 @@ def test_matmul_bad_out(case):
         b = np.zeros((3, 3), np.float32)
         out = a
         bias = None
+    elif case == "unaligned":
+        out = _unaligned_empty((3, 5), np.float32)
     with raises_naming(ValueError, "out"):
         fastconv.matmul(a, b, bias, out=out)
 

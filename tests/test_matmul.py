@@ -155,3 +155,26 @@ def test_matmul_out_is_returned_and_filled(rng):
     out = np.full((5, 7), np.nan)
     assert fastconv.matmul(a, b, out=out) is out
     np.testing.assert_array_equal(out, expected)
+
+
+def _unaligned(a):
+    """A C-contiguous copy of ``a`` at an odd byte offset (not aligned)."""
+    buffer = np.zeros(a.nbytes + 1, np.uint8)
+    view = np.frombuffer(buffer[1:].data, dtype=a.dtype).reshape(a.shape)
+    view[...] = a
+    assert not view.flags.aligned
+    return view
+
+
+@pytest.mark.parametrize("m", (3, 40), ids=lambda m: f"M{m}")
+@dtypes
+def test_matmul_unaligned_inputs(isa, rng, m, dtype):
+    """Inputs at an odd byte offset are copied, never read in place (reading
+    them through a float pointer is undefined behaviour, which UBSan reports
+    in scripts/sanitize.sh)."""
+    a = random_array(rng, (m, 16), dtype)
+    b = random_array(rng, (16, 32), dtype)
+    bias = random_array(rng, (32,), dtype)
+    expected = fastconv.matmul(a, b, bias)
+    result = fastconv.matmul(_unaligned(a), _unaligned(b), _unaligned(bias))
+    assert np.array_equal(result, expected)

@@ -289,6 +289,8 @@ def test_vgg16_fully_convolutional(rng):
 # --------------------------------------------------------------------------
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
+from strategies import examples  # noqa: E402
+
 
 @st.composite
 def random_classifier(draw):
@@ -337,7 +339,8 @@ def random_classifier(draw):
     return model, in_shape, stride_product, layout
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+# 0.4 times the profile's examples (conftest.py): each builds and slides a network.
+@settings(max_examples=examples(0.4))
 @given(random_classifier(), st.integers(0, 2), st.integers(0, 2))
 def test_fully_convolutional_random_networks(case, extra_rows, extra_cols):
     model, in_shape, S, layout = case
