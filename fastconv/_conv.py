@@ -108,6 +108,29 @@ class ConvWeights:
             self._pack(resolve_threads(self.fn, None))
         return self._packed
 
+    def weight(self) -> np.ndarray:
+        """A new array of the weights as given: HWIO for layout "NHWC", OIHW
+        for "NCHW"; once packed, read back from the packed panels (a layer
+        keeps no other copy)."""
+        if self._w is not None:
+            return np.array(self._w, order="C")
+        p = self._packed
+        if p.depthwise:  # (kh, kw, C) taps
+            taps = np.asarray(p.buffer).reshape(self.kh, self.kw, self.c)
+            return np.array(taps[:, :, None, :] if self.layout == "NHWC"
+                            else taps.transpose(2, 0, 1)[:, None], order="C")
+        shape = ((self.kh, self.kw, self.cg, self.k) if self.layout == "NHWC"
+                 else (self.k, self.cg, self.kh, self.kw))
+        w = np.empty(shape, self.dtype)
+        strides = tuple(s // w.itemsize for s in w.strides)
+        p.unpack(w, tuple(strides[a] for a in self._axes))
+        return w
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new array of the bias (None without one)."""
+        return None if self._bias is None else self._bias.copy()
+
     def _pack(self, nthreads: int) -> None:
         w = self._w
         kg = self.k // self.groups
@@ -422,10 +445,23 @@ class GemmWeights:
                      (-(-self.n // MAX_VLEN) * MAX_VLEN, self.k + 1), self.dtype.itemsize,
                      f"{name} with {self.k} inputs and {self.n} outputs is too large")
         b, strides = _element_strides(b)
+        self._bias = None if bias is None else np.array(bias, order="C")
         self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
-                                 (0, 0, strides[0], strides[1]),
-                                 None if bias is None else np.ascontiguousarray(bias), False,
+                                 (0, 0, strides[0], strides[1]), self._bias, False,
                                  nthreads, allow_direct)
+
+    def weight(self) -> np.ndarray:
+        """A new (K, N) array of b, read back from the packed panels."""
+        if self.packed.direct:
+            return np.array(self.packed.buffer, order="C").reshape(self.k, self.n)
+        b = np.empty((self.k, self.n), self.dtype)
+        self.packed.unpack(b, (0, 0, self.n, 1))
+        return b
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new array of the bias (None without one)."""
+        return None if self._bias is None else self._bias.copy()
 
     def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int
             ) -> np.ndarray:

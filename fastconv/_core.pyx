@@ -154,6 +154,19 @@ cdef class Packed:
     def isa(self):
         return self.ks.isa.decode()
 
+    def unpack(self, cnp.ndarray w, tuple strides):
+        """Write the weights back into w (C-contiguous, of the packed dtype,
+        addressed through `strides` as pack() read them). For the micro-panel
+        layout only: depthwise and direct weights are arrays already."""
+        if self.depthwise or self.direct:
+            raise ValueError("internal: these weights are not in panels")
+        cdef fc_weight_strides ws
+        ws.ty, ws.tx, ws.c, ws.k = strides
+        cdef void *wp = _buffer(w, self.d.kh * self.d.kw * self.d.C * (self.d.K // self.d.groups),
+                                self.dtype, "weight")
+        cdef const void *pp = cnp.PyArray_DATA(self.buffer)
+        with nogil:
+            self.ks.unpack(&self.d, pp, ws, wp)
 
 
 def pack(str dtype, int64_t C, int64_t K, int64_t groups, int64_t kh, int64_t kw,

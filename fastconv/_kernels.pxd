@@ -29,6 +29,8 @@ cdef extern from "fastconv.h" nogil:
         int64_t (*packed_size)(const fc_conv_desc *d) noexcept nogil
         void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
                      const void *bias, void *packed, int nthreads) noexcept nogil
+        void (*unpack)(const fc_conv_desc *d, const void *packed, fc_weight_strides ws,
+                       void *w) noexcept nogil
         int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
                     void *y, int nthreads) noexcept nogil
         int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,

@@ -78,6 +78,17 @@ class Conv2d:
         """The instruction set whose kernels the packed weights are for."""
         return self._weights.packed.isa
 
+    @property
+    def weight(self) -> np.ndarray:
+        """A new array of the weights (HWIO for "NHWC", OIHW for "NCHW"),
+        read back from the packed ones: the layer keeps no other copy."""
+        return self._weights.weight()
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new array of the bias, or None."""
+        return self._weights.bias
+
     def __call__(self, x: Any, out: Optional[np.ndarray] = None,
                  num_threads: Optional[int] = None) -> np.ndarray:
         """Run the layer on x ((N, H, W, C) or (N, C, H, W) by layout, or 3-D).
@@ -157,6 +168,18 @@ class Linear:
         self.activation = activation
         self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"],
                                     resolve_threads(fn, None), name="weight")
+
+    @property
+    def weight(self) -> np.ndarray:
+        """A new array of the weights in the layer's weight_layout, read back
+        from the packed ones: the layer keeps no other copy."""
+        w = self._weights.weight()
+        return w if self.weight_layout == "IO" else np.ascontiguousarray(w.T)
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new array of the bias, or None."""
+        return self._weights.bias
 
     @property
     def in_features(self) -> int:

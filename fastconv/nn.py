@@ -43,12 +43,11 @@ def _spatial(layout: str, shape: Shape) -> Tuple[int, int, int]:
     return shape[1], shape[2], shape[0]
 
 
-def _frozen_copy(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """A read-only copy of a (None stays None)."""
-    if a is None:
-        return None
-    a = a.copy()
-    a.flags.writeable = False
+def _read_only(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """a (a new array, or None) marked read-only: writing to a layer's weights
+    would not change the packed weights that run, so it is refused."""
+    if a is not None:
+        a.flags.writeable = False
     return a
 
 
@@ -86,14 +85,23 @@ class Conv2d(Layer):
     def __init__(self, weight: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, activation: Optional[str] = None,
                  layout: str = "NHWC") -> None:
-        # Copies, packed from: changing the caller's arrays later cannot make
-        # the saved or converted model differ from the one that runs.
-        _, arr = float_arrays("Conv2d", weight=weight, bias=bias)
-        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
-        self.conv = fastconv.Conv2d(self.weight, self.bias, stride=stride, padding=padding,
+        # Packing copies the weights: the layer keeps only the packed ones
+        # (so a huge layer, VGG's fc6, takes its weights' size once), and
+        # changing the caller's arrays later changes nothing.
+        self.conv = fastconv.Conv2d(weight, bias, stride=stride, padding=padding,
                                     dilation=dilation, groups=groups, activation=activation,
                                     layout=layout)
         self.layout = self.conv.layout
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The weights (HWIO or OIHW by layout), read back from the packed
+        ones into a new, read-only array."""
+        return _read_only(self.conv.weight)
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        return _read_only(self.conv.bias)
 
     def __call__(self, x: Any, num_threads: Optional[int] = None) -> np.ndarray:
         return self.conv(x, num_threads=num_threads)
@@ -120,18 +128,26 @@ class Conv2d(Layer):
 class Linear(Layer):
     """A fully-connected layer on (N, in_features) (fastconv.Linear).
 
-    A read-only copy of the weight is kept (besides the packed one) so that
+    Only the packed weights are kept; `weight` reads them back, so
     to_fully_convolutional and save() see exactly what runs.
     """
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: Optional[str] = None,
                  weight_layout: str = "IO") -> None:
-        _, arr = float_arrays("Linear", weight=weight, bias=bias)
-        self.weight, self.bias = _frozen_copy(arr["weight"]), _frozen_copy(arr["bias"])
-        self.linear = fastconv.Linear(self.weight, self.bias, activation=activation,
+        self.linear = fastconv.Linear(weight, bias, activation=activation,
                                       weight_layout=weight_layout)
         self.weight_layout = weight_layout
         self.activation = activation
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The weights in weight_layout, read back from the packed ones into a
+        new, read-only array."""
+        return _read_only(self.linear.weight)
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        return _read_only(self.linear.bias)
 
     def __call__(self, x: Any, num_threads: Optional[int] = None) -> np.ndarray:
         return self.linear(_batch("Linear", x, 2, "(N, in_features)"), num_threads=num_threads)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastconv
+import fastconv.nn
 from checks import (assert_close_to_reference, make_conv_inputs, random_array,
                     reference_for, to_layout)
 from fastconv import _config
@@ -235,3 +236,54 @@ def test_conv2d_layer_from_many_python_threads(rng):
         results = list(pool.map(lambda job: layer(inputs[job[0]], num_threads=job[1]), jobs))
     for (i, _), y in zip(jobs, results):
         assert np.array_equal(y, expected[i])
+
+
+# --------------------------------------------------------------------------
+# The layers keep only their packed weights, and read them back exactly
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_conv2d_layer_gives_back_its_weights(isa, rng, case, layout):
+    h, w, c, k, kh, kw, stride, padding, dilation, groups = case
+    _, w_hwio, b = make_conv_inputs(rng, n=1, h=h, w=w, c=c, k=k, kh=kh, kw=kw,
+                                    groups=groups, dtype=np.float32)
+    specials = np.array([np.inf, -np.inf, np.nan, -0.0], np.float32)
+    w_hwio.flat[::7] = np.resize(specials, w_hwio.flat[::7].size)  # kept exactly too
+    _, weight = to_layout(np.zeros((1, 1, 1, c), np.float32), w_hwio, layout)
+    layer = fastconv.Conv2d(weight, b, groups=groups, layout=layout)
+    back = layer.weight
+    assert back.shape == weight.shape and back.dtype == weight.dtype
+    assert np.array_equal(back, weight, equal_nan=True)
+    assert np.array_equal(np.signbit(back), np.signbit(weight))
+    assert np.array_equal(layer.bias, b)
+    back[...] = 0  # a copy: the layer is unchanged
+    assert np.array_equal(layer.weight, weight, equal_nan=True)
+
+
+@pytest.mark.parametrize("weight_layout", ["IO", "OI"])
+@pytest.mark.parametrize("shape", [(1, 1), (37, 70), (300, 5), (64, 33)], ids=str)
+def test_linear_layer_gives_back_its_weights(isa, rng, weight_layout, shape):
+    weight = random_array(rng, shape, np.float64)
+    bias = random_array(rng, (shape[1] if weight_layout == "IO" else shape[0],), np.float64)
+    layer = fastconv.Linear(weight, bias, weight_layout=weight_layout)
+    assert np.array_equal(layer.weight, weight)
+    assert np.array_equal(layer.bias, bias)
+    assert layer.bias is not layer.bias  # a new array each time
+
+
+def test_layers_hold_their_weights_once():
+    """A layer's memory is its packed weights (plus rounding of the output
+    channels up to the register tile), not a second copy: VGG's fc6 must fit
+    once (issue: at most about 1.1x the weights)."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    weight = np.ones((7, 7, 64, 512), np.float32)  # 6.4 MB
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        layers = [fastconv.Conv2d(weight), fastconv.nn.Conv2d(weight),
+                  fastconv.Linear(weight.reshape(-1, 512)),
+                  fastconv.nn.Linear(weight.reshape(-1, 512))]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= 1.1 * len(layers) * weight.nbytes, held / weight.nbytes

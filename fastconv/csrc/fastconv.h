@@ -78,6 +78,8 @@ typedef struct fc_kernel_set {
      * elements, or NULL) into the micro-panel layout the conv kernel reads. */
     void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
                  const void *bias, void *packed, int nthreads);
+    /* The inverse of pack (weights only), written through the strides. */
+    void (*unpack)(const fc_conv_desc *d, const void *packed, fc_weight_strides ws, void *w);
     /* Convolution through the register-blocked micro-kernel; a 1x1, stride 1,
      * unpadded convolution (and so every GEMM) takes its GEMM path. x is
      * contiguous NHWC, y contiguous NHWC. */

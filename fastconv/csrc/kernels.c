@@ -442,6 +442,30 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
             *pb++ = (bias && k < Kg) ? bias[g * Kg + k] : 0;
 }
 
+/* The inverse of pack: the weights back from their panels, written through
+ * strides as pack read them (the bias is not touched). For layers that keep
+ * only their packed weights and are asked for the weights (to save or
+ * convert a model). */
+static void NAME(unpack)(const fc_conv_desc *d, const void *packedv, fc_weight_strides s,
+                         void *wv)
+{
+    const real *packed = packedv;
+    real *w = wv;
+    const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
+    const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t t = 0; t < ntaps; t++) {
+            real *tap = w + (t / d->kw) * s.ty + (t % d->kw) * s.tx + g * Kg * s.k;
+            for (int64_t c = 0; c < Cg; c++)
+                for (int64_t b = 0; b < nb; b++) {
+                    const real *row = packed_row(d, (real *)packed, g, b, t, c);
+                    const int64_t nr = MIN(NR, Kg - b * NR);
+                    for (int64_t j = 0; j < nr; j++)
+                        tap[c * s.c + (b * NR + j) * s.k] = row[j];
+                }
+        }
+}
+
 /* Threads for a loop of ntasks: at most one per task and per processor
  * (more would only oversubscribe the cores). */
 /* How a tile's input rows are found. */
@@ -1093,6 +1117,7 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .nr = NR,
     .packed_size = NAME(packed_size),
     .pack = NAME(pack),
+    .unpack = NAME(unpack),
     .vlen = VLEN,
     .conv = NAME(conv),
     .gemm_direct = NAME(gemm_direct),
