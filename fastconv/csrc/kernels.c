@@ -30,6 +30,7 @@
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -305,10 +306,11 @@ static inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
  * waking a second costs more than it saves (a few microseconds of work). */
 #define MIN_PARALLEL_WORK (1 << 18)
 
-/* Threads for a loop of ntasks tasks doing `work` in all: at most one per
- * task and per processor (more would only oversubscribe the cores), and one
- * for tiny work. The results do not depend on it. */
-static inline int clamp_threads(int nthreads, int64_t ntasks, int64_t work)
+/* Threads for a loop of ntasks tasks doing `work` in all (a double: a
+ * product of valid sizes may exceed int64_t): at most one per task and per
+ * processor (more would only oversubscribe the cores), and one for tiny
+ * work. The results do not depend on it. */
+static inline int clamp_threads(int nthreads, int64_t ntasks, double work)
 {
 #ifdef _OPENMP
     if (nthreads > omp_get_num_procs())
@@ -401,7 +403,7 @@ static void NAME(pack)(const fc_conv_desc *d, const void *wv, fc_weight_strides 
     const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
     const int64_t nb = n_blocks(Kg), ntaps = d->kh * d->kw;
     const int64_t chunks = (Cg + PACK_ROWS - 1) / PACK_ROWS;
-#pragma omp parallel for num_threads(clamp_threads(nthreads, G * chunks, G * Kg * ntaps * Cg)) \
+#pragma omp parallel for num_threads(clamp_threads(nthreads, G * chunks, (double)G * Kg * ntaps * Cg)) \
     schedule(static)
     for (int64_t job = 0; job < G * chunks; job++) {
         const int64_t g = job / chunks, c_lo = job % chunks * PACK_ROWS;
@@ -560,7 +562,7 @@ static real *pad_input(const fc_conv_desc *d, const real *x, int nthreads, row_s
     real *xp = malloc(sizeof(real) * (size_t)(d->N * Hp * Wp * C));
     if (!xp)
         return NULL;
-#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * Hp, d->N * Hp * Wp * C)) \
+#pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * Hp, (double)d->N * Hp * Wp * C)) \
     schedule(static)
     for (int64_t row = 0; row < d->N * Hp; row++) {
         real *dst = xp + row * Wp * C;
@@ -624,7 +626,7 @@ static int conv_impl(const fc_conv_desc *d, const real *x, weight_source ws, rea
     const int64_t rows_per_tile = src.kind == ROWS_MERGED ? d->kh : ntaps;
     const int64_t run = src.kind == ROWS_MERGED ? d->kw * Cg : Cg;
     const real *pbias = !d->has_bias ? NULL : ws.direct ? ws.bias : packed + bias_offset(d);
-    const int nt = clamp_threads(nthreads, ntasks, M * d->K * ntaps * Cg);
+    const int nt = clamp_threads(nthreads, ntasks, (double)M * d->K * ntaps * Cg);
     real *xpad = NULL;
     if (src.kind == ROWS_MERGED) {
         xpad = pad_input(d, x, nthreads, &src);
@@ -862,7 +864,7 @@ static int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
      * vectors of columns per thread, each with its partial sums. */
     const int64_t ntasks = d->w_out_in ? (d->K + DENSE_OUTS - 1) / DENSE_OUTS
                                        : (d->K + VLEN - 1) / VLEN;
-    const int nt = clamp_threads(nthreads, ntasks, d->M * d->R * d->K);
+    const int nt = clamp_threads(nthreads, ntasks, (double)d->M * d->R * d->K);
     int failed = 0;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
@@ -989,7 +991,7 @@ static int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
     const int64_t ox_hi = last < 0 ? 0 : MIN(d->Wo, last / d->sw + 1);
     /* 3-tap rows at stride 1 or 2 (MobileNet's) load each input once. */
     const int k3 = d->kw == 3 && d->dw == 1 && (d->sw == 1 || d->sw == 2) ? (int)d->sw : 0;
-    const int nt = clamp_threads(nthreads, rows, rows * d->Wo * C * d->kh * d->kw);
+    const int nt = clamp_threads(nthreads, rows, (double)rows * d->Wo * C * d->kh * d->kw);
 #pragma omp parallel num_threads(nt)
     {
         const fp_mode fp = fp_enter(d->flush_denormals);
@@ -1044,7 +1046,7 @@ static int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nthre
     const real *x = xv;
     real *y = yv;
     const int64_t C = d->C, rows = d->N * d->Ho, cvec = C / VLEN * VLEN;
-    const int nt = clamp_threads(nthreads, rows, rows * d->Wo * C * d->kh * d->kw);
+    const int nt = clamp_threads(nthreads, rows, (double)rows * d->Wo * C * d->kh * d->kw);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t row = 0; row < rows; row++) {
         const int64_t n = row / d->Ho, oy = row % d->Ho;
@@ -1088,7 +1090,7 @@ static int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nthre
 #define FMA_CHAINS 16
 static double NAME(fma_probe)(int64_t iters, int nthreads)
 {
-    const int nt = clamp_threads(nthreads, nthreads, INT64_MAX);
+    const int nt = clamp_threads(nthreads, nthreads, HUGE_VAL);
     double total = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : total)
     {
