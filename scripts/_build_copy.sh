@@ -122,3 +122,18 @@ fc_pytest() {
     (cd "$FC_WORK/run" &&
         "${FC_WRAP[@]}" "$FC_PY" -m pytest -p no:cacheprovider --rootdir "$FC_WORK/src" "$@")
 }
+
+# The end of a run: exit 1 if the tool reported anything ($1 != 0: its
+# reports are printed above) or a test failed ($2 != 0), else say OK.
+# $3 names the tool, $4 is the OK message.
+fc_finish() {
+    if [ "$1" != 0 ]; then
+        fc_log "FAILED: $3 reports above ($(fc_elapsed))"
+        exit 1
+    fi
+    if [ "$2" != 0 ]; then
+        fc_log "FAILED: tests failed ($(fc_elapsed))"
+        exit 1
+    fi
+    fc_log "OK: $4 ($(fc_elapsed))"
+}

@@ -111,12 +111,4 @@ for f in "$reports"/*; do
         fc_log "$(basename "$f"): $(wc -l <"$f") warning line(s), no error, e.g.$(head -n 1 "$f" | sed 's/^==[0-9]*==/ /')"
     fi
 done
-if [ "$failed" != 0 ]; then
-    fc_log "FAILED: sanitizer reports above ($(fc_elapsed))"
-    exit 1
-fi
-if [ "$status" != 0 ]; then
-    fc_log "FAILED: tests failed ($(fc_elapsed))"
-    exit 1
-fi
-fc_log "OK: no ASan/UBSan reports ($(fc_elapsed))"
+fc_finish "$failed" "$status" sanitizer "no ASan/UBSan reports"

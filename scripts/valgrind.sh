@@ -99,12 +99,4 @@ for log in "$logs"/memcheck.*.log; do
         grep "ERROR SUMMARY" "$log"
     fi
 done
-if [ "$errors" != 0 ]; then
-    fc_log "FAILED: memcheck reports above ($(fc_elapsed))"
-    exit 1
-fi
-if [ "$status" != 0 ]; then
-    fc_log "FAILED: tests failed ($(fc_elapsed))"
-    exit 1
-fi
-fc_log "OK: no memcheck errors and no leaks from fastconv ($(fc_elapsed))"
+fc_finish "$errors" "$status" memcheck "no memcheck errors and no leaks from fastconv"

@@ -15,6 +15,7 @@ from checks import (
     FLOAT_DTYPES,
     assert_close_to_reference,
     check_conv,
+    in_memory,
     make_conv_inputs,
     reference_for,
     to_layout,
@@ -388,26 +389,8 @@ def test_non_contiguous_inputs(isa, rng, x_view, w_view, layout):
     np.testing.assert_array_equal(w_arg, weight)
 
 
-def _unaligned_copy(a):
-    """A copy of ``a`` whose data pointer is not aligned to its itemsize."""
-    buffer = np.zeros(a.nbytes + 1, np.uint8)
-    view = np.frombuffer(buffer[1:].data, dtype=a.dtype).reshape(a.shape)
-    view[...] = a
-    assert not view.flags.aligned
-    return view
-
-
-def _read_only(a):
-    a = a.copy()
-    a.setflags(write=False)
-    return a
-
-
-ODD_MEMORY = {
-    "read-only": _read_only,
-    "unaligned": _unaligned_copy,
-    "byteswapped": lambda a: a.astype(a.dtype.newbyteorder()),
-}
+ODD_MEMORY = {kind: (lambda a, kind=kind: in_memory(a, kind))
+              for kind in ("read-only", "unaligned", "byteswapped")}
 
 
 @pytest.mark.parametrize("kind", list(ODD_MEMORY))

@@ -8,6 +8,7 @@ from checks import (
     DTYPE_IDS,
     FLOAT_DTYPES,
     assert_close_to_reference,
+    in_memory,
     random_array,
 )
 from reference import matmul_magnitude, matmul_ref
@@ -157,15 +158,6 @@ def test_matmul_out_is_returned_and_filled(rng):
     np.testing.assert_array_equal(out, expected)
 
 
-def _unaligned(a):
-    """A C-contiguous copy of ``a`` at an odd byte offset (not aligned)."""
-    buffer = np.zeros(a.nbytes + 1, np.uint8)
-    view = np.frombuffer(buffer[1:].data, dtype=a.dtype).reshape(a.shape)
-    view[...] = a
-    assert not view.flags.aligned
-    return view
-
-
 @pytest.mark.parametrize("m", (3, 40), ids=lambda m: f"M{m}")
 @dtypes
 def test_matmul_unaligned_inputs(isa, rng, m, dtype):
@@ -176,5 +168,5 @@ def test_matmul_unaligned_inputs(isa, rng, m, dtype):
     b = random_array(rng, (16, 32), dtype)
     bias = random_array(rng, (32,), dtype)
     expected = fastconv.matmul(a, b, bias)
-    result = fastconv.matmul(_unaligned(a), _unaligned(b), _unaligned(bias))
+    result = fastconv.matmul(*(in_memory(v, "unaligned") for v in (a, b, bias)))
     assert np.array_equal(result, expected)
