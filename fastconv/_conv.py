@@ -121,6 +121,8 @@ class ConvWeights:
                             else taps.transpose(2, 0, 1)[:, None], order="C")
         shape = ((self.kh, self.kw, self.cg, self.k) if self.layout == "NHWC"
                  else (self.k, self.cg, self.kh, self.kw))
+        if p.direct:  # a GEMM's (C, K) weights, read in place (HWIO 1x1)
+            return np.array(p.buffer, order="C").reshape(shape)
         w = np.empty(shape, self.dtype)
         strides = tuple(s // w.itemsize for s in w.strides)
         p.unpack(w, tuple(strides[a] for a in self._axes))
@@ -131,7 +133,9 @@ class ConvWeights:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
-    def _pack(self, nthreads: int) -> None:
+    def _pack(self, nthreads: int, allow_direct: bool = False) -> None:
+        """Pack the weights; with allow_direct, a GEMM's C-contiguous (C, K)
+        weights (HWIO of a 1x1 kernel) are kept and read in place instead."""
         w = self._w
         kg = self.k // self.groups
         check_nbytes(self.fn, "weight, packed for the kernels (each group's K/groups outputs "
@@ -152,11 +156,12 @@ class ConvWeights:
             finite = np.where(np.isnan(w), 0, np.where(np.isinf(w), np.sign(w), w))
             self._nonfinite["finite"] = self._packed_weights(finite.astype(self.dtype),
                                                              self._axes, self._bias, nthreads)
-        self._packed = self._packed_weights(w, self._axes, self._bias, nthreads)
+        self._packed = self._packed_weights(w, self._axes, self._bias, nthreads,
+                                            allow_direct and not self._nonfinite)
         self._w = None
 
     def _packed_weights(self, w: np.ndarray, axes: Tuple[int, ...], bias: Optional[np.ndarray],
-                        nthreads: int) -> "_core.Packed":
+                        nthreads: int, allow_direct: bool = False) -> "_core.Packed":
         if self.groups > 1 and self.groups == self.c == self.k:
             # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
             # (A copy, read in place by the kernel: see self._bias.)
@@ -165,7 +170,8 @@ class ConvWeights:
                               np.array(taps, order="C"), (), bias, True, nthreads)
         w, strides = _element_strides(w)
         return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                          w, tuple(strides[a] for a in axes), bias, False, nthreads)
+                          w, tuple(strides[a] for a in axes), bias, False, nthreads,
+                          allow_direct)
 
     def plan(self, shape: Tuple[int, ...], stride: Any, padding: Any, dilation: Any,
              activation: Any) -> "ConvPlan":
@@ -221,6 +227,11 @@ class ConvWeights:
         plan = ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result,
                         window, relu, flush)
         plan.args, plan.padded = args, any((pt, pb, pl, pr))
+        # A GEMM over few pixels (ResNet's last 1x1 layers at 7x7): weights
+        # not yet packed may be read in place, as matmul does below
+        # DIRECT_GEMM_MAX_ROWS rows, packing them would cost more than it saves.
+        plan.gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
+                              (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
         return plan
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
@@ -260,7 +271,9 @@ class ConvWeights:
         occur is counted by the kernels themselves, on 0/1 masks of the
         input and of the weights, whose padding does add nothing.
         """
-        packed = self.packed  # (packing sets self._nonfinite)
+        if self._packed is None:  # conv2d's call: see plan.gemm_in_place
+            self._pack(nthreads, allow_direct=plan.gemm_in_place)
+        packed = self._packed  # (packing sets self._nonfinite)
         if not self._nonfinite:
             plan.geometry.run(x, packed, y, nthreads)
             return
@@ -337,7 +350,8 @@ class ConvPlan:
     NHWC shape the kernels write, the shape returned to the caller, and for a
     one-pixel result that a dense layer can compute, the window's offset
     (pad_top, pad_left); relu and flush as the geometry has them."""
-    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush", "args", "padded")
+    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush", "args", "padded",
+                 "gemm_in_place")
 
     def __init__(self, geometry: "_core.Geometry", nhwc: Tuple[int, ...],
                  result: Tuple[int, ...], window: Optional[Tuple[int, int]], relu: bool,

@@ -117,3 +117,27 @@ def test_conv2d_one_pixel_bitwise_for_any_thread_count(rng, layout):
     one = fastconv.conv2d(x, w, layout=layout, num_threads=1)
     for nt in (2, 5):
         assert np.array_equal(fastconv.conv2d(x, w, layout=layout, num_threads=nt), one)
+
+
+@pytest.mark.parametrize("pixels", [(7, 7), (1, 1), (20, 25)], ids=str)
+@pytest.mark.parametrize("k", [64, 48, 33], ids=lambda k: f"K{k}")
+@dtypes
+def test_conv2d_small_1x1_reads_weights_in_place(isa, rng, monkeypatch, pixels, k, dtype):
+    """A 1x1 convolution over fewer than DIRECT_GEMM_MAX_ROWS pixels (ResNet's
+    last layers at 7x7) is not packed when its HWIO weights can be read as
+    they are (K a whole number of vectors); it matches the reference either
+    way, with bias and ReLU. (20x25 = 500 pixels is just under the limit.)"""
+    h, w = pixels
+    packed_in_place = []
+    real_pack = _conv._core.pack
+
+    def spy(*args):
+        p = real_pack(*args)
+        packed_in_place.append(p.direct)
+        return p
+
+    monkeypatch.setattr(_conv._core, "pack", spy)
+    check_conv(rng, n=1, h=h, w=w, c=40, k=k, kh=1, kw=1, relu=True, dtype=dtype)
+    if h * w > DENSE_ROWS:  # (one pixel goes through the dense kernel, unpacked)
+        # 64 and 48 are whole vectors on every ISA and dtype, 33 on none
+        assert packed_in_place == [k != 33]
