@@ -1,10 +1,14 @@
-"""Time one convolution layer alone: fastconv.Conv2d (NHWC) against torch's
-conv2d in channels_last and NCHW, interleaved, median of many calls.
+"""Time one convolution layer alone: fastconv.Conv2d (NHWC, weights packed
+once) and fastconv.conv2d (the function) against torch's conv2d in
+channels_last and NCHW, and for a one-pixel result (a fully-connected layer
+as a convolution) numpy.matmul on the flattened input and weights;
+interleaved, median of many calls.
 
 For a closer look at a single row of the suite tables, away from the other
-contenders' memory traffic. Example (VGG16's conv1_1):
+contenders' memory traffic. Examples (VGG16's conv1_1; fc6 at batch 1):
 
     python bench/one_layer.py --hw 224 --c 3 --k 64 --ksize 3 --pad 1 --threads 1,2
+    python bench/one_layer.py --hw 7 --c 512 --k 4096 --ksize 7 --threads 1,2
 """
 import argparse
 import time
@@ -36,12 +40,23 @@ def main() -> None:
     xcl, wcl = (t.contiguous(memory_format=torch.channels_last) for t in (xt, wt))
     conv = torch.nn.functional.conv2d
     flops = 2.0 * layer(x).size * args.ksize ** 2 * args.c
+    one_pixel = layer(x).shape[1:3] == (1, 1) and args.pad == 0 and args.hw == args.ksize
+    x2, w2 = x.reshape(1, -1), w.reshape(-1, args.k)
+    try:  # numpy's BLAS on the same thread count as the others
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
     for nt in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(nt)
         calls = {"fastconv": lambda: layer(x, num_threads=nt),
+                 "fastconv.conv2d": lambda: fastconv.conv2d(
+                     x, w, stride=args.stride, padding=args.pad, num_threads=nt),
                  "torch_cl": lambda: conv(xcl, wcl, stride=args.stride, padding=args.pad),
                  "torch": lambda: conv(xt, wt, stride=args.stride, padding=args.pad)}
+        if one_pixel:
+            calls["numpy"] = lambda: np.matmul(x2, w2)
         times = {name: [] for name in calls}
+        limits = threadpool_limits(nt) if threadpool_limits else None
         with torch.no_grad():
             for f in calls.values():
                 f()
@@ -50,11 +65,15 @@ def main() -> None:
                     start = time.perf_counter()
                     f()
                     times[name].append(time.perf_counter() - start)
+        if limits is not None:
+            limits.unregister()
         med = {name: float(np.median(t)) for name, t in times.items()}
         best_torch = min(med["torch"], med["torch_cl"])
         print(f"{nt} thread(s): " + ", ".join(
             f"{name} {1e3 * t:.3f} ms ({flops / t / 1e9:.1f} GFLOP/s)" for name, t in med.items())
-            + f"; fastconv vs best torch {best_torch / med['fastconv']:.2f}x")
+            + f"; fastconv vs best torch {best_torch / med['fastconv']:.2f}x"
+            + (f"; conv2d vs numpy {med['numpy'] / med['fastconv.conv2d']:.2f}x, weights "
+               f"streamed {w.nbytes / med['fastconv.conv2d'] / 1e9:.1f} GB/s" if one_pixel else ""))
 
 
 if __name__ == "__main__":
