@@ -1,21 +1,22 @@
 """Time one convolution layer alone: fastconv.Conv2d (NHWC, weights packed
 once) and fastconv.conv2d (the function) against torch's conv2d in
 channels_last and NCHW, and for a one-pixel result (a fully-connected layer
-as a convolution) numpy.matmul on the flattened input and weights;
-interleaved, median of many calls.
+as a convolution) numpy.matmul on the flattened input and weights.
 
-For a closer look at a single row of the suite tables, away from the other
-contenders' memory traffic. Examples (VGG16's conv1_1; fc6 at batch 1):
+The timing is the suite's (fastconv._bench.time_interleaved: rounds of
+interleaved samples, each lasting at least --min-time, median; idle time
+after each sample at 2 threads or more), for a closer look at a single row
+of the suite tables. Examples (VGG16's conv1_1; fc6 at batch 1):
 
     python bench/one_layer.py --hw 224 --c 3 --k 64 --ksize 3 --pad 1 --threads 1,2
     python bench/one_layer.py --hw 7 --c 512 --k 4096 --ksize 7 --threads 1,2
 """
 import argparse
-import time
 
 import numpy as np
 
 import fastconv
+from fastconv import _bench
 
 
 def main() -> None:
@@ -27,53 +28,46 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--pad", type=int, default=0)
     parser.add_argument("--threads", default="1", help="comma-separated thread counts")
-    parser.add_argument("--calls", type=int, default=50, help="timed calls per contender")
+    parser.add_argument("--reps", type=int, default=15, help="samples per contender")
+    parser.add_argument("--min-time", type=float, default=0.05, help="seconds per sample")
     args = parser.parse_args()
-    import torch  # for the comparison only
+    torch = _bench._torch()  # for the comparison only
+    if torch is None:
+        parser.error("this comparison needs torch (pip install torch==2.13.0)")
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, args.hw, args.hw, args.c), dtype=np.float32)
     w = rng.standard_normal((args.ksize, args.ksize, args.c, args.k), dtype=np.float32)
     layer = fastconv.Conv2d(w, stride=args.stride, padding=args.pad)
+    result = layer(x)
+    flops = 2.0 * result.size * args.ksize ** 2 * args.c
+    one_pixel = result.shape[1:3] == (1, 1) and args.pad == 0 and args.hw == args.ksize
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
     xcl, wcl = (t.contiguous(memory_format=torch.channels_last) for t in (xt, wt))
     conv = torch.nn.functional.conv2d
-    flops = 2.0 * layer(x).size * args.ksize ** 2 * args.c
-    one_pixel = layer(x).shape[1:3] == (1, 1) and args.pad == 0 and args.hw == args.ksize
-    x2, w2 = x.reshape(1, -1), w.reshape(-1, args.k)
-    try:  # numpy's BLAS on the same thread count as the others
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
     for nt in (int(t) for t in args.threads.split(",")):
-        torch.set_num_threads(nt)
         calls = {"fastconv": lambda: layer(x, num_threads=nt),
                  "fastconv.conv2d": lambda: fastconv.conv2d(
                      x, w, stride=args.stride, padding=args.pad, num_threads=nt),
                  "torch_cl": lambda: conv(xcl, wcl, stride=args.stride, padding=args.pad),
                  "torch": lambda: conv(xt, wt, stride=args.stride, padding=args.pad)}
         if one_pixel:
+            x2, w2 = x.reshape(1, -1), w.reshape(-1, args.k)
             calls["numpy"] = lambda: np.matmul(x2, w2)
-        times = {name: [] for name in calls}
-        limits = threadpool_limits(nt) if threadpool_limits else None
-        with torch.no_grad():
-            for f in calls.values():
-                f()
-            for _ in range(args.calls):
-                for name, f in calls.items():
-                    start = time.perf_counter()
-                    f()
-                    times[name].append(time.perf_counter() - start)
-        if limits is not None:
-            limits.unregister()
-        med = {name: float(np.median(t)) for name, t in times.items()}
+        with _bench.thread_limits(nt):
+            seconds = _bench.time_interleaved(list(calls.values()), args.reps, args.min_time,
+                                              _bench.SETTLE_SECONDS if nt > 1 else 0.0)
+        med = dict(zip(calls, seconds))
         best_torch = min(med["torch"], med["torch_cl"])
-        print(f"{nt} thread(s): " + ", ".join(
+        line = f"{nt} thread(s): " + ", ".join(
             f"{name} {1e3 * t:.3f} ms ({flops / t / 1e9:.1f} GFLOP/s)" for name, t in med.items())
-            + f"; fastconv vs best torch {best_torch / med['fastconv']:.2f}x"
-            + (f"; conv2d vs numpy {med['numpy'] / med['fastconv.conv2d']:.2f}x, weights "
-               f"streamed {w.nbytes / med['fastconv.conv2d'] / 1e9:.1f} GB/s" if one_pixel else ""))
+        line += f"; fastconv vs best torch {best_torch / med['fastconv']:.2f}x"
+        if one_pixel:
+            line += (f"; vs numpy: layer {med['numpy'] / med['fastconv']:.2f}x, conv2d "
+                     f"{med['numpy'] / med['fastconv.conv2d']:.2f}x (weights streamed "
+                     f"{w.nbytes / med['fastconv.conv2d'] / 1e9:.1f} GB/s)")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
