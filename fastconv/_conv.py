@@ -54,6 +54,18 @@ def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
     return xa
 
 
+def _unpacked(p: "_core.Packed", shape: Tuple[int, ...], axes: Tuple[int, ...]) -> np.ndarray:
+    """A new C-ordered array of `shape` holding the weights p was packed from;
+    axes names its tap row, tap column, input channel and output channel
+    axes (as ConvWeights packs them). Not for depthwise taps."""
+    if p.direct:  # a GEMM's (C, K) matrix, kept as it was
+        return np.array(p.buffer, order="C").reshape(shape)
+    w = np.empty(shape, p.buffer.dtype)
+    strides = tuple(s // w.itemsize for s in w.strides)
+    p.unpack(w, tuple(strides[a] for a in axes))
+    return w
+
+
 class ConvWeights:
     """Checked convolution weights (and bias), packed for the kernels.
 
@@ -121,12 +133,7 @@ class ConvWeights:
                             else taps.transpose(2, 0, 1)[:, None], order="C")
         shape = ((self.kh, self.kw, self.cg, self.k) if self.layout == "NHWC"
                  else (self.k, self.cg, self.kh, self.kw))
-        if p.direct:  # a GEMM's (C, K) weights, read in place (HWIO 1x1)
-            return np.array(p.buffer, order="C").reshape(shape)
-        w = np.empty(shape, self.dtype)
-        strides = tuple(s // w.itemsize for s in w.strides)
-        p.unpack(w, tuple(strides[a] for a in self._axes))
-        return w
+        return _unpacked(p, shape, self._axes)
 
     @property
     def bias(self) -> Optional[np.ndarray]:
@@ -224,15 +231,13 @@ class ConvWeights:
         window = None
         if Ho == Wo == 1 and groups == 1 and dh == dw == 1 and N <= DENSE_MAX_ROWS:
             window = (pt, pl)
-        plan = ConvPlan(geom, (N, Ho, Wo, K), result[1:] if unbatched else result,
-                        window, relu, flush)
-        plan.args, plan.padded = args, any((pt, pb, pl, pr))
         # A GEMM over few pixels (ResNet's last 1x1 layers at 7x7): weights
         # not yet packed may be read in place, as matmul does below
         # DIRECT_GEMM_MAX_ROWS rows, packing them would cost more than it saves.
-        plan.gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
-                              (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
-        return plan
+        gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
+                         (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
+        return ConvPlan(geom, args, (N, Ho, Wo, K), result[1:] if unbatched else result,
+                        relu, flush, any((pt, pb, pl, pr)), window, gemm_in_place)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
@@ -346,18 +351,22 @@ class ConvWeights:
 
 
 class ConvPlan:
-    """A checked convolution for one input shape: the kernel geometry, the
-    NHWC shape the kernels write, the shape returned to the caller, and for a
+    """A checked convolution for one input shape: the kernel geometry and the
+    arguments it was made from (dtype and sizes, before relu, has_bias and
+    flush), the NHWC shape the kernels write, the shape returned to the
+    caller, relu and flush as the geometry has them, whether it pads; for a
     one-pixel result that a dense layer can compute, the window's offset
-    (pad_top, pad_left); relu and flush as the geometry has them."""
-    __slots__ = ("geometry", "nhwc", "result", "window", "relu", "flush", "args", "padded",
+    (pad_top, pad_left), else None; and whether the weights of this GEMM may
+    be read in place."""
+    __slots__ = ("geometry", "args", "nhwc", "result", "relu", "flush", "padded", "window",
                  "gemm_in_place")
 
-    def __init__(self, geometry: "_core.Geometry", nhwc: Tuple[int, ...],
-                 result: Tuple[int, ...], window: Optional[Tuple[int, int]], relu: bool,
-                 flush: bool) -> None:
-        self.geometry, self.nhwc, self.result = geometry, nhwc, result
-        self.window, self.relu, self.flush = window, relu, flush
+    def __init__(self, geometry: "_core.Geometry", args: tuple, nhwc: Tuple[int, ...],
+                 result: Tuple[int, ...], relu: bool, flush: bool, padded: bool,
+                 window: Optional[Tuple[int, int]], gemm_in_place: bool) -> None:
+        self.geometry, self.args, self.nhwc, self.result = geometry, args, nhwc, result
+        self.relu, self.flush, self.padded = relu, flush, padded
+        self.window, self.gemm_in_place = window, gemm_in_place
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
@@ -466,11 +475,8 @@ class GemmWeights:
 
     def weight(self) -> np.ndarray:
         """A new (K, N) array of b, read back from the packed panels."""
-        if self.packed.direct:
-            return np.array(self.packed.buffer, order="C").reshape(self.k, self.n)
-        b = np.empty((self.k, self.n), self.dtype)
-        self.packed.unpack(b, (0, 0, self.n, 1))
-        return b
+        b = _unpacked(self.packed, (1, 1, self.k, self.n), (0, 1, 2, 3))  # a 1x1 kernel
+        return b.reshape(self.k, self.n)
 
     @property
     def bias(self) -> Optional[np.ndarray]:

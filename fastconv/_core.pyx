@@ -6,6 +6,8 @@ turns arrays into pointers, checks that each buffer is large enough for the
 geometry it is used with (so that a bug above can never make the kernels
 read or write out of bounds), releases the GIL and calls the dispatch table.
 """
+from math import prod
+
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
@@ -105,10 +107,7 @@ cdef object INT64_MAX = 2**63 - 1
 
 def _count(*sizes):
     """The product of `sizes` as a Python int (exact, never wraps)."""
-    n = 1
-    for s in sizes:
-        n *= s
-    return n
+    return prod(sizes)
 
 
 cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) except NULL:

@@ -5,6 +5,7 @@ was given, and every check runs before any kernel does.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Optional, Sequence, Tuple
 
@@ -140,9 +141,7 @@ def check_ndim(fn: str, name: str, arr: np.ndarray, ndims: Sequence[int], what: 
 def check_nbytes(fn: str, what: str, shape: Sequence[int], itemsize: int, hint: str) -> None:
     """ValueError unless an array of `shape` fits in 64-bit sizes (see INT64_MAX);
     `hint` names the arguments that made it this large."""
-    count = 1
-    for n in shape:
-        count *= n
+    count = math.prod(shape)
     if count * itemsize > INT64_MAX:
         raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, {count * itemsize} "
                          f"bytes: more than 2**63 - 1, the largest 64-bit size; {hint}")
