@@ -4,8 +4,8 @@ channels_last and NCHW, and for a one-pixel result (a fully-connected layer
 as a convolution) numpy.matmul on the flattened input and weights.
 
 The timing is the suite's (fastconv._bench.time_interleaved: rounds of
-interleaved samples, each lasting at least --min-time, median; idle time
-after each sample at 2 threads or more), for a closer look at a single row
+interleaved samples, each lasting at least --min-time, median; at 2 threads
+or more, each sample waits until the previous one's worker threads are idle), for a closer look at a single row
 of the suite tables. Examples (VGG16's conv1_1; fc6 at batch 1):
 
     python bench/one_layer.py --hw 224 --c 3 --k 64 --ksize 3 --pad 1 --threads 1,2
@@ -57,7 +57,7 @@ def main() -> None:
             calls["numpy"] = lambda: np.matmul(x2, w2)
         with _bench.thread_limits(nt):
             seconds = _bench.time_interleaved(list(calls.values()), args.reps, args.min_time,
-                                              _bench.SETTLE_SECONDS if nt > 1 else 0.0)
+                                              settled=nt > 1)
         med = dict(zip(calls, seconds))
         best_torch = min(med["torch"], med["torch_cl"])
         line = f"{nt} thread(s): " + ", ".join(

@@ -77,9 +77,11 @@ from fastconv._shapes import Conv, Gemm, Layer
 CONTENDERS = ("fastconv", "numpy", "torch", "torch_cl")
 LABELS = {"fastconv": "fastconv", "numpy": "numpy", "torch": "torch NCHW",
           "torch_cl": "torch channels_last"}
+# After each sample at more than one thread, wait until this process's other
+# threads have used under SETTLE_BUSY of a core over SETTLE_STEP seconds, for
+# at most SETTLE_LIMIT seconds (see settle()).
+SETTLE_STEP, SETTLE_BUSY, SETTLE_LIMIT = 0.01, 0.05, 1.0
 # (repetitions, minimum seconds per timed sample) for --quick and for full runs.
-# Idle time after each sample at more than one thread (see time_interleaved).
-SETTLE_SECONDS = 0.1
 TIMING = {True: (5, 0.02), False: (9, 0.05)}
 PROBE_SECONDS = 0.2        # length of one FMA-probe call
 BANDWIDTH_BYTES = 1 << 28  # the vector read by the bandwidth measurement
@@ -270,17 +272,32 @@ def thread_limits(nt: int) -> Iterator[None]:
         yield
 
 
+def settle() -> None:
+    """Return once the process's worker threads stop using the CPU.
+
+    A multi-threaded library's workers keep spinning on the cores after a
+    call returns (numpy's OpenBLAS for about 0.1 s here, measured from its
+    thread's CPU time; OpenMP's for well under 10 ms) and would take a core
+    from whichever contender runs next. The process's CPU time (every
+    thread's; the caller sleeps meanwhile) shows when they have stopped."""
+    deadline = time.perf_counter() + SETTLE_LIMIT
+    while time.perf_counter() < deadline:
+        cpu = time.process_time()
+        time.sleep(SETTLE_STEP)
+        if time.process_time() - cpu < SETTLE_BUSY * SETTLE_STEP:
+            return
+
+
 def time_interleaved(calls: Sequence[Callable[[], object]], reps: int,
-                     min_time: float, settle: float = 0.0) -> List[float]:
+                     min_time: float, settled: bool = False) -> List[float]:
     """Median seconds per call of each callable.
 
     Each is called once to warm up and once more to time it; a sample then
     repeats it enough times to last min_time. The samples are taken in
     rounds, one of each callable per round, so that a disturbance of the
-    machine hits them all alike. After each sample the machine idles for
-    `settle` seconds: a multi-threaded library's workers keep spinning on the
-    cores after a call returns (OpenBLAS's for up to ~0.1 s), and would
-    otherwise take a core from whichever contender runs next."""
+    machine hits them all alike. With `settled` (for more than one thread),
+    each sample waits until the previous one's worker threads are idle
+    (see settle())."""
     for call in calls:
         call()
     counts = []
@@ -292,12 +309,12 @@ def time_interleaved(calls: Sequence[Callable[[], object]], reps: int,
     samples: List[List[float]] = [[] for _ in calls]
     for _ in range(reps):
         for call, n, acc in zip(calls, counts, samples):
+            if settled:
+                settle()
             t0 = time.perf_counter()
             for _ in range(n):
                 call()
             acc.append((time.perf_counter() - t0) / n)
-            if settle:
-                time.sleep(settle)
     return [statistics.median(acc) for acc in samples]
 
 
@@ -587,7 +604,7 @@ def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: 
             before = cpu_snapshot()
             with thread_limits(nt):
                 times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
-                                         reps, min_time, SETTLE_SECONDS if nt > 1 else 0.0)
+                                         reps, min_time, settled=nt > 1)
             seconds: Dict[str, Optional[float]] = {c: None for c in CONTENDERS}
             seconds.update(zip(calls, times))
             rows[nt].append(result_row(suite, layer, nt, dtype, seconds, peak[nt],
@@ -777,7 +794,7 @@ def bench_fcn(threads: Sequence[int], dtype: np.dtype, rng: np.random.Generator,
             _progress(f"[fcn, {nt} thr] vgg16 on {size}x{size} ...")
             with thread_limits(nt):
                 times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
-                                         reps, min_time, SETTLE_SECONDS if nt > 1 else 0.0)
+                                         reps, min_time, settled=nt > 1)
             seconds = dict(zip(calls, times))
             best_torch = min((seconds[k] for k in ("torch", "torch_cl") if k in seconds),
                              default=None)
