@@ -16,9 +16,10 @@ DENSE_ROWS = _conv.DENSE_MAX_ROWS
 
 
 # (M, K, N): rows up to the dense limit; reductions not a multiple of the
-# four rows of W per pass nor of two vectors; outputs not a whole vector.
+# rows of W per pass nor of two vectors, or over several chunks of rows
+# (the kernel's partial sums: 1024 rows each); outputs not a whole vector.
 MATMUL_SHAPES = [(1, 1, 1), (1, 37, 29), (1, 1000, 1000), (3, 130, 17), (5, 4, 70),
-                 (DENSE_ROWS, 515, 33), (DENSE_ROWS, 2, 1)]
+                 (DENSE_ROWS, 515, 33), (DENSE_ROWS, 2, 1), (5, 2100, 70)]
 
 
 @pytest.mark.parametrize("m, k, n", MATMUL_SHAPES, ids=lambda v: str(v))
