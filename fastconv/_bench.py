@@ -57,6 +57,7 @@ a vector much larger than the caches.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -781,7 +782,8 @@ def bench_fcn(threads: Sequence[int], dtype: np.dtype, rng: np.random.Generator,
         diff = None
         if tmodel is not None:
             xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            tcl = tmodel.to(memory_format=torch.channels_last)
+            # (Module.to converts in place: a copy keeps tmodel's NCHW weights)
+            tcl = copy.deepcopy(tmodel).to(memory_format=torch.channels_last)
             xcl = xt.to(memory_format=torch.channels_last)
             calls["torch"] = lambda nt, xt=xt: tmodel(xt)
             calls["torch_cl"] = lambda nt, xcl=xcl: tcl(xcl)
