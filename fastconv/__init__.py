@@ -7,8 +7,9 @@ fully-connected layers into equivalent convolutions.
 __version__ = "0.1.0"
 
 from fastconv import _config as _config_module
-from fastconv._config import (config, get_flush_denormals, get_num_threads,
-                              set_flush_denormals, set_num_threads, show_config)
+from fastconv._config import (config, get_flush_denormals, get_num_threads, get_winograd,
+                              set_flush_denormals, set_num_threads, set_winograd,
+                              show_config)
 from fastconv._conv import conv2d, matmul
 from fastconv._fc import fc_to_conv
 from fastconv._layers import Conv2d, Linear
@@ -17,4 +18,4 @@ _config_module._select_initial_isa()
 
 __all__ = ["conv2d", "matmul", "fc_to_conv", "Conv2d", "Linear", "config", "show_config",
            "get_num_threads", "set_num_threads", "get_flush_denormals",
-           "set_flush_denormals", "__version__"]
+           "set_flush_denormals", "get_winograd", "set_winograd", "__version__"]

@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from fastconv import _core
-from fastconv._config import get_flush_denormals, resolve_threads
+from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
 from fastconv._validate import (activation_is_relu, check_bias, check_nbytes, check_ndim,
                                 check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts, positive_int)
@@ -26,6 +26,19 @@ DIRECT_GEMM_MAX_ROWS = 512
 # their weights in place through the dense kernel: they are bound by memory
 # bandwidth (batch-1 fully-connected layers).
 DENSE_MAX_ROWS = 8
+
+# Winograd F(2x2, 3x3) (see get_winograd) for 3x3 convolutions with at least
+# this many input and output channels (measured at 1 thread, 64 -> 64 on
+# 224x224: 0.98x the direct kernel, the transforms' memory traffic eating the
+# gain; 128 -> 128 on 112x112: 1.3x; 512 -> 512 on 28x28: 1.85x) and at least
+# WINOGRAD_MIN_MACS multiply-adds of the direct convolution (about 0.3 ms:
+# each call also runs 16 GEMMs and two transforms from Python). The tiles
+# are done in blocks whose transformed inputs take about WINOGRAD_BLOCK_BYTES.
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_MACS = 1 << 24
+WINOGRAD_BLOCK_BYTES = 8 << 20
+# Winograd's G: U = G g G^T turns a 3x3 kernel g into the 4x4 one it multiplies.
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 # The widest vector of any kernel set, in values (AVX-512, float32): packed
 # weights round each group's output channels up to a multiple of the vector.
@@ -106,6 +119,9 @@ class ConvWeights:
         # must not change when the caller later writes to its arrays.
         self._bias = None if b is None else np.array(b, order="C")
         self._packed: Optional["_core.Packed"] = None
+        # Winograd's 16 transformed weight matrices, each packed as a (C, K)
+        # GEMM's: None until a call needs them, False if they hold Inf or NaN.
+        self._winograd: Any = None
         # Once packed: for weights holding Inf or NaN, the packed 0/1 masks of
         # each kind of non-finite value present ("+inf", "-inf", "nan") and
         # the finite stand-in weights ("finite"); empty otherwise (see _run).
@@ -236,8 +252,11 @@ class ConvWeights:
         # DIRECT_GEMM_MAX_ROWS rows, packing them would cost more than it saves.
         gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
                          (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
+        winograd = (get_winograd() and (kh, kw, sh, sw, dh, dw, groups) == (3, 3, 1, 1, 1, 1, 1)
+                    and min(C, K) >= WINOGRAD_MIN_CHANNELS
+                    and N * Ho * Wo * C * K * 9 >= WINOGRAD_MIN_MACS)
         return ConvPlan(geom, args, (N, Ho, Wo, K), result[1:] if unbatched else result,
-                        relu, flush, any((pt, pb, pl, pr)), window, gemm_in_place)
+                        relu, flush, any((pt, pb, pl, pr)), window, gemm_in_place, winograd)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
@@ -276,6 +295,8 @@ class ConvWeights:
         occur is counted by the kernels themselves, on 0/1 masks of the
         input and of the weights, whose padding does add nothing.
         """
+        if plan.winograd and self._run_winograd(plan, x, y, nthreads):
+            return
         if self._packed is None:  # conv2d's call: see plan.gemm_in_place
             self._pack(nthreads, allow_direct=plan.gemm_in_place)
         packed = self._packed  # (packing sets self._nonfinite)
@@ -305,6 +326,48 @@ class ConvWeights:
         y[nan] = np.nan
         if plan.relu:
             y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
+
+    def _winograd_weights(self, nthreads: int) -> Optional[list]:
+        """The 16 packed (C, K) matrices of U = G g G^T (computed in float64
+        from the weights as given, then rounded once), or None if they hold
+        Inf or NaN (the weights did, or overflowed the dtype)."""
+        if self._winograd is None:
+            w = self._w if self._w is not None else self.weight()
+            hwio = w if self.layout == "NHWC" else w.transpose(2, 3, 1, 0)
+            u = np.einsum("ai,ijck,bj->abck", WINOGRAD_G, hwio.astype(np.float64),
+                          WINOGRAD_G).reshape(16, self.c, self.k).astype(self.dtype)
+            self._winograd = np.isfinite(u).all() and [
+                _core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, np.ascontiguousarray(ui),
+                           (0, 0, self.k, 1), None, False, nthreads) for ui in u]
+        return self._winograd or None
+
+    def _run_winograd(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray,
+                      nthreads: int) -> bool:
+        """y = the convolution of x through Winograd F(2x2, 3x3): for each
+        block of 2x2 output tiles, the 16 transformed input patches (V),
+        16 GEMMs V[i] @ U[i] (the packed GEMM kernel), and the output
+        transform with bias and ReLU. False, with y to be rewritten, when the
+        weights or x hold Inf or NaN: the transforms mix the values of a tile,
+        so one of them would reach outputs that do not see it."""
+        u = self._winograd_weights(nthreads)
+        if u is None:
+            return False
+        geometry, C, K = plan.geometry, self.c, self.k
+        tiles = geometry.tiles()
+        block = max(1, min(tiles, WINOGRAD_BLOCK_BYTES // (16 * C * self.dtype.itemsize)))
+        for t0 in range(0, tiles, block):
+            n = min(block, tiles - t0)
+            v = np.empty((16, n, C), self.dtype)
+            if not geometry.wino_input(x, t0, t0 + n, v, nthreads):
+                return False
+            m = np.empty((16, n, K), self.dtype)
+            # (the n transformed patches as the pixels of a 1 x n image)
+            gemm = _core.Geometry(self.dtype.name, 1, 1, n, C, K, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+                                  1, n, False, False, plan.flush)
+            for i in range(16):
+                gemm.run(v[i], u[i], m[i], nthreads)
+            geometry.wino_output(m, t0, t0 + n, self._bias, y, nthreads)
+        return True
 
     def _execute_dense(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                        nthreads: int) -> np.ndarray:
@@ -356,17 +419,18 @@ class ConvPlan:
     flush), the NHWC shape the kernels write, the shape returned to the
     caller, relu and flush as the geometry has them, whether it pads; for a
     one-pixel result that a dense layer can compute, the window's offset
-    (pad_top, pad_left), else None; and whether the weights of this GEMM may
-    be read in place."""
+    (pad_top, pad_left), else None; whether the weights of this GEMM may be
+    read in place; and whether it may run as Winograd F(2x2, 3x3)."""
     __slots__ = ("geometry", "args", "nhwc", "result", "relu", "flush", "padded", "window",
-                 "gemm_in_place")
+                 "gemm_in_place", "winograd")
 
     def __init__(self, geometry: "_core.Geometry", args: tuple, nhwc: Tuple[int, ...],
                  result: Tuple[int, ...], relu: bool, flush: bool, padded: bool,
-                 window: Optional[Tuple[int, int]], gemm_in_place: bool) -> None:
+                 window: Optional[Tuple[int, int]], gemm_in_place: bool,
+                 winograd: bool) -> None:
         self.geometry, self.args, self.nhwc, self.result = geometry, args, nhwc, result
         self.relu, self.flush, self.padded = relu, flush, padded
-        self.window, self.gemm_in_place = window, gemm_in_place
+        self.window, self.gemm_in_place, self.winograd = window, gemm_in_place, winograd
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,

@@ -281,6 +281,44 @@ cdef class Geometry:
                 status = p.ks.conv(&self.d, xp, wp, yp, nthreads)
         _check_status(status)
 
+    def tiles(self):
+        """Winograd F(2x2, 3x3) tiles: N * ceil(Ho / 2) * ceil(Wo / 2)."""
+        return _count(self.d.N, (self.d.Ho + 1) // 2, (self.d.Wo + 1) // 2)
+
+    def wino_input(self, cnp.ndarray x, int64_t t0, int64_t t1, cnp.ndarray v, int nthreads):
+        """v (16, t1 - t0, C) = the transformed input patches of tiles
+        [t0, t1) of x (contiguous NHWC); False (v then incomplete) if they
+        hold an Inf or NaN."""
+        if self.d.kh != 3 or self.d.kw != 3 or self.d.groups != 1 or max(
+                self.d.sh, self.d.sw, self.d.dh, self.d.dw) != 1:
+            raise ValueError("internal: Winograd needs a 3x3, stride 1, undilated, 1-group conv")
+        if not 0 <= t0 <= t1 <= self.tiles():
+            raise ValueError("internal: tiles out of range")
+        cdef const fc_kernel_set *ks = _active[self.dtype]
+        cdef const void *xp = _buffer(x, _count(self.d.N, self.d.H, self.d.W, self.d.C),
+                                      self.dtype, "x")
+        cdef void *vp = _buffer(v, _count(16, t1 - t0, self.d.C), self.dtype, "v")
+        cdef int nonfinite
+        with nogil:
+            nonfinite = ks.wino_input(&self.d, xp, t0, t1, vp, nthreads)
+        return not nonfinite
+
+    def wino_output(self, cnp.ndarray m, int64_t t0, int64_t t1, bias, cnp.ndarray y,
+                    int nthreads):
+        """Tiles [t0, t1) of y (contiguous NHWC) from their 16 products m
+        (16, t1 - t0, K), with bias (contiguous, K values, or None) and the
+        geometry's ReLU."""
+        if not 0 <= t0 <= t1 <= self.tiles():
+            raise ValueError("internal: tiles out of range")
+        cdef const fc_kernel_set *ks = _active[self.dtype]
+        cdef const void *mp = _buffer(m, _count(16, t1 - t0, self.d.K), self.dtype, "m")
+        cdef void *yp = _buffer(y, _count(self.d.N, self.d.Ho, self.d.Wo, self.d.K),
+                                self.dtype, "out")
+        cdef const void *bp = NULL
+        if bias is not None:
+            bp = _buffer(bias, self.d.K, self.dtype, "bias")
+        with nogil:
+            ks.wino_output(&self.d, mp, t0, t1, bp, yp, nthreads)
 
 def dense(cnp.ndarray x, cnp.ndarray w, bint w_out_in, bias, cnp.ndarray y, bint relu,
           bint flush_denormals, int nthreads):

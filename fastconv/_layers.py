@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fastconv._config import get_flush_denormals, resolve_threads
+from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
 from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_array
 from fastconv._validate import (activation_is_relu, check_ndim, check_out, float_arrays,
                                 int_pair, padding_amounts)
@@ -107,8 +107,8 @@ class Conv2d:
         weights = self._weights
         xa = input_array("Conv2d", x, weights.dtype)
         # The checks of an input shape are done once: its plan is kept (the
-        # flush setting is part of the key, as the kernels read it).
-        key = (xa.shape, get_flush_denormals())
+        # flush and Winograd settings are part of the key: the plan holds them).
+        key = (xa.shape, get_flush_denormals(), get_winograd())
         plan = self._plans.get(key)
         if plan is None:
             plan = weights.plan(xa.shape, self.stride, self.padding, self.dilation,

@@ -95,6 +95,19 @@ typedef struct fc_kernel_set {
      * K elements or NULL. */
     int (*dense)(const fc_dense_desc *d, const void *x, const void *w, const void *bias,
                  void *y, int nthreads);
+    /* Winograd F(2x2, 3x3) transforms for a 3x3, stride 1, undilated, one-
+     * group convolution over tiles of 2x2 outputs (numbered row-major per
+     * image, image after image: N * ceil(Ho/2) * ceil(Wo/2) of them), for
+     * tiles [t0, t1). wino_input writes their transformed 4x4 input patches
+     * as v (16, t1 - t0, C) and returns 1 if the patches hold an Inf or NaN
+     * (the transforms would spread it to outputs that do not see it: the
+     * caller then runs the direct convolution), else 0. wino_output reads
+     * the 16 products m (16, t1 - t0, K) and writes those tiles' outputs to
+     * y (NHWC) with bias (K values or NULL) and ReLU. */
+    int (*wino_input)(const fc_conv_desc *d, const void *x, int64_t t0, int64_t t1, void *v,
+                      int nthreads);
+    void (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
+                        const void *bias, void *y, int nthreads);
     /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,

@@ -925,6 +925,149 @@ static int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
 }
 
 /*
+ * Winograd F(2x2, 3x3) (Lavin and Gray, 2016): each 2x2 tile of outputs is
+ * A^T [(G g G^T) . (B^T d B)] A for its 4x4 input patch d, so the 16 products
+ * of the transformed patches and weights are 16 GEMMs (tiles x C) @ (C x K),
+ * run by the caller through the GEMM kernel: 16 multiply-adds per tile and
+ * channel pair instead of the direct convolution's 36. The transforms only
+ * add and subtract (B^T and A^T are 0/+-1); G's halves are applied to the
+ * weights once, by the caller.
+ */
+static inline void tile_of(const fc_conv_desc *d, int64_t t, int64_t *n, int64_t *oy, int64_t *ox)
+{
+    const int64_t tw = (d->Wo + 1) / 2, th = (d->Ho + 1) / 2;
+    *n = t / (th * tw);
+    *oy = t / tw % th * 2;
+    *ox = t % tw * 2;
+}
+
+static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, int64_t t1,
+                            void *vv, int nthreads)
+{
+    const real *x = xv;
+    real *v = vv;
+    const int64_t C = d->C, T = t1 - t0;
+    const int nt = clamp_threads(nthreads, T, (double)T * 16 * C);
+    int nonfinite = 0;
+#pragma omp parallel num_threads(nt) reduction(| : nonfinite)
+    {
+    const fp_mode fp = fp_enter(d->flush_denormals);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n, oy, ox;
+        tile_of(d, t0 + t, &n, &oy, &ox);
+        const int64_t iy0 = oy - d->pad_top, ix0 = ox - d->pad_left;
+        const real *p[4][4]; /* the patch's pixels; NULL in the padding */
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                const int64_t iy = iy0 + i, ix = ix0 + j;
+                p[i][j] = iy >= 0 && iy < d->H && ix >= 0 && ix < d->W
+                              ? x + ((n * d->H + iy) * d->W + ix) * C : NULL;
+            }
+        vec check = {0}; /* stays 0 unless an input is Inf or NaN (0 * it is NaN) */
+        for (int64_t c = 0; c < C; c += VLEN) {
+            const int64_t lanes = MIN(VLEN, C - c);
+            vec dp[4][4], t4[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) {
+                    dp[i][j] = (vec){0};
+                    if (p[i][j]) {
+                        if (lanes == VLEN)
+                            dp[i][j] = load(p[i][j] + c);
+                        else
+                            for (int64_t l = 0; l < lanes; l++)
+                                dp[i][j][l] = p[i][j][c + l];
+                    }
+                    check += dp[i][j] * 0;
+                }
+            for (int j = 0; j < 4; j++) { /* B^T d */
+                t4[0][j] = dp[0][j] - dp[2][j];
+                t4[1][j] = dp[1][j] + dp[2][j];
+                t4[2][j] = dp[2][j] - dp[1][j];
+                t4[3][j] = dp[1][j] - dp[3][j];
+            }
+            for (int i = 0; i < 4; i++) { /* (B^T d) B */
+                const vec r[4] = {t4[i][0] - t4[i][2], t4[i][1] + t4[i][2],
+                                  t4[i][2] - t4[i][1], t4[i][1] - t4[i][3]};
+                for (int j = 0; j < 4; j++) {
+                    real *dst = v + ((i * 4 + j) * T + t) * C + c;
+                    if (lanes == VLEN)
+                        store(dst, r[j]);
+                    else
+                        for (int64_t l = 0; l < lanes; l++)
+                            dst[l] = r[j][l];
+                }
+            }
+        }
+        for (int l = 0; l < VLEN; l++)
+            nonfinite |= check[l] != 0;
+    }
+    fp_leave(fp);
+    }
+    return nonfinite;
+}
+
+static void NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0, int64_t t1,
+                              const void *biasv, void *yv, int nthreads)
+{
+    const real *m = mv, *bias = biasv;
+    real *y = yv;
+    const int64_t K = d->K, T = t1 - t0;
+    const int nt = clamp_threads(nthreads, T, (double)T * 16 * K);
+#pragma omp parallel num_threads(nt)
+    {
+    const fp_mode fp = fp_enter(d->flush_denormals);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        int64_t n, oy, ox;
+        tile_of(d, t0 + t, &n, &oy, &ox);
+        const int rows = oy + 1 < d->Ho ? 2 : 1, cols = ox + 1 < d->Wo ? 2 : 1;
+        for (int64_t k = 0; k < K; k += VLEN) {
+            const int64_t lanes = MIN(VLEN, K - k);
+            vec mp[4][4], s[2][4];
+            for (int i = 0; i < 16; i++) {
+                const real *src = m + (i * T + t) * K + k;
+                if (lanes == VLEN)
+                    mp[i / 4][i % 4] = load(src);
+                else {
+                    mp[i / 4][i % 4] = (vec){0};
+                    for (int64_t l = 0; l < lanes; l++)
+                        mp[i / 4][i % 4][l] = src[l];
+                }
+            }
+            for (int j = 0; j < 4; j++) { /* A^T m */
+                s[0][j] = mp[0][j] + mp[1][j] + mp[2][j];
+                s[1][j] = mp[1][j] - mp[2][j] - mp[3][j];
+            }
+            vec b = {0};
+            if (bias) {
+                if (lanes == VLEN)
+                    b = load(bias + k);
+                else
+                    for (int64_t l = 0; l < lanes; l++)
+                        b[l] = bias[k + l];
+            }
+            for (int i = 0; i < rows; i++) { /* (A^T m) A, bias, ReLU */
+                const vec r[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
+                for (int j = 0; j < cols; j++) {
+                    vec o = r[j] + b;
+                    if (d->relu)
+                        o = relu(o);
+                    real *dst = y + ((n * d->Ho + oy + i) * d->Wo + ox + j) * K + k;
+                    if (lanes == VLEN)
+                        store(dst, o);
+                    else
+                        for (int64_t l = 0; l < lanes; l++)
+                            dst[l] = o[l];
+                }
+            }
+        }
+    }
+    fp_leave(fp);
+    }
+}
+
+/*
  * Depthwise convolution, channels in SIMD lanes: for one output row and one
  * vector of channels, DW_OX output pixels at a time accumulate over the taps
  * in registers, each input vector read straight from the NHWC row. Tiles
@@ -1159,6 +1302,8 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .conv = NAME(conv),
     .gemm_direct = NAME(gemm_direct),
     .dense = NAME(dense),
+    .wino_input = NAME(wino_input),
+    .wino_output = NAME(wino_output),
     .dwconv = NAME(dwconv),
     .pool = NAME(pool),
     .fma_probe = NAME(fma_probe),
