@@ -321,8 +321,9 @@ class ConvWeights:
         minus = meets(negative, "+inf") | meets(positive, "-inf")
         nan = (meets(zero_or_nan, "+inf") | meets(zero_or_nan, "-inf")
                | meets(np.ones_like(positive), "nan") | (plus & minus))
-        np.add(y, np.inf, out=y, where=plus)
-        np.add(y, -np.inf, out=y, where=minus)
+        with np.errstate(invalid="ignore"):  # Inf - Inf where both meet: set to NaN next
+            np.add(y, np.inf, out=y, where=plus)
+            np.add(y, -np.inf, out=y, where=minus)
         y[nan] = np.nan
         if plan.relu:
             y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
@@ -334,8 +335,9 @@ class ConvWeights:
         if self._winograd is None:
             w = self._w if self._w is not None else self.weight()
             hwio = w if self.layout == "NHWC" else w.transpose(2, 3, 1, 0)
-            u = np.einsum("ai,ijck,bj->abck", WINOGRAD_G, hwio.astype(np.float64),
-                          WINOGRAD_G).reshape(16, self.c, self.k).astype(self.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite: checked next
+                u = np.einsum("ai,ijck,bj->abck", WINOGRAD_G, hwio.astype(np.float64),
+                              WINOGRAD_G).reshape(16, self.c, self.k).astype(self.dtype)
             self._winograd = np.isfinite(u).all() and [
                 _core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, np.ascontiguousarray(ui),
                            (0, 0, self.k, 1), None, False, nthreads) for ui in u]
