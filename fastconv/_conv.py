@@ -31,14 +31,21 @@ DENSE_MAX_ROWS = 8
 # this many input and output channels (measured at 1 thread, 64 -> 64 on
 # 224x224: 0.98x the direct kernel, the transforms' memory traffic eating the
 # gain; 128 -> 128 on 112x112: 1.3x; 512 -> 512 on 28x28: 1.85x) and at least
-# WINOGRAD_MIN_MACS multiply-adds of the direct convolution (about 0.3 ms:
-# each call also runs 16 GEMMs and two transforms from Python). The tiles
-# are done in blocks whose transformed inputs take about WINOGRAD_BLOCK_BYTES.
+# WINOGRAD_MIN_MACS multiply-adds of the direct convolution per image (about
+# 0.3 ms: each call also runs 16 GEMMs and two transforms from Python; per
+# image, so that an image's result does not depend on the batch it comes
+# in). The tiles are done in blocks whose transformed inputs (or products)
+# take about WINOGRAD_BLOCK_BYTES.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MIN_MACS = 1 << 24
 WINOGRAD_BLOCK_BYTES = 8 << 20
-# Winograd's G: U = G g G^T turns a 3x3 kernel g into the 4x4 one it multiplies.
-WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# conv2d's weights serve one call, which also pays for their transform and
+# packing (16 C x K matrices, ~30 ms at 512 -> 512 on one thread): it takes
+# Winograd only from this many 2x2 tiles per image (28x28x512 -> 512, 196
+# tiles, took 50 ms against the direct kernel's 34; 56x56x256 -> 256, 784
+# tiles, 25 against 33). A layer transforms its weights once, at its first
+# call.
+WINOGRAD_ONE_CALL_MIN_TILES = 512
 
 # The widest vector of any kernel set, in values (AVX-512, float32): packed
 # weights round each group's output channels up to a multiple of the vector.
@@ -101,6 +108,8 @@ class ConvWeights:
             self.k, self.cg, self.kh, self.kw = w.shape
             axes = (2, 3, 1, 0)
         self.groups = positive_int(fn, "groups", groups)
+        # conv2d's weights serve one call (see WINOGRAD_ONE_CALL_MIN_TILES)
+        self._one_call = not pack_now
         if self.k % self.groups:
             raise ValueError(f"{fn}: groups={self.groups} must divide the output channels "
                              f"K={self.k} of weight")
@@ -254,7 +263,9 @@ class ConvWeights:
                          (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
         winograd = (get_winograd() and (kh, kw, sh, sw, dh, dw, groups) == (3, 3, 1, 1, 1, 1, 1)
                     and min(C, K) >= WINOGRAD_MIN_CHANNELS
-                    and N * Ho * Wo * C * K * 9 >= WINOGRAD_MIN_MACS)
+                    and Ho * Wo * C * K * 9 >= WINOGRAD_MIN_MACS
+                    and (not self._one_call or
+                         -(-Ho // 2) * -(-Wo // 2) >= WINOGRAD_ONE_CALL_MIN_TILES))
         return ConvPlan(geom, args, (N, Ho, Wo, K), result[1:] if unbatched else result,
                         relu, flush, any((pt, pb, pl, pr)), window, gemm_in_place, winograd)
 
@@ -329,18 +340,23 @@ class ConvWeights:
             y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
 
     def _winograd_weights(self, nthreads: int) -> Optional[list]:
-        """The 16 packed (C, K) matrices of U = G g G^T (computed in float64
-        from the weights as given, then rounded once), or None if they hold
-        Inf or NaN (the weights did, or overflowed the dtype)."""
+        """The 16 packed (C, K) matrices of U = G g G^T (computed in double
+        from the weights as given, then rounded once), or None for weights
+        holding Inf or NaN, or large enough (above the dtype's largest value
+        / 2.25, the most G g G^T can grow) that U might overflow."""
         if self._winograd is None:
             w = self._w if self._w is not None else self.weight()
-            hwio = w if self.layout == "NHWC" else w.transpose(2, 3, 1, 0)
-            with np.errstate(over="ignore", invalid="ignore"):  # non-finite: checked next
-                u = np.einsum("ai,ijck,bj->abck", WINOGRAD_G, hwio.astype(np.float64),
-                              WINOGRAD_G).reshape(16, self.c, self.k).astype(self.dtype)
-            self._winograd = np.isfinite(u).all() and [
-                _core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, np.ascontiguousarray(ui),
-                           (0, 0, self.k, 1), None, False, nthreads) for ui in u]
+            limit = np.finfo(self.dtype).max / 2.25
+            # (NaN fails both comparisons)
+            usable = bool(np.max(w) <= limit) and bool(np.min(w) >= -limit)
+            w, strides = _element_strides(w)
+            u = np.empty((16, self.c, self.k), self.dtype)
+            if usable:
+                _core.wino_weights(self.dtype.name, self.c, self.k, w,
+                                   tuple(strides[a] for a in self._axes), u, nthreads)
+            self._winograd = usable and [
+                _core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, ui, (0, 0, self.k, 1),
+                           None, False, nthreads) for ui in u]
         return self._winograd or None
 
     def _run_winograd(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray,
@@ -349,14 +365,17 @@ class ConvWeights:
         block of 2x2 output tiles, the 16 transformed input patches (V),
         16 GEMMs V[i] @ U[i] (the packed GEMM kernel), and the output
         transform with bias and ReLU. False, with y to be rewritten, when the
-        weights or x hold Inf or NaN: the transforms mix the values of a tile,
-        so one of them would reach outputs that do not see it."""
+        weights or x hold Inf or NaN (the transforms mix the values of a tile,
+        so one of them would reach outputs that do not see it) or a
+        transformed value or an output overflows (where the direct
+        convolution, summing in another order, may not, or may give Inf where
+        this gives Inf - Inf)."""
         u = self._winograd_weights(nthreads)
         if u is None:
             return False
         geometry, C, K = plan.geometry, self.c, self.k
         tiles = geometry.tiles()
-        block = max(1, min(tiles, WINOGRAD_BLOCK_BYTES // (16 * C * self.dtype.itemsize)))
+        block = max(1, min(tiles, WINOGRAD_BLOCK_BYTES // (16 * max(C, K) * self.dtype.itemsize)))
         for t0 in range(0, tiles, block):
             n = min(block, tiles - t0)
             v = np.empty((16, n, C), self.dtype)
@@ -368,7 +387,8 @@ class ConvWeights:
                                   1, n, False, False, plan.flush)
             for i in range(16):
                 gemm.run(v[i], u[i], m[i], nthreads)
-            geometry.wino_output(m, t0, t0 + n, self._bias, y, nthreads)
+            if not geometry.wino_output(m, t0, t0 + n, self._bias, y, nthreads):
+                return False
         return True
 
     def _execute_dense(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],

@@ -225,6 +225,27 @@ cdef Packed _keep_in_place(Packed p, cnp.ndarray w, object size, bias):
     return p
 
 
+def wino_weights(str dtype, int64_t C, int64_t K, cnp.ndarray w, tuple strides,
+                 cnp.ndarray u, int nthreads):
+    """u (16, C, K) = G g G^T of each 3x3 kernel of w (addressed through
+    `strides`, as for pack, one group). The weights must be finite and at
+    most the dtype's largest value / 2.25 in magnitude."""
+    cdef int code = _dtype_code(dtype)
+    cdef const fc_kernel_set *ks = _active[code]
+    cdef fc_conv_desc d
+    cdef fc_weight_strides ws
+    ws.ty, ws.tx, ws.c, ws.k = strides
+    if _dtype_index(w) != code:
+        raise TypeError("internal: weight dtype")
+    if not cnp.PyArray_ISALIGNED(w):
+        raise ValueError("internal: weight is not aligned")
+    d.C, d.K, d.groups, d.kh, d.kw = C, K, 1, 3, 3
+    cdef const void *wp = cnp.PyArray_DATA(w)
+    cdef void *up = _buffer(u, _count(16, C, K), code, "u")
+    with nogil:
+        ks.wino_weights(&d, wp, ws, up, nthreads)
+
+
 cdef class Geometry:
     """One convolution's shape and options (everything but the weights'
     values); immutable, so one Geometry may run on several threads at once."""
@@ -307,7 +328,7 @@ cdef class Geometry:
                     int nthreads):
         """Tiles [t0, t1) of y (contiguous NHWC) from their 16 products m
         (16, t1 - t0, K), with bias (contiguous, K values, or None) and the
-        geometry's ReLU."""
+        geometry's ReLU; False if an output is Inf or NaN."""
         if not 0 <= t0 <= t1 <= self.tiles():
             raise ValueError("internal: tiles out of range")
         cdef const fc_kernel_set *ks = _active[self.dtype]
@@ -317,8 +338,10 @@ cdef class Geometry:
         cdef const void *bp = NULL
         if bias is not None:
             bp = _buffer(bias, self.d.K, self.dtype, "bias")
+        cdef int nonfinite
         with nogil:
-            ks.wino_output(&self.d, mp, t0, t1, bp, yp, nthreads)
+            nonfinite = ks.wino_output(&self.d, mp, t0, t1, bp, yp, nthreads)
+        return not nonfinite
 
 def dense(cnp.ndarray x, cnp.ndarray w, bint w_out_in, bias, cnp.ndarray y, bint relu,
           bint flush_denormals, int nthreads):

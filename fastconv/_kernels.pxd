@@ -39,8 +39,10 @@ cdef extern from "fastconv.h" nogil:
                      const void *bias, void *y, int nthreads) noexcept nogil
         int (*wino_input)(const fc_conv_desc *d, const void *x, int64_t t0, int64_t t1,
                           void *v, int nthreads) noexcept nogil
-        void (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
-                            const void *bias, void *y, int nthreads) noexcept nogil
+        void (*wino_weights)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+                             void *u, int nthreads) noexcept nogil
+        int (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
+                           const void *bias, void *y, int nthreads) noexcept nogil
         int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
                       const void *bias, void *y, int nthreads) noexcept nogil
         int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads) noexcept nogil

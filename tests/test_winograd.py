@@ -20,7 +20,7 @@ from reference import conv2d_ref, normalize_padding
 C_MIN = _conv.WINOGRAD_MIN_CHANNELS
 A = np.array([[1, 0], [1, 1], [1, -1], [0, -1]], np.float64)     # A (4x2); y = A^T M A
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-G = _conv.WINOGRAD_G
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # U = G g G^T
 
 
 def winograd_magnitude(x, w, bias, pads):
@@ -68,6 +68,16 @@ def check_winograd(rng, n, h, w, c, k, padding, bias, relu, dtype, layout="NHWC"
     return x, wt, b, y
 
 
+@pytest.fixture(autouse=True)
+def winograd_on_small_inputs(monkeypatch):
+    """Winograd needs WINOGRAD_MIN_MACS of work per image, and conv2d
+    (whose weights serve one call) WINOGRAD_ONE_CALL_MIN_TILES tiles per
+    image; the tests here use small inputs, so they lift both (the tests of
+    those thresholds set them as they are)."""
+    monkeypatch.setattr(_conv, "WINOGRAD_MIN_MACS", 0)
+    monkeypatch.setattr(_conv, "WINOGRAD_ONE_CALL_MIN_TILES", 0)
+
+
 @pytest.fixture
 def winograd_calls(monkeypatch):
     """Records whether each convolution ran (True) or declined (False) Winograd."""
@@ -91,26 +101,52 @@ SHAPES = [
     (1, 14, 13, C_MIN, C_MIN, 0),
     (1, 11, 12, C_MIN + 17, C_MIN, ((0, 2), (1, 0))),
     (3, 7, 8, C_MIN, C_MIN + 1, "same"),
+    (2, 2, 1, C_MIN, C_MIN + 2, 3),          # more padding than image
+    (1, 4, 3, C_MIN + 1, C_MIN, ((3, 0), (0, 2))),
 ]
 
 
 @pytest.mark.parametrize("n, h, w, c, k, padding", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
-def test_winograd_matches_reference(isa, rng, winograd_calls, n, h, w, c, k, padding, dtype):
+def test_winograd_matches_reference(isa, rng, winograd_calls, n, h, w, c, k, padding, layout,
+                                    dtype):
     for bias, relu in ((False, False), (True, True)):
-        check_winograd(rng, n, h, w, c, k, padding, bias, relu, dtype)
+        check_winograd(rng, n, h, w, c, k, padding, bias, relu, dtype, layout)
     assert winograd_calls == [True, True]
+
+
+def test_winograd_out_and_unbatched_input(rng, winograd_calls):
+    x = random_array(rng, (9, 10, C_MIN), np.float32)
+    w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)
+    b = random_array(rng, (C_MIN,), np.float32)
+    out = np.full((9, 10, C_MIN), np.nan, np.float32)
+    assert fastconv.conv2d(x, w, b, padding=1, out=out) is out
+    assert np.array_equal(out, fastconv.conv2d(x[None], w, b, padding=1)[0])
+    assert winograd_calls == [True, True]
+
+
+def test_an_image_gets_the_same_result_in_any_batch(rng, monkeypatch, winograd_calls):
+    """The thresholds are per image: a batch does not change which path
+    (and so which rounding) an image gets."""
+    monkeypatch.setattr(_conv, "WINOGRAD_MIN_MACS", 12 * 12 * C_MIN * C_MIN * 9)
+    x = random_array(rng, (3, 12, 12, C_MIN), np.float32)
+    layer = fastconv.Conv2d(random_array(rng, (3, 3, C_MIN, C_MIN), np.float32), padding=1)
+    whole = layer(x)
+    for i in range(3):
+        assert np.array_equal(layer(x[i:i + 1]), whole[i:i + 1])
+    small = x[:, :11, :11]  # under the threshold at any batch size
+    assert np.array_equal(layer(small)[:1], layer(small[:1]))
+    assert winograd_calls == [True] * 4
 
 
 def test_winograd_nchw_is_the_nhwc_result(rng, winograd_calls):
     x, wt, b, y = check_winograd(rng, 2, 10, 9, C_MIN, C_MIN, 1, True, True, np.float32)
-    _, _, _, y2 = check_winograd(np.random.default_rng(0), 2, 10, 9, C_MIN, C_MIN, 1, True,
-                                 True, np.float32, layout="NCHW")
     got = fastconv.conv2d(np.ascontiguousarray(x.transpose(0, 3, 1, 2)),
                           np.ascontiguousarray(wt.transpose(3, 2, 0, 1)), b, padding=1,
                           activation="relu", layout="NCHW")
     assert np.array_equal(got.transpose(0, 2, 3, 1), y)
-    assert all(winograd_calls)
+    assert winograd_calls == [True, True]
 
 
 def test_winograd_bitwise_for_any_thread_count_layer_and_function(rng, winograd_calls):
@@ -156,6 +192,39 @@ def test_nonfinite_input_runs_the_direct_convolution(rng, winograd_calls, value)
     assert winograd_calls == [False]
 
 
+def test_overflow_in_the_input_transform_runs_the_direct_convolution(rng, winograd_calls):
+    """Finite inputs whose transform overflows (3e38 + 3e38 in float32)
+    would turn into Inf where the direct convolution stays finite."""
+    x = random_array(rng, (1, 12, 12, C_MIN), np.float32)
+    w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32) * np.float32(1e-3)
+    x[0, 4:6, 5, :] = 3e38  # rows 1 and 2 of a patch: B^T d adds them
+    got = fastconv.conv2d(x, w, padding=1)
+    fastconv.set_winograd(False)
+    try:
+        direct = fastconv.conv2d(x, w, padding=1)
+    finally:
+        fastconv.set_winograd(True)
+    assert np.isfinite(direct).all()
+    assert np.array_equal(got, direct)
+    assert winograd_calls == [False]
+
+
+def test_overflow_in_the_products_runs_the_direct_convolution(rng, winograd_calls):
+    """Finite transformed values whose products overflow give Inf - Inf
+    (NaN) in the output transform where the direct convolution gives Inf."""
+    x = np.full((1, 8, 8, C_MIN), 1e36, np.float32)
+    w = np.abs(random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)) + np.float32(1)
+    got = fastconv.conv2d(x, w, padding=1)
+    fastconv.set_winograd(False)
+    try:
+        direct = fastconv.conv2d(x, w, padding=1)
+    finally:
+        fastconv.set_winograd(True)
+    assert np.isposinf(direct).any()
+    assert np.array_equal(got, direct)
+    assert winograd_calls == [False]
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan, 3e38])
 def test_nonfinite_weights_run_the_direct_convolution(rng, winograd_calls, value):
     """Weights holding Inf or NaN, or whose transform overflows (nine taps
@@ -190,7 +259,9 @@ def test_direct_only_when_winograd_is_off_or_not_applicable(rng, winograd_calls)
     fastconv.conv2d(x, w, padding=1, stride=2)
     fastconv.conv2d(x, w, padding=2, dilation=2)
     fastconv.conv2d(x[..., :C_MIN - 1], w[:, :, :C_MIN - 1], padding=1)
+    _conv.WINOGRAD_MIN_MACS = 1 << 24  # (restored by the autouse fixture)
     fastconv.conv2d(x[:, :4, :4], w, padding=1)  # too little work for the transforms
+    fastconv.conv2d(np.concatenate([x[:, :4, :4]] * 20), w, padding=1)  # per image
     assert winograd_calls == []
 
 
@@ -209,3 +280,17 @@ def test_a_layer_follows_set_winograd(rng, winograd_calls):
 def test_set_winograd_checks_its_argument():
     with pytest.raises(TypeError, match="set_winograd: enabled must be a bool; got 1"):
         fastconv.set_winograd(1)
+
+
+def test_conv2d_needs_enough_tiles(rng, monkeypatch, winograd_calls):
+    """conv2d transforms and packs the weights in every call: Winograd pays
+    for that only over enough tiles. A layer transforms them once."""
+    monkeypatch.setattr(_conv, "WINOGRAD_ONE_CALL_MIN_TILES", 512)
+    w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)
+    small = random_array(rng, (1, 12, 12, C_MIN), np.float32)      # 36 tiles
+    large = random_array(rng, (1, 46, 45, C_MIN), np.float32)      # 23 * 23 = 529
+    fastconv.conv2d(small, w, padding=1)
+    assert winograd_calls == []
+    fastconv.Conv2d(w, padding=1)(small)
+    fastconv.conv2d(large, w, padding=1)
+    assert winograd_calls == [True, True]

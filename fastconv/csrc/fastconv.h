@@ -99,15 +99,24 @@ typedef struct fc_kernel_set {
      * group convolution over tiles of 2x2 outputs (numbered row-major per
      * image, image after image: N * ceil(Ho/2) * ceil(Wo/2) of them), for
      * tiles [t0, t1). wino_input writes their transformed 4x4 input patches
-     * as v (16, t1 - t0, C) and returns 1 if the patches hold an Inf or NaN
-     * (the transforms would spread it to outputs that do not see it: the
-     * caller then runs the direct convolution), else 0. wino_output reads
+     * as v (16, t1 - t0, C) and returns 1 if a transformed value is Inf or
+     * NaN (from an input holding one, which the transforms would spread to
+     * outputs that do not see it, or from an overflow: the caller then runs
+     * the direct convolution), else 0. wino_output reads
      * the 16 products m (16, t1 - t0, K) and writes those tiles' outputs to
-     * y (NHWC) with bias (K values or NULL) and ReLU. */
+     * y (NHWC) with bias (K values or NULL) and ReLU, returning 1 if one is
+     * Inf or NaN (an overflow in the products or their sums, where the
+     * direct convolution may differ: the caller runs it), else 0. */
     int (*wino_input)(const fc_conv_desc *d, const void *x, int64_t t0, int64_t t1, void *v,
                       int nthreads);
-    void (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
-                        const void *bias, void *y, int nthreads);
+    /* The transformed weights u (16, C, K) = G g G^T of each 3x3 kernel g
+     * (read through the strides), computed in double and rounded once. The
+     * weights must be finite and at most the dtype's largest value / 2.25
+     * in magnitude (then no value of u overflows). */
+    void (*wino_weights)(const fc_conv_desc *d, const void *w, fc_weight_strides ws, void *u,
+                        int nthreads);
+    int (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
+                       const void *bias, void *y, int nthreads);
     /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
      * w is contiguous (kh, kw, C); bias is C elements or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,

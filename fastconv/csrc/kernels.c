@@ -941,6 +941,39 @@ static inline void tile_of(const fc_conv_desc *d, int64_t t, int64_t *n, int64_t
     *ox = t % tw * 2;
 }
 
+/* U (16, C, K) = G g G^T for every (c, k), g read through the strides,
+ * computed in double and rounded once. The caller checks that every weight
+ * is finite and at most the dtype's largest value / 2.25 in magnitude
+ * (|U| <= 2.25 max |g|), so that no value overflows the dtype. */
+static void NAME(wino_weights)(const fc_conv_desc *d, const void *wv, fc_weight_strides s,
+                               void *uv, int nthreads)
+{
+    const real *w = wv;
+    real *u = uv;
+    const int64_t C = d->C, K = d->K;
+    const int nt = clamp_threads(nthreads, C, (double)C * K * 16);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t k = 0; k < K; k++) {
+            const real *g = w + c * s.c + k * s.k;
+            double t[4][3];
+            for (int j = 0; j < 3; j++) { /* G g */
+                const double g0 = g[j * s.tx], g1 = g[s.ty + j * s.tx], g2 = g[2 * s.ty + j * s.tx];
+                t[0][j] = g0;
+                t[1][j] = 0.5 * (g0 + g1 + g2);
+                t[2][j] = 0.5 * (g0 - g1 + g2);
+                t[3][j] = g2;
+            }
+            real *uk = u + c * K + k;
+            for (int a = 0; a < 4; a++) { /* (G g) G^T */
+                uk[(a * 4 + 0) * C * K] = (real)t[a][0];
+                uk[(a * 4 + 1) * C * K] = (real)(0.5 * (t[a][0] + t[a][1] + t[a][2]));
+                uk[(a * 4 + 2) * C * K] = (real)(0.5 * (t[a][0] - t[a][1] + t[a][2]));
+                uk[(a * 4 + 3) * C * K] = (real)t[a][2];
+            }
+        }
+}
+
 static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, int64_t t1,
                             void *vv, int nthreads)
 {
@@ -964,7 +997,9 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
                 p[i][j] = iy >= 0 && iy < d->H && ix >= 0 && ix < d->W
                               ? x + ((n * d->H + iy) * d->W + ix) * C : NULL;
             }
-        vec check = {0}; /* stays 0 unless an input is Inf or NaN (0 * it is NaN) */
+        /* stays 0 unless a transformed value is Inf or NaN (0 * it is NaN):
+         * an input holding one, or finite inputs whose sum overflows */
+        vec check = {0};
         for (int64_t c = 0; c < C; c += VLEN) {
             const int64_t lanes = MIN(VLEN, C - c);
             vec dp[4][4], t4[4][4];
@@ -978,7 +1013,6 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
                             for (int64_t l = 0; l < lanes; l++)
                                 dp[i][j][l] = p[i][j][c + l];
                     }
-                    check += dp[i][j] * 0;
                 }
             for (int j = 0; j < 4; j++) { /* B^T d */
                 t4[0][j] = dp[0][j] - dp[2][j];
@@ -990,6 +1024,7 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
                 const vec r[4] = {t4[i][0] - t4[i][2], t4[i][1] + t4[i][2],
                                   t4[i][2] - t4[i][1], t4[i][1] - t4[i][3]};
                 for (int j = 0; j < 4; j++) {
+                    check += r[j] * 0;
                     real *dst = v + ((i * 4 + j) * T + t) * C + c;
                     if (lanes == VLEN)
                         store(dst, r[j]);
@@ -1007,14 +1042,15 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
     return nonfinite;
 }
 
-static void NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0, int64_t t1,
-                              const void *biasv, void *yv, int nthreads)
+static int NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0, int64_t t1,
+                             const void *biasv, void *yv, int nthreads)
 {
     const real *m = mv, *bias = biasv;
     real *y = yv;
     const int64_t K = d->K, T = t1 - t0;
     const int nt = clamp_threads(nthreads, T, (double)T * 16 * K);
-#pragma omp parallel num_threads(nt)
+    int nonfinite = 0;
+#pragma omp parallel num_threads(nt) reduction(| : nonfinite)
     {
     const fp_mode fp = fp_enter(d->flush_denormals);
 #pragma omp for schedule(static)
@@ -1040,6 +1076,7 @@ static void NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0,
                 s[1][j] = mp[1][j] - mp[2][j] - mp[3][j];
             }
             vec b = {0};
+            vec check = {0}; /* as in wino_input: an Inf or NaN output */
             if (bias) {
                 if (lanes == VLEN)
                     b = load(bias + k);
@@ -1051,6 +1088,7 @@ static void NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0,
                 const vec r[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
                 for (int j = 0; j < cols; j++) {
                     vec o = r[j] + b;
+                    check += o * 0;
                     if (d->relu)
                         o = relu(o);
                     real *dst = y + ((n * d->Ho + oy + i) * d->Wo + ox + j) * K + k;
@@ -1061,10 +1099,13 @@ static void NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0,
                             dst[l] = o[l];
                 }
             }
+            for (int l = 0; l < VLEN; l++)
+                nonfinite |= check[l] != 0;
         }
     }
     fp_leave(fp);
     }
+    return nonfinite;
 }
 
 /*
@@ -1302,6 +1343,7 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .conv = NAME(conv),
     .gemm_direct = NAME(gemm_direct),
     .dense = NAME(dense),
+    .wino_weights = NAME(wino_weights),
     .wino_input = NAME(wino_input),
     .wino_output = NAME(wino_output),
     .dwconv = NAME(dwconv),
