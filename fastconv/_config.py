@@ -145,13 +145,15 @@ def get_winograd() -> bool:
     bool
         True by default (FASTCONV_WINOGRAD=0 at import turns it off). A 3x3,
         stride 1, undilated, one-group convolution with at least 128 input
-        and 128 output channels (and enough work to pay for the transforms)
-        then does 16 multiply-adds per 2x2 output tile and channel pair
-        instead of 36: 1.3-1.9x faster on VGG16's layers. Its rounding
-        differs from the direct convolution's (its error against an exact
-        result is of the same order), and it still gives bitwise the same
-        result for every thread count. An input holding Inf or NaN, or
-        weights holding them, run the direct convolution, whose IEEE
+        and 128 output channels (and enough work per image to pay for the
+        transforms; for conv2d, whose weights serve one call, at least 512
+        tiles of 2x2 outputs per image) then does 16 multiply-adds per tile
+        and channel pair instead of 36: 1.3-1.9x faster on VGG16's layers.
+        Its rounding differs from the direct convolution's (its error
+        against an exact result is of the same order), and it still gives
+        bitwise the same result for every thread count and batch size. An
+        input or weights holding Inf or NaN, and a call whose transformed
+        values or outputs overflow, run the direct convolution, whose IEEE
         semantics the transforms would not keep.
     """
     return _winograd
