@@ -43,8 +43,8 @@ WINOGRAD_BLOCK_BYTES = 8 << 20
 # packing (16 C x K matrices, ~30 ms at 512 -> 512 on one thread): it takes
 # Winograd only from this many 2x2 tiles per image (28x28x512 -> 512, 196
 # tiles, took 50 ms against the direct kernel's 34; 56x56x256 -> 256, 784
-# tiles, 25 against 33). A layer transforms its weights once, at its first
-# call.
+# tiles, 25 against 33). A stride-1 layer transforms its weights once, when
+# it is built.
 WINOGRAD_ONE_CALL_MIN_TILES = 512
 
 # The widest vector of any kernel set, in values (AVX-512, float32): packed
@@ -93,7 +93,7 @@ class ConvWeights:
     """
 
     def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any,
-                 nthreads: int, pack_now: bool = True) -> None:
+                 nthreads: int, pack_now: bool = True, winograd_now: bool = False) -> None:
         self.fn = fn
         self.layout = layout_name(fn, layout)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
@@ -135,7 +135,15 @@ class ConvWeights:
         # each kind of non-finite value present ("+inf", "-inf", "nan") and
         # the finite stand-in weights ("finite"); empty otherwise (see _run).
         self._nonfinite: Optional[dict] = None
+        # A 3x3 kernel Winograd can run (given a stride-1, undilated call)
+        self._winograd_kernel = ((self.kh, self.kw, self.groups) == (3, 3, 1)
+                                 and min(self.c, self.k) >= WINOGRAD_MIN_CHANNELS)
         if pack_now:
+            # A layer that will run Winograd transforms its weights now, from
+            # the arrays as given (not at its first call, which would then
+            # take several times longer than the next ones).
+            if winograd_now and self._winograd_kernel and get_winograd():
+                self._winograd_weights(nthreads)
             self._pack(nthreads)
 
     @property
@@ -261,8 +269,7 @@ class ConvWeights:
         # DIRECT_GEMM_MAX_ROWS rows, packing them would cost more than it saves.
         gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
                          (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
-        winograd = (get_winograd() and (kh, kw, sh, sw, dh, dw, groups) == (3, 3, 1, 1, 1, 1, 1)
-                    and min(C, K) >= WINOGRAD_MIN_CHANNELS
+        winograd = (get_winograd() and self._winograd_kernel and (sh, sw, dh, dw) == (1, 1, 1, 1)
                     and Ho * Wo * C * K * 9 >= WINOGRAD_MIN_MACS
                     and (not self._one_call or
                          -(-Ho // 2) * -(-Wo // 2) >= WINOGRAD_ONE_CALL_MIN_TILES))

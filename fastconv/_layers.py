@@ -38,11 +38,12 @@ class Conv2d:
                  padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
                  activation: Optional[str] = None, layout: str = "NHWC") -> None:
         fn = "Conv2d"
-        self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None))
         # The options are checked now, so that a bad one fails at
         # construction rather than at the first call.
         self.stride = int_pair(fn, "stride", stride)
         self.dilation = int_pair(fn, "dilation", dilation)
+        self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None),
+                                    winograd_now=self.stride == self.dilation == (1, 1))
         padding_amounts(fn, padding, (1, 1), (1, 1), self.stride, self.dilation)
         self.padding = padding
         activation_is_relu(fn, activation)

@@ -294,3 +294,25 @@ def test_conv2d_needs_enough_tiles(rng, monkeypatch, winograd_calls):
     fastconv.Conv2d(w, padding=1)(small)
     fastconv.conv2d(large, w, padding=1)
     assert winograd_calls == [True, True]
+
+
+def test_a_layer_transforms_its_weights_at_construction(rng, monkeypatch, winograd_calls):
+    """A stride-1 layer transforms its weights when it is built, so that its
+    first call is not the slow one; a stride-2 one never does."""
+    transforms = []
+    real = _conv._core.wino_weights
+
+    def counting(*args):
+        transforms.append(args[1:3])
+        return real(*args)
+
+    monkeypatch.setattr(_conv._core, "wino_weights", counting)
+    w = random_array(rng, (3, 3, C_MIN, C_MIN + 2), np.float32)
+    layer = fastconv.Conv2d(w, padding=1)
+    assert transforms == [(C_MIN, C_MIN + 2)]
+    x = random_array(rng, (1, 12, 12, C_MIN), np.float32)
+    layer(x)
+    layer(x)
+    fastconv.Conv2d(w, padding=1, stride=2)(x)
+    assert transforms == [(C_MIN, C_MIN + 2)]
+    assert winograd_calls == [True, True]
