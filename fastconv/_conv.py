@@ -129,7 +129,8 @@ class ConvWeights:
         self._bias = None if b is None else np.array(b, order="C")
         self._packed: Optional["_core.Packed"] = None
         # Winograd's 16 transformed weight matrices, each packed as a (C, K)
-        # GEMM's: None until a call needs them, False if they hold Inf or NaN.
+        # GEMM's: None until needed, False if they cannot be used (see
+        # _winograd_weights).
         self._winograd: Any = None
         # Once packed: for weights holding Inf or NaN, the packed 0/1 masks of
         # each kind of non-finite value present ("+inf", "-inf", "nan") and
@@ -355,15 +356,15 @@ class ConvWeights:
             w = self._w if self._w is not None else self.weight()
             limit = np.finfo(self.dtype).max / 2.25
             # (NaN fails both comparisons)
-            usable = bool(np.max(w) <= limit) and bool(np.min(w) >= -limit)
-            w, strides = _element_strides(w)
-            u = np.empty((16, self.c, self.k), self.dtype)
-            if usable:
+            packed: Any = False
+            if np.max(w) <= limit and np.min(w) >= -limit:
+                w, strides = _element_strides(w)
+                u = np.empty((16, self.c, self.k), self.dtype)
                 _core.wino_weights(self.dtype.name, self.c, self.k, w,
                                    tuple(strides[a] for a in self._axes), u, nthreads)
-            self._winograd = usable and [
-                _core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, ui, (0, 0, self.k, 1),
-                           None, False, nthreads) for ui in u]
+                packed = [_core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, ui,
+                                     (0, 0, self.k, 1), None, False, nthreads) for ui in u]
+            self._winograd = packed  # in one step: other threads may be calling
         return self._winograd or None
 
     def _run_winograd(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray,

@@ -6,6 +6,7 @@ bound for the Winograd computation itself (below): its rounding differs
 from the direct kernel's, so bitwise comparisons are only made between calls
 that both run it (thread counts, layer and function, layouts, blocks)."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -66,6 +67,16 @@ def check_winograd(rng, n, h, w, c, k, padding, bias, relu, dtype, layout="NHWC"
              + reference_error_bound(np.maximum(magnitude, 0), 9 * c))
     assert_within_bound(y, expected, bound)
     return x, wt, b, y
+
+
+@contextlib.contextmanager
+def winograd_off():
+    """Every convolution inside runs the direct kernels."""
+    fastconv.set_winograd(False)
+    try:
+        yield
+    finally:
+        fastconv.set_winograd(True)
 
 
 @pytest.fixture(autouse=True)
@@ -180,11 +191,8 @@ def test_nonfinite_input_runs_the_direct_convolution(rng, winograd_calls, value)
     w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)
     x[0, 4, 5, 7] = value
     got = fastconv.conv2d(x, w, padding=1)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         direct = fastconv.conv2d(x, w, padding=1)
-    finally:
-        fastconv.set_winograd(True)
     assert np.array_equal(got, direct, equal_nan=True)
     expected = conv2d_ref(x, w, padding=((1, 1), (1, 1)))
     assert np.array_equal(np.isnan(got), np.isnan(expected))
@@ -199,11 +207,8 @@ def test_overflow_in_the_input_transform_runs_the_direct_convolution(rng, winogr
     w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32) * np.float32(1e-3)
     x[0, 4:6, 5, :] = 3e38  # rows 1 and 2 of a patch: B^T d adds them
     got = fastconv.conv2d(x, w, padding=1)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         direct = fastconv.conv2d(x, w, padding=1)
-    finally:
-        fastconv.set_winograd(True)
     assert np.isfinite(direct).all()
     assert np.array_equal(got, direct)
     assert winograd_calls == [False]
@@ -215,11 +220,8 @@ def test_overflow_in_the_products_runs_the_direct_convolution(rng, winograd_call
     x = np.full((1, 8, 8, C_MIN), 1e36, np.float32)
     w = np.abs(random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)) + np.float32(1)
     got = fastconv.conv2d(x, w, padding=1)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         direct = fastconv.conv2d(x, w, padding=1)
-    finally:
-        fastconv.set_winograd(True)
     assert np.isposinf(direct).any()
     assert np.array_equal(got, direct)
     assert winograd_calls == [False]
@@ -237,11 +239,8 @@ def test_nonfinite_weights_run_the_direct_convolution(rng, winograd_calls, value
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = fastconv.Conv2d(w, padding=1)(x)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         direct = fastconv.Conv2d(w, padding=1)(x)
-    finally:
-        fastconv.set_winograd(True)
     assert np.array_equal(got, direct, equal_nan=True)
     assert winograd_calls == [False]
 
@@ -249,13 +248,10 @@ def test_nonfinite_weights_run_the_direct_convolution(rng, winograd_calls, value
 def test_direct_only_when_winograd_is_off_or_not_applicable(rng, winograd_calls):
     x = random_array(rng, (1, 12, 12, C_MIN), np.float32)
     w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         assert fastconv.get_winograd() is False
         assert fastconv.config()["winograd"] is False
         fastconv.conv2d(x, w, padding=1)
-    finally:
-        fastconv.set_winograd(True)
     fastconv.conv2d(x, w, padding=1, stride=2)
     fastconv.conv2d(x, w, padding=2, dilation=2)
     fastconv.conv2d(x[..., :C_MIN - 1], w[:, :, :C_MIN - 1], padding=1)
@@ -269,11 +265,8 @@ def test_a_layer_follows_set_winograd(rng, winograd_calls):
     x = random_array(rng, (1, 12, 12, C_MIN), np.float32)
     layer = fastconv.Conv2d(random_array(rng, (3, 3, C_MIN, C_MIN), np.float32), padding=1)
     layer(x)
-    fastconv.set_winograd(False)
-    try:
+    with winograd_off():
         layer(x)
-    finally:
-        fastconv.set_winograd(True)
     assert winograd_calls == [True]
 
 

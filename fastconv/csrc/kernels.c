@@ -945,6 +945,36 @@ static inline void tile_of(const fc_conv_desc *d, int64_t t, int64_t *n, int64_t
  * computed in double and rounded once. The caller checks that every weight
  * is finite and at most the dtype's largest value / 2.25 in magnitude
  * (|U| <= 2.25 max |g|), so that no value overflows the dtype. */
+/* The first `lanes` values at p as a vector (the rest zero), and back: the
+ * channel tail of the transforms when C or K is not a multiple of VLEN. */
+static inline vec load_lanes(const real *p, int64_t lanes)
+{
+    if (lanes == VLEN)
+        return load(p);
+    vec v = {0};
+    for (int64_t l = 0; l < lanes; l++)
+        v[l] = p[l];
+    return v;
+}
+
+static inline void store_lanes(real *p, vec v, int64_t lanes)
+{
+    if (lanes == VLEN)
+        store(p, v);
+    else
+        for (int64_t l = 0; l < lanes; l++)
+            p[l] = v[l];
+}
+
+/* Whether a sum of `v * 0` terms met an Inf or NaN (0 * it is NaN). */
+static inline int met_nonfinite(vec check)
+{
+    int any = 0;
+    for (int l = 0; l < VLEN; l++)
+        any |= check[l] != 0;
+    return any;
+}
+
 static void NAME(wino_weights)(const fc_conv_desc *d, const void *wv, fc_weight_strides s,
                                void *uv, int nthreads)
 {
@@ -1004,16 +1034,8 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
             const int64_t lanes = MIN(VLEN, C - c);
             vec dp[4][4], t4[4][4];
             for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) {
-                    dp[i][j] = (vec){0};
-                    if (p[i][j]) {
-                        if (lanes == VLEN)
-                            dp[i][j] = load(p[i][j] + c);
-                        else
-                            for (int64_t l = 0; l < lanes; l++)
-                                dp[i][j][l] = p[i][j][c + l];
-                    }
-                }
+                for (int j = 0; j < 4; j++)
+                    dp[i][j] = p[i][j] ? load_lanes(p[i][j] + c, lanes) : (vec){0};
             for (int j = 0; j < 4; j++) { /* B^T d */
                 t4[0][j] = dp[0][j] - dp[2][j];
                 t4[1][j] = dp[1][j] + dp[2][j];
@@ -1025,17 +1047,11 @@ static int NAME(wino_input)(const fc_conv_desc *d, const void *xv, int64_t t0, i
                                   t4[i][2] - t4[i][1], t4[i][1] - t4[i][3]};
                 for (int j = 0; j < 4; j++) {
                     check += r[j] * 0;
-                    real *dst = v + ((i * 4 + j) * T + t) * C + c;
-                    if (lanes == VLEN)
-                        store(dst, r[j]);
-                    else
-                        for (int64_t l = 0; l < lanes; l++)
-                            dst[l] = r[j][l];
+                    store_lanes(v + ((i * 4 + j) * T + t) * C + c, r[j], lanes);
                 }
             }
         }
-        for (int l = 0; l < VLEN; l++)
-            nonfinite |= check[l] != 0;
+        nonfinite |= met_nonfinite(check);
     }
     fp_leave(fp);
     }
@@ -1061,29 +1077,14 @@ static int NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0, 
         for (int64_t k = 0; k < K; k += VLEN) {
             const int64_t lanes = MIN(VLEN, K - k);
             vec mp[4][4], s[2][4];
-            for (int i = 0; i < 16; i++) {
-                const real *src = m + (i * T + t) * K + k;
-                if (lanes == VLEN)
-                    mp[i / 4][i % 4] = load(src);
-                else {
-                    mp[i / 4][i % 4] = (vec){0};
-                    for (int64_t l = 0; l < lanes; l++)
-                        mp[i / 4][i % 4][l] = src[l];
-                }
-            }
+            for (int i = 0; i < 16; i++)
+                mp[i / 4][i % 4] = load_lanes(m + (i * T + t) * K + k, lanes);
             for (int j = 0; j < 4; j++) { /* A^T m */
                 s[0][j] = mp[0][j] + mp[1][j] + mp[2][j];
                 s[1][j] = mp[1][j] - mp[2][j] - mp[3][j];
             }
-            vec b = {0};
+            const vec b = bias ? load_lanes(bias + k, lanes) : (vec){0};
             vec check = {0}; /* as in wino_input: an Inf or NaN output */
-            if (bias) {
-                if (lanes == VLEN)
-                    b = load(bias + k);
-                else
-                    for (int64_t l = 0; l < lanes; l++)
-                        b[l] = bias[k + l];
-            }
             for (int i = 0; i < rows; i++) { /* (A^T m) A, bias, ReLU */
                 const vec r[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
                 for (int j = 0; j < cols; j++) {
@@ -1091,16 +1092,10 @@ static int NAME(wino_output)(const fc_conv_desc *d, const void *mv, int64_t t0, 
                     check += o * 0;
                     if (d->relu)
                         o = relu(o);
-                    real *dst = y + ((n * d->Ho + oy + i) * d->Wo + ox + j) * K + k;
-                    if (lanes == VLEN)
-                        store(dst, o);
-                    else
-                        for (int64_t l = 0; l < lanes; l++)
-                            dst[l] = o[l];
+                    store_lanes(y + ((n * d->Ho + oy + i) * d->Wo + ox + j) * K + k, o, lanes);
                 }
             }
-            for (int l = 0; l < VLEN; l++)
-                nonfinite |= check[l] != 0;
+            nonfinite |= met_nonfinite(check);
         }
     }
     fp_leave(fp);
