@@ -1,6 +1,6 @@
 """Build of fastconv's compiled core.
 
-The kernels (fastconv/csrc/kernels.c) are compiled once per instruction set
+The kernels (src/fastconv/csrc/kernels.c) are compiled once per instruction set
 and dtype, each with its own flags, and linked into the one extension module
 fastconv._core next to the dispatch code that picks one at run time. Nothing
 is compiled with -march=native, so a wheel built here runs on any x86-64; on
@@ -29,7 +29,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = os.path.join("fastconv", "csrc")
+CSRC = os.path.join("src", "fastconv", "csrc")
 KERNELS = os.path.join(CSRC, "kernels.c")
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
@@ -92,12 +92,12 @@ class BuildExt(build_ext):
 
 core = Extension(
     "fastconv._core",
-    sources=["fastconv/_core.pyx", os.path.join(CSRC, "dispatch.c")],
+    sources=["src/fastconv/_core.pyx", os.path.join(CSRC, "dispatch.c")],
     include_dirs=[CSRC, numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
     + ([("FC_HAVE_X86_KERNELS", "1")] if X86 else []),
     extra_compile_args=["-O2"],
-    depends=[KERNELS, os.path.join(CSRC, "fastconv.h"), "fastconv/_kernels.pxd"],
+    depends=[KERNELS, os.path.join(CSRC, "fastconv.h"), "src/fastconv/_kernels.pxd"],
 )
 
 setup(

@@ -44,7 +44,7 @@ fc_copy_tree() {
     else
         tar -C "$FC_ROOT" --exclude=.git --exclude=build --exclude=dist \
             --exclude='*.egg-info' --exclude=__pycache__ --exclude='*.so' \
-            --exclude=fastconv/_core.c --exclude=.pytest_cache \
+            --exclude=src/fastconv/_core.c --exclude=.pytest_cache \
             --exclude=.hypothesis --exclude=.benchmarks -cf - . | tar -C "$dest" -xf -
     fi
 }
