@@ -78,7 +78,7 @@ def test_tables_and_summary_are_printed(quick_run):
 def test_json_has_the_documented_keys(quick_run):
     _, _, report = quick_run
     assert set(report) == JSON_KEYS
-    assert report["isa"] == fastconv.config()["dispatch"]["conv"]
+    assert report["isa"] == fastconv.config()["isa"]
     assert set(report["peak_gflops"]) == {"1", "2"}
     assert set(report["memory_bandwidth"]["gbps"]) == {"1", "2"}
     assert report["settings"]["threads"] == [1, 2] and report["settings"]["quick"]

@@ -17,7 +17,6 @@ import fastconv
 from checks import make_conv_inputs, random_array
 from fastconv import _config
 
-FAMILIES = ("gemm", "conv", "depthwise")
 
 
 def run_python(*args, env_update=None):
@@ -54,10 +53,13 @@ def test_config_keys_and_types():
     assert len(set(isas)) == len(isas)
     assert isas == list(_config.available_isas())
 
-    dispatch = config["dispatch"]
-    assert isinstance(dispatch, dict)
-    for family in FAMILIES:
-        assert dispatch[family] in isas, (family, dispatch[family], isas)
+    assert config["isa"] in isas
+    for dtype, itemsize in (("float32", 4), ("float64", 8)):
+        tile = config["isa_config"][dtype]
+        assert all(isinstance(v, int) and v > 0 for v in tile.values()), tile
+        # the register tile is whole vectors of the ISA's width
+        assert tile["nr"] % tile["vlen"] == 0
+        assert tile["vlen"] * itemsize == {"avx512": 64, "avx2": 32, "generic": 16}[config["isa"]]
 
 
 def test_config_version_matches_installed_metadata():
@@ -67,9 +69,9 @@ def test_config_version_matches_installed_metadata():
 def test_config_returns_a_fresh_dict():
     """Mutating the returned dict does not change the library's state."""
     config = fastconv.config()
-    config["dispatch"]["conv"] = "bogus"
+    config["isa_config"]["float32"]["mr"] = -1
     config["isa_available"].append("bogus")
-    assert fastconv.config()["dispatch"]["conv"] != "bogus"
+    assert fastconv.config()["isa_config"]["float32"]["mr"] > 0
     assert "bogus" not in fastconv.config()["isa_available"]
 
 
@@ -78,9 +80,9 @@ def test_show_config_prints_the_config(capsys):
     fastconv.show_config()
     printed = capsys.readouterr().out
     assert config["version"] in printed
-    for family in FAMILIES:
-        assert family in printed
-        assert config["dispatch"][family] in printed
+    assert f"isa: {config['isa']}" in printed
+    for key, value in config["isa_config"]["float32"].items():
+        assert f"{key}: {value}" in printed
     assert "openmp" in printed.lower()
 
 
@@ -95,26 +97,38 @@ def test_module_info_command_prints_the_same(capsys):
 
 @pytest.mark.parametrize("forced", list(_config.available_isas()))
 def test_fastconv_isa_environment_variable_forces_dispatch(forced):
-    code = "import fastconv, json; print(json.dumps(fastconv.config()['dispatch']))"
+    """The variable picks the ISA that config() reports and that every
+    kernel family's operators run."""
+    code = ("import fastconv, json, numpy as np\n"
+            "w = np.ones((3, 3, 4, 4), np.float32)\n"
+            "layers = [fastconv.Conv2d(w), fastconv.Conv2d(w[:1, :1]),\n"
+            "          fastconv.Conv2d(np.ones((3, 3, 1, 4), np.float32), groups=4)]\n"
+            "print(json.dumps([fastconv.config()['isa']] + [l.isa for l in layers]))")
     completed = run_python("-c", code, env_update={"FASTCONV_ISA": forced})
     assert completed.returncode == 0, completed.stderr
-    dispatch = json.loads(completed.stdout.strip().splitlines()[-1])
-    for family in FAMILIES:
-        assert dispatch[family] == forced, (family, dispatch)
+    isas = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert isas == [forced] * 4
 
 
 # --------------------------------------------------------------------------
 # set_isa (the private test hook)
 # --------------------------------------------------------------------------
 def test_set_isa_returns_previous_and_switches_every_family():
+    """Operators made after set_isa run its kernels; those made before keep
+    theirs."""
     isas = list(_config.available_isas())
+    w = np.ones((3, 3, 4, 4), np.float32)
     original = _config.set_isa("generic")
     try:
         assert original in isas
+        before = fastconv.Conv2d(w)
         for name in isas:
             previous = _config.set_isa(name)
-            dispatch = fastconv.config()["dispatch"]
-            assert all(dispatch[family] == name for family in FAMILIES), dispatch
+            assert fastconv.config()["isa"] == name
+            assert fastconv.Conv2d(w).isa == name
+            assert fastconv.Conv2d(np.ones((3, 3, 1, 4), np.float32), groups=4).isa == name
+            assert fastconv.Linear(np.ones((4, 4), np.float32))._weights._op.isa == name
+            assert before.isa == "generic"
             assert _config.set_isa(previous) == name
             _config.set_isa(name)
     finally:

@@ -15,20 +15,15 @@ from fastconv._validate import positive_int
 __all__ = ["config", "show_config", "get_num_threads", "set_num_threads",
            "get_flush_denormals", "set_flush_denormals", "get_winograd", "set_winograd"]
 
-# Kernel families and the C entry each one runs through. They share one
-# dispatch choice today; config() reports each so that a family that gains
-# its own selection later shows up without changing the report's shape.
-KERNEL_FAMILIES = ("gemm", "conv", "depthwise")
-
-
 def available_isas() -> List[str]:
     """Instruction sets this build has and this CPU can run, best first."""
     return _core.supported_isas()
 
 
 def set_isa(name: str) -> str:
-    """Switch every kernel family to instruction set `name` (for tests and
-    benchmarks); returns the previous one."""
+    """Make instruction set `name` the one of the operators made from now on
+    (for tests and benchmarks; a layer keeps the one it was built with);
+    returns the previous one."""
     if name not in _core.isa_names():
         raise ValueError(f"isa must be one of {_core.isa_names()}; got {name!r}")
     if name not in available_isas():
@@ -64,6 +59,10 @@ def _default_num_threads() -> int:
 
 _lock = threading.Lock()
 _num_threads = _default_num_threads()
+# OpenMP's thread limit (omp_get_max_threads) as this process started; a
+# lower one later means that threadpoolctl (or omp_set_num_threads) limited
+# it, and the default thread count follows (see resolve_threads).
+_openmp_initial_limit = _core.max_threads()
 
 
 def get_num_threads() -> int:
@@ -75,6 +74,9 @@ def get_num_threads() -> int:
         The package default: set_num_threads()'s last value, else
         OMP_NUM_THREADS, else the number of CPUs this process may use.
         A build without OpenMP always runs one thread (see config()).
+        Inside threadpoolctl's ``threadpool_limits(n)`` (which lowers
+        OpenMP's limit), calls that pass no num_threads run at most n
+        threads; an explicit num_threads is honoured as given.
     """
     return _num_threads
 
@@ -110,8 +112,9 @@ def get_flush_denormals() -> bool:
     bool
         True by default (FASTCONV_FLUSH_DENORMALS=0 at import turns it off).
         While a kernel runs, each of its threads sets the CPU's
-        flush-to-zero and denormals-are-zero modes (x86 MXCSR FTZ/DAZ) and
-        restores its previous mode afterwards, so the caller's own
+        flush-to-zero and denormals-are-zero modes (x86 MXCSR FTZ/DAZ,
+        AArch64 FPCR FZ; on other targets nothing is set and config() reports
+        flush_denormals False) and restores its previous mode afterwards, so the caller's own
         floating-point state is never changed. Subnormal inputs, weights and
         results are then treated as zero (sign kept), which avoids the
         10-100x slowdown subnormal arithmetic costs on most CPUs. This is
@@ -174,8 +177,13 @@ def set_winograd(enabled: bool) -> None:
 
 
 def resolve_threads(fn: str, num_threads: Any) -> int:
-    """The thread count for one call: num_threads, or the package default."""
-    n = _num_threads if num_threads is None else positive_int(fn, "num_threads", num_threads)
+    """The thread count for one call: num_threads, or the package default,
+    lowered to OpenMP's limit for the calling thread where that limit was
+    lowered after import (threadpoolctl.threadpool_limits does so)."""
+    if num_threads is not None:
+        return min(positive_int(fn, "num_threads", num_threads), MAX_THREADS)
+    limit = _core.max_threads()
+    n = _num_threads if limit >= _openmp_initial_limit else min(_num_threads, limit)
     return min(n, MAX_THREADS)
 
 
@@ -185,19 +193,21 @@ def config() -> Dict[str, Any]:
     Returns
     -------
     dict
-        ``version``, ``python``, ``compiler``, ``openmp`` (bool),
+        ``version``, ``python``, ``numpy``, ``compiler``, ``openmp`` (bool),
         ``openmp_version`` (yyyymm or None), ``num_threads``,
-        ``cpu_features`` (name -> bool), ``isa_available`` (best first),
-        ``isa_forced`` (the FASTCONV_ISA value or None), ``dispatch``
-        (kernel family -> instruction set it runs) and ``register_tile``
-        (dtype -> [MR, NR]).
+        ``flush_denormals`` (whether the kernels flush subnormals: the
+        setting, on a target that can), ``winograd``, ``cpu_features``
+        (name -> bool), ``isa_available`` (best first), ``isa_forced`` (the
+        FASTCONV_ISA value or None), ``isa`` (the instruction set every
+        kernel family runs) and ``isa_config`` (dtype -> that ISA's
+        configuration: register tile ``mr`` x ``nr`` values, ``vlen``,
+        reduction blocks ``kc`` / ``kc_gemm``, ``mct`` and the algorithm
+        thresholds, from csrc/configs/<isa>.h).
     """
     from fastconv import __version__
     import numpy
 
     omp = _core.openmp_version()
-    isa = _core.active_isa()
-    tiles = {dtype: list(_core.register_tile(dtype)) for dtype in ("float32", "float64")}
     return {
         "version": __version__,
         "python": sys.version.split()[0],
@@ -206,28 +216,29 @@ def config() -> Dict[str, Any]:
         "openmp": bool(omp),
         "openmp_version": omp or None,
         "num_threads": _num_threads if omp else 1,
-        "flush_denormals": _flush_denormals,
+        "flush_denormals": _flush_denormals and _core.flush_denormals_supported(),
         "winograd": _winograd,
         "cpu_features": _core.cpu_features(),
         "isa_available": available_isas(),
         "isa_forced": os.environ.get("FASTCONV_ISA") or None,
-        "dispatch": {family: isa for family in KERNEL_FAMILIES},
-        "register_tile": tiles,
+        "isa": _core.active_isa(),
+        "isa_config": {dtype: _core.isa_config(dtype) for dtype in ("float32", "float64")},
     }
 
 
 def format_config() -> str:
-    lines = []
-    for key, value in config().items():
-        if isinstance(value, dict):
-            lines.append(f"{key}:")
-            lines += [f"  {k}: {v}" for k, v in value.items()]
-        else:
-            lines.append(f"{key}: {value}")
-    return "\n".join(lines)
+    def lines(items: Dict[str, Any], indent: str) -> List[str]:
+        out = []
+        for key, value in items.items():
+            if isinstance(value, dict):
+                out += [f"{indent}{key}:"] + lines(value, indent + "  ")
+            else:
+                out.append(f"{indent}{key}: {value}")
+        return out
+    return "\n".join(lines(config(), ""))
 
 
 def show_config() -> None:
-    """Print config(): version, compiler, OpenMP, CPU features and the
-    instruction set each kernel family dispatches to."""
+    """Print config(): version, compiler, OpenMP, CPU features, the
+    instruction set the kernels run and its configuration."""
     print(format_config())

@@ -1,9 +1,11 @@
-"""conv2d and matmul: argument handling, layouts, and the choice of kernel.
+"""conv2d and matmul: argument handling, layouts, and the C operators.
 
-The same steps serve the functions here and the packed layers in _layers.py:
-ConvWeights checks and packs the weights, ConvWeights.plan checks an input
-shape and the options against them, and ConvWeights.execute runs the
-kernels.
+The same steps serve the functions here and the packed layers of
+fastconv.nn: ConvWeights checks the weights and makes the operator
+(csrc/operators/convolution.c) that chooses the algorithm and prepares the
+weights, ConvWeights.plan checks an input shape and the options against
+them, and ConvWeights.execute runs the operator. No kernel constant, tile
+arithmetic or loop over kernels lives here: the operator decides.
 """
 from __future__ import annotations
 
@@ -13,55 +15,26 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
-from fastconv._validate import (activation_is_relu, check_bias, check_nbytes, check_ndim,
-                                check_out, float_arrays, int_pair, layout_name,
+from fastconv._validate import (INT64_MAX, activation_is_relu, check_bias, check_nbytes,
+                                check_ndim, check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts, positive_int)
 
 __all__ = ["conv2d", "matmul"]
 
-# matmul reads b in place, without packing it, below this many rows of a.
-DIRECT_GEMM_MAX_ROWS = 512
-# Up to this many rows (one pass of the dense kernel over the weights), a
-# dense layer, and a convolution whose kernel covers its whole input, stream
-# their weights in place through the dense kernel: they are bound by memory
-# bandwidth (batch-1 fully-connected layers).
-DENSE_MAX_ROWS = 8
-
-# Winograd F(2x2, 3x3) (see get_winograd) for 3x3 convolutions with at least
-# this many input and output channels (measured at 1 thread, 64 -> 64 on
-# 224x224: 0.98x the direct kernel, the transforms' memory traffic eating the
-# gain; 128 -> 128 on 112x112: 1.3x; 512 -> 512 on 28x28: 1.85x) and at least
-# WINOGRAD_MIN_MACS multiply-adds of the direct convolution per image (about
-# 0.3 ms: each call also runs 16 GEMMs and two transforms from Python; per
-# image, so that an image's result does not depend on the batch it comes
-# in). The tiles are done in blocks whose transformed inputs (or products)
-# take about WINOGRAD_BLOCK_BYTES.
-WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_MACS = 1 << 24
-WINOGRAD_BLOCK_BYTES = 8 << 20
-# conv2d's weights serve one call, which also pays for their transform and
-# packing (16 C x K matrices, ~30 ms at 512 -> 512 on one thread): it takes
-# Winograd only from this many 2x2 tiles per image (28x28x512 -> 512, 196
-# tiles, took 50 ms against the direct kernel's 34; 56x56x256 -> 256, 784
-# tiles, 25 against 33). A stride-1 layer transforms its weights once, when
-# it is built.
-WINOGRAD_ONE_CALL_MIN_TILES = 512
-
-# The widest vector of any kernel set, in values (AVX-512, float32): packed
-# weights round each group's output channels up to a multiple of the vector.
-MAX_VLEN = 16
-
 IntPair = Union[int, Tuple[int, int]]
 Padding = Union[int, str, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
 
+# The names of the algorithms a convolution may run (and "auto": let the
+# operator choose), as the operators report them.
+ALGORITHMS = tuple(_core.algorithm_names())
 
-def _element_strides(a: np.ndarray) -> Tuple[np.ndarray, Tuple[int, ...]]:
-    """(a, its strides in elements), a copied to C order first if some stride
-    is not a multiple of the item size."""
-    size = a.itemsize
-    if any(s % size for s in a.strides):
-        a = np.ascontiguousarray(a)
-    return a, tuple(s // size for s in a.strides)
+
+def _op_weights(a: np.ndarray) -> np.ndarray:
+    """a, copied to C order first if the operator cannot address it in place
+    (unaligned, or a stride that is not a multiple of the item size)."""
+    if not a.flags.aligned or any(s % a.itemsize for s in a.strides):
+        return np.ascontiguousarray(a)
+    return a
 
 
 def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
@@ -74,26 +47,36 @@ def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
     return xa
 
 
-def _unpacked(p: "_core.Packed", shape: Tuple[int, ...], axes: Tuple[int, ...]) -> np.ndarray:
-    """A new C-ordered array of `shape` holding the weights p was packed from;
-    axes names its tap row, tap column, input channel and output channel
-    axes (as ConvWeights packs them). Not for depthwise taps."""
-    if p.direct:  # a GEMM's (C, K) matrix, kept as it was
-        return np.array(p.buffer, order="C").reshape(shape)
-    w = np.empty(shape, p.buffer.dtype)
-    strides = tuple(s // w.itemsize for s in w.strides)
-    p.unpack(w, tuple(strides[a] for a in axes))
-    return w
+def _operator(fn: str, w: np.ndarray, axes: Tuple[int, ...], groups: int,
+              bias: Optional[np.ndarray], stride: Tuple[int, int], dilation: Tuple[int, int],
+              one_call: bool, no_winograd: bool, winograd_now: bool,
+              nthreads: int) -> "_core.ConvOp":
+    """The C operator for these weights (see _core.ConvOp), its size errors
+    turned into ValueErrors that name the weight."""
+    try:
+        return _core.ConvOp(_op_weights(w), axes, groups, bias, stride, dilation, one_call,
+                            no_winograd, winograd_now, nthreads)
+    except OverflowError:
+        raise ValueError(f"{fn}: weight of shape {w.shape}, packed for the kernels (each "
+                         f"group's outputs rounded up to whole vectors, and a row for the "
+                         f"bias), would take more than 2**63 - 1 bytes, the largest 64-bit "
+                         f"size; it is too large") from None
 
 
 class ConvWeights:
-    """Checked convolution weights (and bias), packed for the kernels.
+    """Checked convolution weights (and bias) and their C operator.
 
-    Parameters are those of conv2d; `fn` names the caller in messages.
+    Parameters are those of conv2d; `fn` names the caller in messages. With
+    pack_now=False (the conv2d function) the weights serve one call: the
+    operator reads them in place where its algorithm can, and packs them
+    only if the call needs it. Otherwise (a layer) the operator packs them
+    now, and with winograd_now transforms them for Winograd too, where the
+    switch allows and the kernel is one Winograd can run.
     """
 
     def __init__(self, fn: str, weight: Any, bias: Any, groups: Any, layout: Any,
-                 nthreads: int, pack_now: bool = True, winograd_now: bool = False) -> None:
+                 nthreads: int, pack_now: bool = True, winograd_now: bool = False,
+                 stride: Tuple[int, int] = (1, 1), dilation: Tuple[int, int] = (1, 1)) -> None:
         self.fn = fn
         self.layout = layout_name(fn, layout)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
@@ -103,13 +86,11 @@ class ConvWeights:
         check_ndim(fn, "weight", w, (4,), f"4-D {wdims}")
         if self.layout == "NHWC":
             self.kh, self.kw, self.cg, self.k = w.shape
-            axes = (0, 1, 2, 3)  # tap row, tap column, channel, output
+            self._axes = (0, 1, 2, 3)  # tap row, tap column, channel, output
         else:
             self.k, self.cg, self.kh, self.kw = w.shape
-            axes = (2, 3, 1, 0)
+            self._axes = (2, 3, 1, 0)
         self.groups = positive_int(fn, "groups", groups)
-        # conv2d's weights serve one call (see WINOGRAD_ONE_CALL_MIN_TILES)
-        self._one_call = not pack_now
         if self.k % self.groups:
             raise ValueError(f"{fn}: groups={self.groups} must divide the output channels "
                              f"K={self.k} of weight")
@@ -119,104 +100,80 @@ class ConvWeights:
         check_bias(fn, b, self.k)
         self.c = self.cg * self.groups
         self.has_bias = b is not None
-        # Until the weights are packed (at once, or with pack_now=False at the
-        # first call that needs it: conv2d's calls whose kernel covers the
-        # whole input never do), the checked arrays are kept as given.
-        self._w: Optional[np.ndarray] = w
-        self._axes = axes
-        # A copy: the depthwise kernel reads the bias in place, and a layer
-        # must not change when the caller later writes to its arrays.
+        self.stride, self.dilation = stride, dilation
+        self._one_call = not pack_now
+        # A copy: an operator keeps its own, and a layer must not change
+        # when the caller later writes to its arrays.
         self._bias = None if b is None else np.array(b, order="C")
-        self._packed: Optional["_core.Packed"] = None
-        # Winograd's 16 transformed weight matrices, each packed as a (C, K)
-        # GEMM's: None until needed, False if they cannot be used (see
-        # _winograd_weights).
-        self._winograd: Any = None
-        # Once packed: for weights holding Inf or NaN, the packed 0/1 masks of
-        # each kind of non-finite value present ("+inf", "-inf", "nan") and
-        # the finite stand-in weights ("finite"); empty otherwise (see _run).
-        self._nonfinite: Optional[dict] = None
-        # A 3x3 kernel Winograd can run (given a stride-1, undilated call)
-        self._winograd_kernel = ((self.kh, self.kw, self.groups) == (3, 3, 1)
-                                 and min(self.c, self.k) >= WINOGRAD_MIN_CHANNELS)
-        if pack_now:
-            # A layer that will run Winograd transforms its weights now, from
-            # the arrays as given (not at its first call, which would then
-            # take several times longer than the next ones).
-            if winograd_now and self._winograd_kernel and get_winograd():
-                self._winograd_weights(nthreads)
-            self._pack(nthreads)
+        # The conv2d function's weights, kept as given (its operator reads
+        # them in place); a layer keeps only its operator's packed copy.
+        self._w: Optional[np.ndarray] = w if self._one_call else None
+        self._op: Optional["_core.ConvOp"] = None
+        # Weights holding Inf or NaN: operators on finite stand-ins and on
+        # 0/1 masks of each kind of non-finite value present (see _run);
+        # empty otherwise.
+        self._nonfinite: dict = {}
+        self._nthreads = nthreads
+        if not self._one_call:
+            self._make_operators(w, winograd_now and get_winograd())
+
+    def _make_operators(self, w: np.ndarray, winograd_now: bool) -> None:
+        """The operator of the weights, and those of the non-finite path.
+        The conv2d function makes them only once the call's shapes are
+        checked (an input error comes first, and the weights are not
+        scanned before their operator knows their sizes fit)."""
+        nthreads = self._nthreads
+        op = self._make_operator(w, self._bias, no_winograd=False, winograd_now=winograd_now,
+                                 nthreads=nthreads)
+        if not np.isfinite(w).all():
+            masks = {kind: mask for kind, mask in (("+inf", w == np.inf), ("-inf", w == -np.inf),
+                                                   ("nan", np.isnan(w))) if mask.any()}
+            self._nonfinite = {kind: self._make_operator(mask.astype(self.dtype), None, True,
+                                                         False, nthreads)
+                               for kind, mask in masks.items()}
+            finite = np.where(np.isnan(w), 0, np.where(np.isinf(w), np.sign(w), w))
+            self._nonfinite["finite"] = self._make_operator(finite.astype(self.dtype),
+                                                            self._bias, True, False, nthreads)
+        self._op = op
+
+    def _make_operator(self, w: np.ndarray, bias: Optional[np.ndarray], no_winograd: bool,
+                       winograd_now: bool, nthreads: int) -> "_core.ConvOp":
+        return _operator(self.fn, w, self._axes, self.groups, bias, self.stride, self.dilation,
+                         self._one_call, no_winograd, winograd_now, nthreads)
 
     @property
-    def packed(self) -> "_core.Packed":
-        """The packed weights (packed now if they were not yet)."""
-        if self._packed is None:
-            self._pack(resolve_threads(self.fn, None))
-        return self._packed
+    def algorithm(self) -> str:
+        """The algorithm a layer prepared its weights for:
+        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise"."""
+        return self._op.algorithm
+
+    @property
+    def isa(self) -> str:
+        """The instruction set whose kernels a layer's operator runs."""
+        return self._op.isa
 
     def weight(self) -> np.ndarray:
         """A new array of the weights as given: HWIO for layout "NHWC", OIHW
-        for "NCHW"; once packed, read back from the packed panels (a layer
-        keeps no other copy)."""
+        for "NCHW"; a layer's are read back from its packed weights (it keeps
+        no other copy)."""
         if self._w is not None:
             return np.array(self._w, order="C")
-        p = self._packed
-        if p.depthwise:  # (kh, kw, C) taps
-            taps = np.asarray(p.buffer).reshape(self.kh, self.kw, self.c)
-            return np.array(taps[:, :, None, :] if self.layout == "NHWC"
-                            else taps.transpose(2, 0, 1)[:, None], order="C")
         shape = ((self.kh, self.kw, self.cg, self.k) if self.layout == "NHWC"
                  else (self.k, self.cg, self.kh, self.kw))
-        return _unpacked(p, shape, self._axes)
+        w = np.empty(shape, self.dtype)
+        self._op.unpack(w, self._axes)
+        return w
 
     @property
     def bias(self) -> Optional[np.ndarray]:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
-    def _pack(self, nthreads: int, allow_direct: bool = False) -> None:
-        """Pack the weights; with allow_direct, a GEMM's C-contiguous (C, K)
-        weights (HWIO of a 1x1 kernel) are kept and read in place instead."""
-        w = self._w
-        kg = self.k // self.groups
-        check_nbytes(self.fn, "weight, packed for the kernels (each group's K/groups outputs "
-                     f"rounded up to {MAX_VLEN}, and a row for the bias),",
-                     (self.groups, -(-kg // MAX_VLEN) * MAX_VLEN,
-                      self.kh * self.kw * self.cg + 1), self.dtype.itemsize,
-                     f"weight of shape {w.shape} is too large")
-        self._nonfinite = {}
-        if not np.isfinite(w).all():
-            # Inf or NaN weights (see _run): the kernels also get w with
-            # +-Inf as +-1 and NaN as 0 ("finite"), and 0/1 masks of where
-            # each kind of non-finite value is, to count the non-finite
-            # products of each output. self._packed keeps w as given.
-            self._nonfinite = {
-                kind: self._packed_weights(mask.astype(self.dtype), self._axes, None, nthreads)
-                for kind, mask in (("+inf", w == np.inf), ("-inf", w == -np.inf),
-                                   ("nan", np.isnan(w))) if mask.any()}
-            finite = np.where(np.isnan(w), 0, np.where(np.isinf(w), np.sign(w), w))
-            self._nonfinite["finite"] = self._packed_weights(finite.astype(self.dtype),
-                                                             self._axes, self._bias, nthreads)
-        self._packed = self._packed_weights(w, self._axes, self._bias, nthreads,
-                                            allow_direct and not self._nonfinite)
-        self._w = None
-
-    def _packed_weights(self, w: np.ndarray, axes: Tuple[int, ...], bias: Optional[np.ndarray],
-                        nthreads: int, allow_direct: bool = False) -> "_core.Packed":
-        if self.groups > 1 and self.groups == self.c == self.k:
-            # Depthwise, multiplier 1: its own kernel reads (kh, kw, C) taps.
-            # (A copy, read in place by the kernel: see self._bias.)
-            taps = w[:, :, 0, :] if self.layout == "NHWC" else w[:, 0].transpose(1, 2, 0)
-            return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                              np.array(taps, order="C"), (), bias, True, nthreads)
-        w, strides = _element_strides(w)
-        return _core.pack(self.dtype.name, self.c, self.k, self.groups, self.kh, self.kw,
-                          w, tuple(strides[a] for a in axes), bias, False, nthreads,
-                          allow_direct)
-
     def plan(self, shape: Tuple[int, ...], stride: Any, padding: Any, dilation: Any,
-             activation: Any) -> "ConvPlan":
-        """Check an input of this shape and the options against the weights."""
+             activation: Any, algorithm: str = "auto") -> "ConvPlan":
+        """Check an input of this shape and the options against the weights.
+        `algorithm` forces one (see ALGORITHMS; a ValueError where it cannot
+        run this call)."""
         fn = self.fn
         dims = "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)"
         if len(shape) not in (3, 4):
@@ -237,6 +194,9 @@ class ConvWeights:
         kh, kw = self.kh, self.kw
         sh, sw = int_pair(fn, "stride", stride)
         dh, dw = int_pair(fn, "dilation", dilation)
+        if (sh, sw) != self.stride or (dh, dw) != self.dilation:
+            raise ValueError(f"internal: {fn}'s operator was made for stride {self.stride} "
+                             f"and dilation {self.dilation}")
         (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
         span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
         if H + pt + pb < span_h or W + pl + pr < span_w:
@@ -255,83 +215,83 @@ class ConvWeights:
                      f"is too large")
         check_nbytes(fn, "the result (N, Ho, Wo, K)", (N, Ho, Wo, K), self.dtype.itemsize,
                      f"x of shape {tuple(shape)} and weight with K={K} give too large a result")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"{fn}: algorithm must be one of {list(ALGORITHMS)}; "
+                             f"got {algorithm!r}")
+        sizes = (N, H, W, C, K, pt, pl, Ho, Wo, (kh, kw), (sh, sw), (dh, dw))
         flush = get_flush_denormals()
-        args = (self.dtype.name, N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo)
-        geom = _core.Geometry(*args, relu, self.has_bias, flush)
+        call = _core.ConvCall(*sizes, relu, flush, get_winograd(), algorithm,
+                              self.dtype.itemsize)
+        if self._op is None:
+            self._make_operators(self._w, False)
+        # (weights holding Inf or NaN run their finite stand-ins: see _run)
+        op = self._nonfinite.get("finite", self._op)
+        try:
+            name, macs, direct_macs = op.plan(call)
+        except ValueError:
+            raise ValueError(f"{fn}: algorithm {algorithm!r} cannot run this convolution "
+                             f"(x of shape {tuple(shape)}, a {kh}x{kw} kernel, stride "
+                             f"{(sh, sw)}, dilation {(dh, dw)}, groups {groups})") from None
         result = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
-        # One output pixel from an undilated kernel: a dense layer on the
-        # (zero-padded) input window at (-pt, -pl), with the kernel as its
-        # matrix (the fully-connected layer written as a convolution).
-        window = None
-        if Ho == Wo == 1 and groups == 1 and dh == dw == 1 and N <= DENSE_MAX_ROWS:
-            window = (pt, pl)
-        # A GEMM over few pixels (ResNet's last 1x1 layers at 7x7): weights
-        # not yet packed may be read in place, as matmul does below
-        # DIRECT_GEMM_MAX_ROWS rows, packing them would cost more than it saves.
-        gemm_in_place = (kh == kw == 1 and groups == 1 and (sh, sw, pt, pb, pl, pr) ==
-                         (1, 1, 0, 0, 0, 0) and N * H * W < DIRECT_GEMM_MAX_ROWS)
-        winograd = (get_winograd() and self._winograd_kernel and (sh, sw, dh, dw) == (1, 1, 1, 1)
-                    and Ho * Wo * C * K * 9 >= WINOGRAD_MIN_MACS
-                    and (not self._one_call or
-                         -(-Ho // 2) * -(-Wo // 2) >= WINOGRAD_ONE_CALL_MIN_TILES))
-        return ConvPlan(geom, args, (N, Ho, Wo, K), result[1:] if unbatched else result,
-                        relu, flush, any((pt, pb, pl, pr)), window, gemm_in_place, winograd)
+        return ConvPlan(call, sizes, (N, Ho, Wo, K), result[1:] if unbatched else result,
+                        relu, flush, name, macs, direct_macs)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
         """Run a plan on xa (checked to have the plan's shape and the dtype)."""
-        if plan.window is not None and self._w is not None and not (
-                plan.padded and not np.isfinite(self._w).all()):  # see _run
-            return self._execute_dense(plan, xa, out, nthreads)
-        # The kernels work in NHWC; an NCHW input is transposed once on the
+        return self.execute_algorithm(plan, xa, out, nthreads)[0]
+
+    def execute_algorithm(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
+                          nthreads: int) -> Tuple[np.ndarray, str]:
+        """execute, and the name of the algorithm that computed the result."""
+        # The operators work in NHWC; an NCHW input is transposed once on the
         # way in and the result once on the way out.
         if self.layout == "NHWC":
             y = out if out is not None else np.empty(plan.result, self.dtype)
-            self._run(plan, np.ascontiguousarray(xa), y, nthreads)
-            return y
+            ran = self._run(plan, np.ascontiguousarray(xa), y, nthreads)
+            return y, ran
         x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
         y = np.empty(plan.nhwc, self.dtype)
-        self._run(plan, np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), y, nthreads)
+        ran = self._run(plan, np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), y, nthreads)
         y = y.transpose(0, 3, 1, 2).reshape(plan.result)
         if out is not None:
             np.copyto(out, y)
-            return out
-        return np.ascontiguousarray(y)
+            return out, ran
+        return np.ascontiguousarray(y), ran
 
-    def _run(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray, nthreads: int) -> None:
-        """y = the convolution of x (both contiguous NHWC, of the plan's shapes).
+    def _run(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray, nthreads: int) -> str:
+        """y = the convolution of x (both contiguous NHWC, of the plan's
+        shapes); returns the algorithm that ran.
 
         A tap in the padding adds nothing to an output (as if it were not
         there), so an Inf or NaN weight reaches exactly the outputs that see
         it at a tap inside the image. The kernels instead multiply padding
         taps by zeros, and 0 * Inf is NaN; that changes nothing for finite
         weights, so only weights holding Inf or NaN take this longer way:
-        the kernels run on the weights with +-Inf as +-1 and NaN as 0 (the
+        the operator runs on the weights with +-Inf as +-1 and NaN as 0 (the
         Inf and NaN inputs then meet them with the right sign), and each
         output then adds the IEEE sum of its non-finite products at taps
         inside the image: NaN if one is NaN (Inf times 0 or NaN, NaN times
         anything) or both signs of Inf occur, else that Inf. Which kinds
-        occur is counted by the kernels themselves, on 0/1 masks of the
-        input and of the weights, whose padding does add nothing.
+        occur is counted by the operators themselves, on 0/1 masks of the
+        input and of the weights, whose padding does add nothing. None of
+        these operators runs Winograd, whose transforms would spread the
+        values of a tile.
         """
-        if plan.winograd and self._run_winograd(plan, x, y, nthreads):
-            return
-        if self._packed is None:  # conv2d's call: see plan.gemm_in_place
-            self._pack(nthreads, allow_direct=plan.gemm_in_place)
-        packed = self._packed  # (packing sets self._nonfinite)
         if not self._nonfinite:
-            plan.geometry.run(x, packed, y, nthreads)
-            return
-        _core.Geometry(*plan.args, False, self.has_bias, plan.flush).run(
-            x, self._nonfinite["finite"], y, nthreads)
-        counting = _core.Geometry(*plan.args, False, False, False)
+            return self._op.run(plan.call, x, y, nthreads)
+        plain = _core.ConvCall(*plan.sizes, False, plan.flush, False, plan.algorithm,
+                               self.dtype.itemsize)
+        ran = self._nonfinite["finite"].run(plain, x, y, nthreads)
+        counting = _core.ConvCall(*plan.sizes, False, False, False, plan.algorithm,
+                                  self.dtype.itemsize)
 
         def meets(x_mask: np.ndarray, kind: str) -> np.ndarray:
             """Outputs where an input in x_mask meets a weight of this kind."""
             if kind not in self._nonfinite:
                 return np.zeros(y.shape, bool)
             counts = np.empty(y.shape, self.dtype)
-            counting.run(x_mask.astype(self.dtype), self._nonfinite[kind], counts, nthreads)
+            self._nonfinite[kind].run(counting, x_mask.astype(self.dtype), counts, nthreads)
             return counts > 0
 
         positive, negative = x > 0, x < 0
@@ -346,121 +306,36 @@ class ConvWeights:
         y[nan] = np.nan
         if plan.relu:
             y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
-
-    def _winograd_weights(self, nthreads: int) -> Optional[list]:
-        """The 16 packed (C, K) matrices of U = G g G^T (computed in double
-        from the weights as given, then rounded once), or None for weights
-        holding Inf or NaN, or large enough (above the dtype's largest value
-        / 2.25, the most G g G^T can grow) that U might overflow."""
-        if self._winograd is None:
-            w = self._w if self._w is not None else self.weight()
-            limit = np.finfo(self.dtype).max / 2.25
-            # (NaN fails both comparisons)
-            packed: Any = False
-            if np.max(w) <= limit and np.min(w) >= -limit:
-                w, strides = _element_strides(w)
-                u = np.empty((16, self.c, self.k), self.dtype)
-                _core.wino_weights(self.dtype.name, self.c, self.k, w,
-                                   tuple(strides[a] for a in self._axes), u, nthreads)
-                packed = [_core.pack(self.dtype.name, self.c, self.k, 1, 1, 1, ui,
-                                     (0, 0, self.k, 1), None, False, nthreads) for ui in u]
-            self._winograd = packed  # in one step: other threads may be calling
-        return self._winograd or None
-
-    def _run_winograd(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray,
-                      nthreads: int) -> bool:
-        """y = the convolution of x through Winograd F(2x2, 3x3): for each
-        block of 2x2 output tiles, the 16 transformed input patches (V),
-        16 GEMMs V[i] @ U[i] (the packed GEMM kernel), and the output
-        transform with bias and ReLU. False, with y to be rewritten, when the
-        weights or x hold Inf or NaN (the transforms mix the values of a tile,
-        so one of them would reach outputs that do not see it) or a
-        transformed value or an output overflows (where the direct
-        convolution, summing in another order, may not, or may give Inf where
-        this gives Inf - Inf)."""
-        u = self._winograd_weights(nthreads)
-        if u is None:
-            return False
-        geometry, C, K = plan.geometry, self.c, self.k
-        tiles = geometry.tiles()
-        block = max(1, min(tiles, WINOGRAD_BLOCK_BYTES // (16 * max(C, K) * self.dtype.itemsize)))
-        for t0 in range(0, tiles, block):
-            n = min(block, tiles - t0)
-            v = np.empty((16, n, C), self.dtype)
-            if not geometry.wino_input(x, t0, t0 + n, v, nthreads):
-                return False
-            m = np.empty((16, n, K), self.dtype)
-            # (the n transformed patches as the pixels of a 1 x n image)
-            gemm = _core.Geometry(self.dtype.name, 1, 1, n, C, K, 1, 1, 1, 1, 1, 1, 1, 0, 0,
-                                  1, n, False, False, plan.flush)
-            for i in range(16):
-                gemm.run(v[i], u[i], m[i], nthreads)
-            if not geometry.wino_output(m, t0, t0 + n, self._bias, y, nthreads):
-                return False
-        return True
-
-    def _execute_dense(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
-                       nthreads: int) -> np.ndarray:
-        """A one-pixel result through the dense kernel, the weights read in
-        place: HWIO as a (kh*kw*C, K) matrix against the NHWC window, OIHW as
-        (K, C*kh*kw) against the NCHW one. No transposes, no packing."""
-        nchw = self.layout == "NCHW"
-        x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
-        N = x4.shape[0]
-        H, W = x4.shape[2:] if nchw else x4.shape[1:3]
-        pt, pl = plan.window
-        kh, kw = self.kh, self.kw
-        # Rows -pt .. kh-pt-1 and columns -pl .. kw-pl-1 of x: inside x, or
-        # padding zeros.
-        if (pt, pl) == (0, 0) and (H, W) == (kh, kw):
-            window = x4
-        else:
-            rows = slice(max(0, -pt), min(H, kh - pt))
-            cols = slice(max(0, -pl), min(W, kw - pl))
-            to_rows = slice(rows.start + pt, rows.stop + pt)
-            to_cols = slice(cols.start + pl, cols.stop + pl)
-            if nchw:
-                window = np.zeros((N, self.c, kh, kw), self.dtype)
-                window[:, :, to_rows, to_cols] = x4[:, :, rows, cols]
-            else:
-                window = np.zeros((N, kh, kw, self.c), self.dtype)
-                window[:, to_rows, to_cols] = x4[:, rows, cols]
-        y = out if out is not None else np.empty(plan.result, self.dtype)
-        w = np.ascontiguousarray(self._w)
-        _core.dense(np.ascontiguousarray(window).reshape(N, -1),
-                    w.reshape(self.k, -1) if nchw else w.reshape(-1, self.k), nchw,
-                    self._bias, y.reshape(N, self.k), plan.relu, plan.flush, nthreads)
-        return y
+        return ran
 
     def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
-            out: Any, num_threads: Any, originals: dict) -> np.ndarray:
+            out: Any, num_threads: Any, originals: dict,
+            algorithm: str = "auto") -> Tuple[np.ndarray, str]:
         """Convolve x with these weights (every check on x and the options
-        first). `originals` are the caller's arrays, for the overlap check."""
+        first): (the result, the algorithm that ran). `originals` are the
+        caller's arrays, for the overlap check."""
         xa = input_array(self.fn, x, self.dtype)
-        plan = self.plan(xa.shape, stride, padding, dilation, activation)
+        plan = self.plan(xa.shape, stride, padding, dilation, activation, algorithm)
         nthreads = resolve_threads(self.fn, num_threads)
         out = check_out(self.fn, out, plan.result, self.dtype, originals)
-        return self.execute(plan, xa, out, nthreads)
+        return self.execute_algorithm(plan, xa, out, nthreads)
 
 
 class ConvPlan:
-    """A checked convolution for one input shape: the kernel geometry and the
-    arguments it was made from (dtype and sizes, before relu, has_bias and
-    flush), the NHWC shape the kernels write, the shape returned to the
-    caller, relu and flush as the geometry has them, whether it pads; for a
-    one-pixel result that a dense layer can compute, the window's offset
-    (pad_top, pad_left), else None; whether the weights of this GEMM may be
-    read in place; and whether it may run as Winograd F(2x2, 3x3)."""
-    __slots__ = ("geometry", "args", "nhwc", "result", "relu", "flush", "padded", "window",
-                 "gemm_in_place", "winograd")
+    """A checked convolution for one input shape: the operator's call, the
+    sizes it was made from, the NHWC shape the kernels write, the shape
+    returned to the caller, relu and flush as the call has them, and what
+    the operator plans to run: the algorithm, the multiply-adds it executes
+    and those of the direct convolution."""
+    __slots__ = ("call", "sizes", "nhwc", "result", "relu", "flush", "algorithm", "macs",
+                 "direct_macs")
 
-    def __init__(self, geometry: "_core.Geometry", args: tuple, nhwc: Tuple[int, ...],
-                 result: Tuple[int, ...], relu: bool, flush: bool, padded: bool,
-                 window: Optional[Tuple[int, int]], gemm_in_place: bool,
-                 winograd: bool) -> None:
-        self.geometry, self.args, self.nhwc, self.result = geometry, args, nhwc, result
-        self.relu, self.flush, self.padded = relu, flush, padded
-        self.window, self.gemm_in_place, self.winograd = window, gemm_in_place, winograd
+    def __init__(self, call: "_core.ConvCall", sizes: tuple, nhwc: Tuple[int, ...],
+                 result: Tuple[int, ...], relu: bool, flush: bool, algorithm: str,
+                 macs: float, direct_macs: float) -> None:
+        self.call, self.sizes, self.nhwc, self.result = call, sizes, nhwc, result
+        self.relu, self.flush = relu, flush
+        self.algorithm, self.macs, self.direct_macs = algorithm, macs, direct_macs
 
 
 def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
@@ -541,39 +416,74 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     layout_name(fn, layout)
     # One dtype check over all three, so a mismatch names every dtype seen;
     # the converted arrays go on (converted once).
+    y, _ = conv2d_algorithm(x, weight, bias, stride=stride, padding=padding,
+                            dilation=dilation, groups=groups, activation=activation,
+                            layout=layout, out=out, num_threads=num_threads)
+    return y
+
+
+def conv2d_algorithm(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
+                     dilation: IntPair = 1, groups: int = 1, activation: Optional[str] = None,
+                     layout: str = "NHWC", out: Optional[np.ndarray] = None,
+                     num_threads: Optional[int] = None,
+                     algorithm: str = "auto") -> Tuple[np.ndarray, str]:
+    """conv2d, with an algorithm forced (one of ALGORITHMS, "auto" letting
+    the operator choose; a ValueError where it cannot run the call), and the
+    name of the algorithm that ran returned beside the result: for the
+    tests and the benchmark, which must know which path they measure."""
+    fn = "conv2d"
+    layout_name(fn, layout)
+    # One dtype check over all three, so a mismatch names every dtype seen;
+    # the converted arrays go on (converted once).
     _, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
     weights = ConvWeights(fn, arr["weight"], arr["bias"], groups, layout,
-                          resolve_threads(fn, num_threads), pack_now=False)
+                          resolve_threads(fn, num_threads), pack_now=False,
+                          stride=int_pair(fn, "stride", stride),
+                          dilation=int_pair(fn, "dilation", dilation))
     return weights.run(arr["x"], stride=stride, padding=padding, dilation=dilation,
                        activation=activation, out=out, num_threads=num_threads,
                        originals={"x": (x, arr["x"]), "weight": (weight, arr["weight"]),
-                                  "bias": (bias, arr["bias"])})
+                                  "bias": (bias, arr["bias"])}, algorithm=algorithm)
 
 
 class GemmWeights:
-    """The b operand of a GEMM (and its bias), packed once: a (M, K) @ b (K, N)
-    is the 1x1 convolution of an (M, 1) image with K channels."""
+    """The b operand of a GEMM (and its bias) and its C operator: a (M, K) @
+    b (K, N) is the 1x1 convolution of M images of one pixel with K
+    channels. With one_call (the matmul function) b is read in place where
+    the operator can (the dense kernel for a few rows, the GEMM in place
+    below a few hundred), else packed once."""
 
     def __init__(self, fn: str, b: np.ndarray, bias: Optional[np.ndarray],
-                 nthreads: int, allow_direct: bool = False, name: str = "b") -> None:
+                 nthreads: int, one_call: bool = False, name: str = "b") -> None:
         self.fn = fn
         self.dtype = b.dtype
         self.k, self.n = b.shape
         check_bias(fn, bias, self.n)
         self.has_bias = bias is not None
-        check_nbytes(fn, f"{name}, packed for the kernels ({self.n} outputs rounded up to "
-                     f"{MAX_VLEN}, and a row for the bias),",
-                     (-(-self.n // MAX_VLEN) * MAX_VLEN, self.k + 1), self.dtype.itemsize,
-                     f"{name} with {self.k} inputs and {self.n} outputs is too large")
-        b, strides = _element_strides(b)
         self._bias = None if bias is None else np.array(bias, order="C")
-        self.packed = _core.pack(self.dtype.name, self.k, self.n, 1, 1, 1, b,
-                                 (0, 0, strides[0], strides[1]), self._bias, False,
-                                 nthreads, allow_direct)
+        # b as a 1x1 kernel: HWIO (1, 1, K, N), or, when b is F-ordered (the
+        # transpose of PyTorch's (out, in) weight), OIHW (N, K, 1, 1), so
+        # that the operator sees it contiguous in one layout or the other.
+        oihw = b.flags.f_contiguous and not b.flags.c_contiguous
+        w4, axes = (b.T.reshape(self.n, self.k, 1, 1), (2, 3, 1, 0)) if oihw else (
+            b.reshape(1, 1, self.k, self.n), (0, 1, 2, 3))
+        try:
+            self._op = _core.ConvOp(_op_weights(w4), axes, 1, self._bias, (1, 1), (1, 1),
+                                    one_call, True, False, nthreads)
+        except OverflowError:
+            raise ValueError(f"{fn}: {name} with {self.k} inputs and {self.n} outputs, packed "
+                             f"for the kernels (outputs rounded up to whole vectors, and a "
+                             f"row for the bias), would take more than 2**63 - 1 bytes, the "
+                             f"largest 64-bit size; it is too large") from None
+
+    @property
+    def algorithm(self) -> str:
+        return self._op.algorithm
 
     def weight(self) -> np.ndarray:
         """A new (K, N) array of b, read back from the packed panels."""
-        b = _unpacked(self.packed, (1, 1, self.k, self.n), (0, 1, 2, 3))  # a 1x1 kernel
+        b = np.empty((1, 1, self.k, self.n), self.dtype)  # a 1x1 kernel, HWIO
+        self._op.unpack(b, (0, 1, 2, 3))
         return b.reshape(self.k, self.n)
 
     @property
@@ -581,14 +491,20 @@ class GemmWeights:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
-    def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int
-            ) -> np.ndarray:
-        """a (M, K), already checked, @ the packed b, into out or a new array."""
+    def plan(self, M: int, relu: bool, algorithm: str = "auto") -> Tuple["_core.ConvCall", str]:
+        """The call of a GEMM with M rows and what it runs."""
+        call = _core.ConvCall(M, 1, 1, self.k, self.n, 0, 0, 1, 1, (1, 1), (1, 1), (1, 1),
+                              relu, get_flush_denormals(), False, algorithm,
+                              self.dtype.itemsize)
+        return call, self._op.plan(call)[0]
+
+    def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int,
+            algorithm: str = "auto") -> np.ndarray:
+        """a (M, K), already checked, @ b, into out or a new array."""
         M = a.shape[0]
         y = out if out is not None else np.empty((M, self.n), self.dtype)
-        geom = _core.Geometry(self.dtype.name, 1, M, 1, self.k, self.n, 1, 1, 1, 1, 1, 1, 1,
-                              0, 0, M, 1, relu, self.has_bias, get_flush_denormals())
-        geom.run(np.ascontiguousarray(a), self.packed, y, nthreads)
+        call, _ = self.plan(M, relu, algorithm)
+        self._op.run(call, np.ascontiguousarray(a), y, nthreads)
         return y
 
 
@@ -637,18 +553,4 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     nthreads = resolve_threads(fn, num_threads)
     out = check_out(fn, out, (M, ba.shape[1]), dtype,
                     {"a": (a, aa), "b": (b, ba), "bias": (bias, bias_a)})
-    # A few rows (a batch-1 dense layer): b streamed once, in place, in its
-    # own orientation (C order, or F order as b = W.T of PyTorch's weights).
-    if M <= DENSE_MAX_ROWS and (ba.flags.c_contiguous or ba.flags.f_contiguous):
-        w_out_in = not ba.flags.c_contiguous
-        y = out if out is not None else np.empty((M, ba.shape[1]), dtype)
-        _core.dense(np.ascontiguousarray(aa), ba.T if w_out_in else ba, w_out_in,
-                    None if bias_a is None else np.ascontiguousarray(bias_a), y, relu,
-                    get_flush_denormals(), nthreads)
-        return y
-    # With few rows, packing b would cost more than reading it in place saves
-    # (measured, 1 thread: 49x2048x512 66 -> 86 GFLOP/s read in place, while
-    # 1024^3 drops 100 -> 93 and 2048^3 99 -> 75 as the strided rows of b
-    # are read again for every block of rows).
-    direct = M < DIRECT_GEMM_MAX_ROWS
-    return GemmWeights(fn, ba, bias_a, nthreads, allow_direct=direct).run(aa, relu, out, nthreads)
+    return GemmWeights(fn, ba, bias_a, nthreads, one_call=True).run(aa, relu, out, nthreads)

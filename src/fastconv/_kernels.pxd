@@ -1,56 +1,7 @@
-# Declarations of the C kernel interface (fastconv/csrc/fastconv.h).
+# Declarations of the C operator API (csrc/fastconv.h).
 from libc.stdint cimport int64_t
 
 cdef extern from "fastconv.h" nogil:
-    ctypedef struct fc_conv_desc:
-        int64_t N, H, W, C, K, groups, kh, kw, sh, sw, dh, dw
-        int64_t pad_top, pad_left, Ho, Wo
-        int relu
-        int has_bias
-        int flush_denormals
-
-    ctypedef struct fc_pool_desc:
-        int64_t N, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo
-        int max
-        int count_include_pad
-
-    ctypedef struct fc_dense_desc:
-        int64_t M, R, K
-        int w_out_in
-        int relu
-        int flush_denormals
-
-    ctypedef struct fc_weight_strides:
-        int64_t ty, tx, c, k
-
-    ctypedef struct fc_kernel_set:
-        const char *isa
-        int64_t mr, nr, vlen
-        int64_t (*packed_size)(const fc_conv_desc *d) noexcept nogil
-        void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
-                     const void *bias, void *packed, int nthreads) noexcept nogil
-        void (*unpack)(const fc_conv_desc *d, const void *packed, fc_weight_strides ws,
-                       void *w) noexcept nogil
-        int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
-                    void *y, int nthreads) noexcept nogil
-        int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
-                           const void *bias, void *y, int nthreads) noexcept nogil
-        int (*dense)(const fc_dense_desc *d, const void *x, const void *w,
-                     const void *bias, void *y, int nthreads) noexcept nogil
-        int (*wino_input)(const fc_conv_desc *d, const void *x, int64_t t0, int64_t t1,
-                          void *v, int nthreads) noexcept nogil
-        void (*wino_weights)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
-                             void *u, int nthreads) noexcept nogil
-        int (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
-                           const void *bias, void *y, int nthreads) noexcept nogil
-        int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
-                      const void *bias, void *y, int nthreads) noexcept nogil
-        int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads) noexcept nogil
-        double (*fma_probe)(int64_t iters, int nthreads) noexcept nogil
-
-    ctypedef struct fc_cpu_features:
-        int sse2, avx, fma, avx2, avx512f, avx512dq, avx512bw, avx512vl
-
     enum:
         FC_OK
         FC_ENOMEM
@@ -61,10 +12,68 @@ cdef extern from "fastconv.h" nogil:
         FC_ISA_COUNT
         FC_F32
         FC_F64
+        FC_ALGO_AUTO
+        FC_ALGO_COUNT
+        FC_CONV_ONE_CALL
+        FC_CONV_NO_WINOGRAD
+        FC_CONV_WINOGRAD_NOW
+
+    const char *fc_algorithm_name(int algorithm)
+
+    ctypedef struct fc_weight_strides:
+        int64_t ty, tx, c, k
+
+    ctypedef struct fc_conv_params:
+        int64_t C, K, groups, kh, kw, sh, sw, dh, dw
+
+    ctypedef struct fc_conv_op:
+        pass
+
+    int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
+                       fc_weight_strides ws, const void *bias, int flags, int nthreads,
+                       fc_conv_op **op)
+    void fc_conv_destroy(fc_conv_op *op)
+
+    ctypedef struct fc_conv_call:
+        int64_t N, H, W, pad_top, pad_left, Ho, Wo
+        int relu
+        int flush_denormals
+        int allow_winograd
+        int algorithm
+
+    ctypedef struct fc_conv_plan:
+        int algorithm
+        double macs, direct_macs
+
+    int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *call, fc_conv_plan *plan)
+    int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
+                    int nthreads, int *ran)
+    int fc_conv_algorithm(const fc_conv_op *op)
+    int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws)
+    const char *fc_conv_isa(const fc_conv_op *op)
+
+    ctypedef struct fc_pool_desc:
+        int64_t N, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo
+        int max
+        int count_include_pad
+
+    int fc_pool_run(int isa, int dtype, const fc_pool_desc *d, const void *x, void *y,
+                    int nthreads)
+
+    ctypedef struct fc_isa_config:
+        int64_t mr, nr, vlen, kc, kc_gemm, mct, dense_rows, direct_gemm_max_rows
+        int64_t winograd_min_channels, winograd_min_macs, winograd_one_call_min_tiles
+        int64_t winograd_block_bytes
+
+    ctypedef struct fc_cpu_features:
+        int sse2, avx, fma, avx2, avx512f, avx512dq, avx512bw, avx512vl
 
     fc_cpu_features fc_cpu_detect()
     int fc_isa_supported(int isa)
-    const fc_kernel_set *fc_kernels(int isa, int dtype)
     const char *fc_isa_name(int isa)
+    int fc_isa_get_config(int isa, int dtype, fc_isa_config *config)
+    int fc_flush_denormals_supported()
     const char *fc_compiler()
     int fc_openmp_version()
+    int fc_max_threads()
+    double fc_fma_probe(int isa, int dtype, int64_t iters, int nthreads)

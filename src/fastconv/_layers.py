@@ -43,7 +43,8 @@ class Conv2d:
         self.stride = int_pair(fn, "stride", stride)
         self.dilation = int_pair(fn, "dilation", dilation)
         self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None),
-                                    winograd_now=self.stride == self.dilation == (1, 1))
+                                    winograd_now=True, stride=self.stride,
+                                    dilation=self.dilation)
         padding_amounts(fn, padding, (1, 1), (1, 1), self.stride, self.dilation)
         self.padding = padding
         activation_is_relu(fn, activation)
@@ -77,7 +78,15 @@ class Conv2d:
     @property
     def isa(self) -> str:
         """The instruction set whose kernels the packed weights are for."""
-        return self._weights.packed.isa
+        return self._weights.isa
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm the layer prepared its weights for:
+        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise". An input too
+        small for Winograd's transforms to pay runs "igemm" instead; plan()
+        tells what a given input runs."""
+        return self._weights.algorithm
 
     @property
     def weight(self) -> np.ndarray:

@@ -1,9 +1,11 @@
 /*
  * Run-time selection of the kernels: which instruction sets this build has
  * (setup.py defines FC_HAVE_X86_KERNELS when it compiled the AVX2 and AVX-512
- * variants) and which of them this CPU and OS can run.
+ * variants) and which of them this CPU and OS can run. A new instruction set
+ * is one configuration (configs/<isa>.h), its entries in the two tables
+ * below, and its detection.
  */
-#include "fastconv.h"
+#include "kernels/kernels.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -14,11 +16,31 @@
 #define FC_X86 1
 #endif
 
-extern const fc_kernel_set fc_kernels_f32_generic, fc_kernels_f64_generic;
+typedef double (*fma_probe_fn)(int64_t iters, int nthreads);
+#define DECLARE_ISA(isa)                                                               \
+    extern const fc_kernel_set fc_kernels_f32_##isa, fc_kernels_f64_##isa;             \
+    double fma_probe_f32_##isa(int64_t, int), fma_probe_f64_##isa(int64_t, int);
+DECLARE_ISA(generic)
 #ifdef FC_HAVE_X86_KERNELS
-extern const fc_kernel_set fc_kernels_f32_avx2, fc_kernels_f64_avx2;
-extern const fc_kernel_set fc_kernels_f32_avx512, fc_kernels_f64_avx512;
+DECLARE_ISA(avx2)
+DECLARE_ISA(avx512)
 #endif
+
+/* [isa][dtype], NULL where this build has none */
+static const fc_kernel_set *const kernel_sets[FC_ISA_COUNT][2] = {
+    [FC_ISA_GENERIC] = {&fc_kernels_f32_generic, &fc_kernels_f64_generic},
+#ifdef FC_HAVE_X86_KERNELS
+    [FC_ISA_AVX2] = {&fc_kernels_f32_avx2, &fc_kernels_f64_avx2},
+    [FC_ISA_AVX512] = {&fc_kernels_f32_avx512, &fc_kernels_f64_avx512},
+#endif
+};
+static const fma_probe_fn fma_probes[FC_ISA_COUNT][2] = {
+    [FC_ISA_GENERIC] = {fma_probe_f32_generic, fma_probe_f64_generic},
+#ifdef FC_HAVE_X86_KERNELS
+    [FC_ISA_AVX2] = {fma_probe_f32_avx2, fma_probe_f64_avx2},
+    [FC_ISA_AVX512] = {fma_probe_f32_avx512, fma_probe_f64_avx512},
+#endif
+};
 
 #ifdef FC_X86
 static uint64_t read_xcr0(void)
@@ -73,20 +95,42 @@ int fc_isa_supported(int isa)
 
 const fc_kernel_set *fc_kernels(int isa, int dtype)
 {
-    if (!fc_isa_supported(isa))
+    if (!fc_isa_supported(isa) || (dtype != FC_F32 && dtype != FC_F64))
         return 0;
-    switch (isa) {
-#ifdef FC_HAVE_X86_KERNELS
-    case FC_ISA_AVX512:
-        return dtype == FC_F64 ? &fc_kernels_f64_avx512 : &fc_kernels_f32_avx512;
-    case FC_ISA_AVX2:
-        return dtype == FC_F64 ? &fc_kernels_f64_avx2 : &fc_kernels_f32_avx2;
+    return kernel_sets[isa][dtype];
+}
+
+int fc_isa_get_config(int isa, int dtype, fc_isa_config *config)
+{
+    const fc_kernel_set *ks = fc_kernels(isa, dtype);
+    if (ks)
+        *config = ks->config;
+    return ks != 0;
+}
+
+double fc_fma_probe(int isa, int dtype, int64_t iters, int nthreads)
+{
+    if (!fc_kernels(isa, dtype))
+        return 0;
+    return fma_probes[isa][dtype](iters, nthreads);
+}
+
+int fc_flush_denormals_supported(void)
+{
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+    return 1; /* kernels/common.h: fp_enter */
+#else
+    return 0;
 #endif
-    case FC_ISA_GENERIC:
-        return dtype == FC_F64 ? &fc_kernels_f64_generic : &fc_kernels_f32_generic;
-    default:
-        return 0;
-    }
+}
+
+int fc_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
 }
 
 const char *fc_isa_name(int isa)

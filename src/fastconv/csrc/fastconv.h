@@ -1,10 +1,18 @@
 /*
- * fastconv C kernel interface.
+ * fastconv's C operator API.
  *
- * Layering: the Python API (fastconv/ .py files) validates every argument and
- * allocates every result; the Cython bindings (_core.pyx) release the GIL and
- * call through the dispatch table below; the kernels (kernels.c, compiled once
- * per instruction set and dtype) do the arithmetic and nothing else.
+ * Layering (each knows only the one below):
+ *   Python API (src/fastconv, .py)   validates, converts layouts, allocates
+ *                                    results;
+ *   bindings (_core.pyx)             check every buffer against the shapes
+ *                                    they are used with, release the GIL;
+ *   operators (operators/)           create an operator from a descriptor
+ *                                    and weights, choose the algorithm, pack
+ *                                    or transform the weights, run it;
+ *   kernels (kernels/)               one family per file, compiled once per
+ *                                    instruction set and dtype with the
+ *                                    configuration of configs/<isa>.h;
+ *   dispatch.c                       which kernel sets this CPU runs.
  *
  * All sizes and index arithmetic are 64-bit.
  */
@@ -18,22 +26,106 @@
 extern "C" {
 #endif
 
-/* Geometry of one 2-D convolution in NHWC (input), HWIO (weights), NHWC (output).
- * A GEMM (M x K) @ (K x N) is the convolution with N=1, H=M, W=1, C=K, K=N and
- * a 1x1 kernel. */
-typedef struct fc_conv_desc {
-    int64_t N, H, W, C;      /* input: batch, height, width, channels */
-    int64_t K;               /* output channels (all groups) */
-    int64_t groups;          /* C and K are multiples of groups */
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2 };
+enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
+enum { FC_F32 = 0, FC_F64 = 1 };
+
+/* The algorithms a convolution operator runs (fc_algorithm_name gives
+ * their names). */
+typedef enum fc_algorithm {
+    FC_ALGO_AUTO = 0,          /* (a request: let the operator choose) */
+    FC_ALGO_IGEMM,             /* indirect GEMM over packed weights */
+    FC_ALGO_GEMM,              /* 1x1, stride 1, unpadded: GEMM over the pixels */
+    FC_ALGO_GEMM_IN_PLACE,     /* the same, the (C, K) weights read in place */
+    FC_ALGO_DENSE,             /* one output pixel: a dense layer on its window,
+                                  weights streamed in place */
+    FC_ALGO_WINOGRAD_F2X2_3X3, /* Winograd F(2x2, 3x3) */
+    FC_ALGO_DEPTHWISE,         /* groups == C == K: channels in SIMD lanes */
+    FC_ALGO_COUNT
+} fc_algorithm;
+
+const char *fc_algorithm_name(int algorithm);
+
+/* Strides, in elements, of a weight tensor indexed (tap row, tap column,
+ * input channel within the group, output channel): HWIO, OIHW or any other
+ * layout is read through these. */
+typedef struct fc_weight_strides {
+    int64_t ty, tx, c, k;
+} fc_weight_strides;
+
+/* What a convolution operator is made for: everything but the input's size
+ * and padding. */
+typedef struct fc_conv_params {
+    int64_t C, K;            /* input and output channels (all groups) */
+    int64_t groups;          /* divides C and K */
     int64_t kh, kw;          /* kernel taps */
     int64_t sh, sw;          /* strides */
     int64_t dh, dw;          /* dilations */
-    int64_t pad_top, pad_left; /* zero padding before the first row/column */
-    int64_t Ho, Wo;          /* output height and width (computed by the caller) */
-    int relu;                /* apply max(v, 0) (NaN-preserving) before storing */
-    int has_bias;            /* the packed weights carry a bias to add */
+} fc_conv_params;
+
+/* Operator flags. */
+enum {
+    /* The weights serve one call (the conv2d function): they are read in
+     * place where an algorithm can (dense, GEMM in place), packed only when
+     * the call needs it, and must stay valid and unchanged until the
+     * operator is destroyed. Without it the operator packs (and for
+     * Winograd transforms) the weights when it is created, keeps its own
+     * copies, and may be run by several threads at once. */
+    FC_CONV_ONE_CALL = 1,
+    /* Never run Winograd (the weights' stand-ins of the non-finite path,
+     * whose results must equal the direct convolution's). */
+    FC_CONV_NO_WINOGRAD = 2,
+    /* Transform the weights for Winograd when the operator is created (a
+     * layer, where Winograd is allowed), not at the first call that runs it. */
+    FC_CONV_WINOGRAD_NOW = 4,
+};
+
+typedef struct fc_conv_op fc_conv_op;
+
+/* An operator for `p` on the kernels of `isa` and `dtype`, from weights
+ * addressed through `ws` (kh x kw x C/groups x K values) and a bias of K
+ * values or NULL. FC_EINVAL for inconsistent parameters or an ISA this CPU
+ * lacks, FC_ENOMEM. */
+int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
+                   fc_weight_strides ws, const void *bias, int flags, int nthreads,
+                   fc_conv_op **op);
+void fc_conv_destroy(fc_conv_op *op);
+
+/* One call of an operator: the input's size, its padding before the first
+ * row and column, the output's size (computed by the caller), and the
+ * options of this call. */
+typedef struct fc_conv_call {
+    int64_t N, H, W;         /* input batch, height, width (NHWC) */
+    int64_t pad_top, pad_left;
+    int64_t Ho, Wo;
+    int relu;                /* max(v, 0), NaN-preserving, in the store */
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
-} fc_conv_desc;
+    int allow_winograd;      /* the package's Winograd switch */
+    int algorithm;           /* FC_ALGO_AUTO, or the algorithm to run: then
+                                FC_EINVAL where it cannot run this call */
+} fc_conv_call;
+
+/* What a call runs: the algorithm and the multiply-adds it executes (for
+ * Winograd its 16 products, not the transforms), beside those of the
+ * direct convolution. */
+typedef struct fc_conv_plan {
+    int algorithm;
+    double macs, direct_macs;
+} fc_conv_plan;
+
+int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *call, fc_conv_plan *plan);
+/* y (N, Ho, Wo, K) = the convolution of x (N, H, W, C), both contiguous
+ * NHWC. *ran (if not NULL) gets the algorithm that produced y: Winograd
+ * falls back to the direct convolution when an input, a transformed value
+ * or an output is Inf or NaN. */
+int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
+                int nthreads, int *ran);
+/* The algorithm the operator prepared its weights for at creation. */
+int fc_conv_algorithm(const fc_conv_op *op);
+/* The weights back, exactly, written through ws (the bias is not). */
+int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws);
+/* The name of the ISA whose kernels the operator runs. */
+const char *fc_conv_isa(const fc_conv_op *op);
 
 /* A 2-D max or average pooling over NHWC input (PyTorch's semantics:
  * symmetric zero padding of at most half the window, windows that may run
@@ -47,89 +139,19 @@ typedef struct fc_pool_desc {
     int count_include_pad;   /* average: divide by the window including padding */
 } fc_pool_desc;
 
-/* Strides, in elements, of a weight tensor indexed (tap row, tap column,
- * input channel within the group, output channel). HWIO and OIHW weights are
- * both packed straight from the caller's array through these. */
-typedef struct fc_weight_strides {
-    int64_t ty, tx, c, k;
-} fc_weight_strides;
+int fc_pool_run(int isa, int dtype, const fc_pool_desc *d, const void *x, void *y,
+                int nthreads);
 
-/* A dense layer y (M, K) = x (M, R) @ W (+ bias, ReLU), W read in place in
- * one of two layouts. x and y are C-contiguous. */
-typedef struct fc_dense_desc {
-    int64_t M, R, K;
-    int w_out_in;            /* 0: W is (R, K) (HWIO flattened, numpy's b);
-                                1: W is (K, R) (OIHW flattened, PyTorch's Linear) */
-    int relu;
-    int flush_denormals;
-} fc_dense_desc;
-
-enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2 };
-
-/* One instruction set's kernels for one dtype. Pointers are void* so that a
- * single table type serves float32 and float64. */
-typedef struct fc_kernel_set {
-    const char *isa;  /* "avx512", "avx2" or "generic" */
-    int64_t mr, nr;   /* register tile: output pixels x output channels */
-    int64_t vlen;     /* values per vector register */
-    /* Number of elements the packed weights (plus bias) of `d` occupy. */
-    int64_t (*packed_size)(const fc_conv_desc *d);
-    /* Pack weights (strided, see fc_weight_strides) and bias (contiguous, K
-     * elements, or NULL) into the micro-panel layout the conv kernel reads. */
-    void (*pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
-                 const void *bias, void *packed, int nthreads);
-    /* The inverse of pack (weights only), written through the strides. */
-    void (*unpack)(const fc_conv_desc *d, const void *packed, fc_weight_strides ws, void *w);
-    /* Convolution through the register-blocked micro-kernel; a 1x1, stride 1,
-     * unpadded convolution (and so every GEMM) takes its GEMM path. x is
-     * contiguous NHWC, y contiguous NHWC. */
-    int (*conv)(const fc_conv_desc *d, const void *x, const void *packed,
-                void *y, int nthreads);
-    /* The GEMM path reading a C-contiguous (C, K) weight matrix in place
-     * (1x1 kernel, one group, K a multiple of vlen; else FC_EINVAL) with a
-     * contiguous bias of K values or NULL. */
-    int (*gemm_direct)(const fc_conv_desc *d, const void *x, const void *w,
-                       const void *bias, void *y, int nthreads);
-    /* Dense layer with few rows (batch-1 fully-connected layers): W read
-     * once per DENSE_ROWS rows of x, in place, threads over outputs; bias is
-     * K elements or NULL. */
-    int (*dense)(const fc_dense_desc *d, const void *x, const void *w, const void *bias,
-                 void *y, int nthreads);
-    /* Winograd F(2x2, 3x3) transforms for a 3x3, stride 1, undilated, one-
-     * group convolution over tiles of 2x2 outputs (numbered row-major per
-     * image, image after image: N * ceil(Ho/2) * ceil(Wo/2) of them), for
-     * tiles [t0, t1). wino_input writes their transformed 4x4 input patches
-     * as v (16, t1 - t0, C) and returns 1 if a transformed value is Inf or
-     * NaN (from an input holding one, which the transforms would spread to
-     * outputs that do not see it, or from an overflow: the caller then runs
-     * the direct convolution), else 0. wino_output reads
-     * the 16 products m (16, t1 - t0, K) and writes those tiles' outputs to
-     * y (NHWC) with bias (K values or NULL) and ReLU, returning 1 if one is
-     * Inf or NaN (an overflow in the products or their sums, where the
-     * direct convolution may differ: the caller runs it), else 0. */
-    int (*wino_input)(const fc_conv_desc *d, const void *x, int64_t t0, int64_t t1, void *v,
-                      int nthreads);
-    /* The transformed weights u (16, C, K) = G g G^T of each 3x3 kernel g
-     * (read through the strides), computed in double and rounded once. The
-     * weights must be finite and at most the dtype's largest value / 2.25
-     * in magnitude (then no value of u overflows). */
-    void (*wino_weights)(const fc_conv_desc *d, const void *w, fc_weight_strides ws, void *u,
-                        int nthreads);
-    int (*wino_output)(const fc_conv_desc *d, const void *m, int64_t t0, int64_t t1,
-                       const void *bias, void *y, int nthreads);
-    /* Depthwise convolution (groups == C == K), channels in SIMD lanes.
-     * w is contiguous (kh, kw, C); bias is C elements or NULL. */
-    int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w,
-                  const void *bias, void *y, int nthreads);
-    /* Pooling, channels in SIMD lanes, OpenMP over output rows. */
-    int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads);
-    /* Register-only FMA loop on nthreads threads, for the peak-throughput
-     * figure of the benchmark; returns the floating-point operations done. */
-    double (*fma_probe)(int64_t iters, int nthreads);
-} fc_kernel_set;
-
-enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
-enum { FC_F32 = 0, FC_F64 = 1 };
+/* One ISA's configuration for one dtype (configs/<isa>.h). */
+typedef struct fc_isa_config {
+    int64_t mr, nr, vlen;    /* register tile: output pixels x channels; values per vector */
+    int64_t kc, kc_gemm;     /* reduction blocks: several taps, one tap */
+    int64_t mct;             /* register tiles per task */
+    int64_t dense_rows;      /* rows per pass of the dense kernel */
+    int64_t direct_gemm_max_rows;
+    int64_t winograd_min_channels, winograd_min_macs, winograd_one_call_min_tiles;
+    int64_t winograd_block_bytes;
+} fc_isa_config;
 
 /* CPU features as detected at run time (cpuid plus the OS's xgetbv state). */
 typedef struct fc_cpu_features {
@@ -139,11 +161,21 @@ typedef struct fc_cpu_features {
 fc_cpu_features fc_cpu_detect(void);
 /* Whether this build has kernels for `isa` and this CPU can run them. */
 int fc_isa_supported(int isa);
-/* The kernels of `isa` for `dtype` (FC_F32/FC_F64); NULL if not supported. */
-const fc_kernel_set *fc_kernels(int isa, int dtype);
 const char *fc_isa_name(int isa);
+/* The configuration of `isa` for `dtype`; 0 if the ISA is not supported. */
+int fc_isa_get_config(int isa, int dtype, fc_isa_config *config);
+/* Whether the kernels can set flush-to-zero / denormals-are-zero on this
+ * target (x86 MXCSR, AArch64 FPCR); elsewhere the request is ignored. */
+int fc_flush_denormals_supported(void);
 const char *fc_compiler(void);
 int fc_openmp_version(void); /* _OPENMP (yyyymm), or 0 when built without OpenMP */
+/* The most threads an OpenMP region of the calling thread may use
+ * (omp_get_max_threads(): what threadpoolctl limits), 1 without OpenMP. */
+int fc_max_threads(void);
+
+/* The benchmark's register-only FMA loop on `isa`'s vectors: returns the
+ * floating-point operations done by nthreads threads in iters rounds. */
+double fc_fma_probe(int isa, int dtype, int64_t iters, int nthreads);
 
 #ifdef __cplusplus
 }

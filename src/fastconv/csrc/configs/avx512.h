@@ -1,0 +1,45 @@
+/*
+ * AVX-512 (AVX512F/DQ/BW/VL with AVX2 and FMA): tile sizes and algorithm
+ * thresholds, the same for float32 and float64 (the tile is counted in
+ * vectors). Measured on the 2-core AMD EPYC Zen 4 of bench/RESULTS.md.
+ *
+ * A configuration defines: VBYTES (bytes per vector), the register tile
+ * MR x NV vectors, the reduction blocks KC / KC_GEMM, MCT, and the
+ * thresholds the operator reads (fc_isa_config in kernels/kernels.h).
+ */
+#define VBYTES 64
+/* 6 output pixels x 4 vectors of output channels: 24 of the 32 registers
+ * hold the tile. With only 6 input rows per tile the broadcasts stay few and
+ * the rows' cache lines never contend for one L1 set (5-40% faster than
+ * 12 x 2). */
+#define MR 6
+#define NV 4
+/* Input channels per reduction block of a convolution with several taps
+ * (a block of packed weights, taps * KC * NR, stays in L1/L2), and of a GEMM
+ * (one tap): 512 measured 1-4% faster on 2048^3 and ResNet's 1x1 layers,
+ * while 3x3 layers with 512 channels lost 2% with it. */
+#define KC 256
+#define KC_GEMM 512
+/* Register tiles per task: the block of input rows a thread keeps in cache
+ * while it sweeps every panel of the weights. */
+#define MCT 8
+
+/* Algorithm thresholds (read by the operator through fc_isa_config). */
+/* Rows of x the dense kernel serves per pass over the weights: up to this
+ * many rows (batch-1 fully-connected layers, and the convolutions whose
+ * kernel covers their whole input), a one-call operator streams its weights
+ * in place through it. */
+#define DENSE_ROWS 8
+/* A GEMM with fewer rows reads its weights in place instead of packing them
+ * (1 thread: 49x2048x512 66 -> 86 GFLOP/s in place, while 1024^3 drops
+ * 100 -> 93 and 2048^3 99 -> 75 as the strided rows are read again). */
+#define DIRECT_GEMM_MAX_ROWS 512
+/* Winograd F(2x2, 3x3): channels, multiply-adds of the direct convolution
+ * per image, and (for weights that serve one call, which also pay their
+ * transform) 2x2 tiles per image. See bench/RESULTS.md. */
+#define WINOGRAD_MIN_CHANNELS 64
+#define WINOGRAD_MIN_MACS (1 << 22)
+#define WINOGRAD_ONE_CALL_MIN_TILES 512
+/* Transformed inputs of a block of tiles (16 x tiles x channels) a thread
+ * keeps in cache between the transforms and the 16 products. */
+#define WINOGRAD_BLOCK_BYTES (512 << 10)

@@ -1,0 +1,490 @@
+/*
+ * The convolution operator: made once from its parameters and weights (the
+ * layers of fastconv.nn, or one call of conv2d / matmul), it chooses the
+ * algorithm for each call from the shapes and the configuration of its ISA
+ * (configs/<isa>.h), prepares the weights that algorithm reads (packed
+ * panels, Winograd's transformed panels, depthwise taps, or the weights in
+ * place), and runs the kernels. In the spirit of XNNPACK's
+ * operators/convolution-nhwc.c over its configs.
+ *
+ * An operator made without FC_CONV_ONE_CALL may be run by several threads
+ * at once: what it prepares lazily (Winograd's weights when the switch is
+ * turned on after creation, packed panels a forced algorithm needs) is
+ * published with one atomic compare-and-swap, and a thread that loses the
+ * race frees its own copy.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#define MIN_OF(a, b) ((a) < (b) ? (a) : (b))
+
+struct fc_conv_op {
+    const fc_kernel_set *ks;
+    size_t itemsize;
+    fc_conv_params p;
+    int flags;
+    int has_bias;
+    int depthwise;          /* groups == C == K > 1 */
+    int algorithm;          /* what the weights were prepared for */
+    /* ONE_CALL: the caller's weights, read in place; else NULL */
+    const void *w;
+    fc_weight_strides ws;
+    int w_hwio, w_oihw;     /* w is contiguous HWIO / OIHW */
+    int transformable;      /* ONE_CALL: -1 unknown, 0 / 1: Winograd can use w */
+    void *bias;             /* own copy of the K values, or NULL */
+    void *taps;             /* depthwise: contiguous (kh, kw, C) */
+    void *packed;           /* panels with the bias; NULL until needed */
+    void *wino;             /* Winograd's 16 packed products; NULL until made */
+};
+
+/* Marks Winograd weights that cannot be made (non-finite or too large). */
+static char unusable;
+#define WINO_UNUSABLE ((void *)&unusable)
+
+const char *fc_algorithm_name(int algorithm)
+{
+    static const char *names[FC_ALGO_COUNT] = {
+        "auto", "igemm", "gemm", "gemm-in-place", "dense", "winograd-f2x2-3x3", "depthwise"};
+    return algorithm >= 0 && algorithm < FC_ALGO_COUNT ? names[algorithm] : "unknown";
+}
+
+/* a * b * c * d as a size_t, or 0 with *ok cleared if it overflows. */
+static size_t product(int64_t a, int64_t b, int64_t c, int64_t d, int *ok)
+{
+    uint64_t r;
+    if (a < 0 || b < 0 || c < 0 || d < 0 || __builtin_mul_overflow((uint64_t)a, (uint64_t)b, &r) ||
+        __builtin_mul_overflow(r, (uint64_t)c, &r) || __builtin_mul_overflow(r, (uint64_t)d, &r) ||
+        r > (uint64_t)INT64_MAX) {
+        *ok = 0;
+        return 0;
+    }
+    return (size_t)r;
+}
+
+/* The kernels' descriptor of this operator with an empty call: enough for
+ * packing, which reads only the channels, groups and taps. */
+static fc_conv_desc weights_desc(const fc_conv_op *op)
+{
+    const fc_conv_params *p = &op->p;
+    return (fc_conv_desc){.C = p->C, .K = p->K, .groups = p->groups, .kh = p->kh, .kw = p->kw,
+                          .sh = p->sh, .sw = p->sw, .dh = p->dh, .dw = p->dw,
+                          .has_bias = op->has_bias};
+}
+
+static fc_conv_desc call_desc(const fc_conv_op *op, const fc_conv_call *c)
+{
+    fc_conv_desc d = weights_desc(op);
+    d.N = c->N;
+    d.H = c->H;
+    d.W = c->W;
+    d.pad_top = c->pad_top;
+    d.pad_left = c->pad_left;
+    d.Ho = c->Ho;
+    d.Wo = c->Wo;
+    d.relu = c->relu;
+    d.flush_denormals = c->flush_denormals;
+    return d;
+}
+
+/* Whether strides s address a C-ordered array of these sizes (axes of size
+ * 1 have no meaningful stride). */
+static int c_ordered(const int64_t size[4], const int64_t stride[4])
+{
+    int64_t expect = 1;
+    for (int i = 3; i >= 0; i--) {
+        if (size[i] > 1 && stride[i] != expect)
+            return 0;
+        expect *= size[i];
+    }
+    return 1;
+}
+
+/* Set once a pointer is published; a thread that loses the race frees its
+ * own and takes the winner's. */
+static void *publish(void **slot, void *mine)
+{
+    void *seen = NULL;
+    if (__atomic_compare_exchange_n(slot, &seen, mine, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return mine;
+    if (mine != WINO_UNUSABLE)
+        free(mine);
+    return seen;
+}
+
+/* Where the weights can be read from: the caller's (ONE_CALL) or the
+ * depthwise taps; NULL for a layer, whose weights are only in its panels. */
+static const void *source_weights(const fc_conv_op *op, fc_weight_strides *ws)
+{
+    if (op->w) {
+        *ws = op->ws;
+        return op->w;
+    }
+    if (op->taps) { /* (kh, kw, C): tap row, tap column, output channel */
+        *ws = (fc_weight_strides){op->p.kw * op->p.C, op->p.C, 0, 1};
+        return op->taps;
+    }
+    return NULL;
+}
+
+/* The packed panels, packed now if they are not yet (NULL: no memory). */
+static const void *packed_weights(fc_conv_op *op, int nthreads)
+{
+    void *packed = __atomic_load_n(&op->packed, __ATOMIC_ACQUIRE);
+    if (packed)
+        return packed;
+    fc_weight_strides ws;
+    const void *w = source_weights(op, &ws);
+    const fc_conv_desc d = weights_desc(op);
+    int ok = 1;
+    const size_t n = product(op->ks->packed_size(&d), (int64_t)op->itemsize, 1, 1, &ok);
+    packed = ok && w ? malloc(n ? n : 1) : NULL;
+    if (!packed)
+        return NULL;
+    op->ks->pack(&d, w, ws, op->bias, packed, nthreads);
+    return publish(&op->packed, packed);
+}
+
+static int winograd_kernel(const fc_conv_op *op)
+{
+    const fc_conv_params *p = &op->p;
+    return p->kh == 3 && p->kw == 3 && p->groups == 1 && p->sh == 1 && p->sw == 1 &&
+           p->dh == 1 && p->dw == 1 && !(op->flags & FC_CONV_NO_WINOGRAD);
+}
+
+/* Whether Winograd can use these 3x3 weights: finite and at most the
+ * dtype's largest value / 2.25 in magnitude, so that G g G^T cannot
+ * overflow. */
+static int transformable(const fc_conv_op *op, const void *w, fc_weight_strides s)
+{
+    const double limit = (op->itemsize == 4 ? FLT_MAX : DBL_MAX) / 2.25;
+    for (int64_t c = 0; c < op->p.C; c++)
+        for (int64_t k = 0; k < op->p.K; k++)
+            for (int64_t t = 0; t < 9; t++) {
+                const int64_t i = c * s.c + k * s.k + t / 3 * s.ty + t % 3 * s.tx;
+                const double v = op->itemsize == 4 ? ((const float *)w)[i] : ((const double *)w)[i];
+                if (!(fabs(v) <= limit)) /* (NaN fails the comparison) */
+                    return 0;
+            }
+    return 1;
+}
+
+/* Winograd's weights, made now if they are not yet: NULL for no memory,
+ * WINO_UNUSABLE for weights it cannot transform. */
+static const void *winograd_weights(fc_conv_op *op, int nthreads)
+{
+    void *u = __atomic_load_n(&op->wino, __ATOMIC_ACQUIRE);
+    if (u)
+        return u;
+    const fc_conv_desc d = weights_desc(op);
+    fc_weight_strides ws;
+    const void *w = source_weights(op, &ws);
+    void *unpacked = NULL;
+    if (!w) { /* a layer: its weights back from the panels, HWIO */
+        int ok = 1;
+        const size_t n = product(9 * op->p.C, op->p.K, (int64_t)op->itemsize, 1, &ok);
+        unpacked = ok ? malloc(n ? n : 1) : NULL;
+        if (!unpacked)
+            return NULL;
+        ws = (fc_weight_strides){3 * op->p.C * op->p.K, op->p.C * op->p.K, op->p.K, 1};
+        op->ks->unpack(&d, op->packed, ws, unpacked);
+        w = unpacked;
+    }
+    int status = FC_OK;
+    if (!transformable(op, w, ws)) {
+        u = WINO_UNUSABLE;
+    } else {
+        int ok = 1;
+        const size_t n = product(op->ks->winograd_packed_size(&d), (int64_t)op->itemsize, 1, 1,
+                                 &ok);
+        u = ok ? malloc(n ? n : 1) : NULL;
+        status = u ? op->ks->winograd_pack(&d, w, ws, u, nthreads) : FC_ENOMEM;
+    }
+    free(unpacked);
+    if (status != FC_OK) {
+        free(u);
+        return NULL;
+    }
+    return publish(&op->wino, u);
+}
+
+/* Whether Winograd can use the weights: known once its weights are made
+ * (a layer's, at creation or at the first call that runs it); for the
+ * caller's weights of a ONE_CALL operator, checked once, here. */
+static int winograd_usable(fc_conv_op *op)
+{
+    const void *u = __atomic_load_n(&op->wino, __ATOMIC_ACQUIRE);
+    if (u)
+        return u != WINO_UNUSABLE;
+    if (op->w && op->transformable < 0)
+        op->transformable = transformable(op, op->w, op->ws);
+    return op->transformable != 0;
+}
+
+static int is_gemm(const fc_conv_op *op, const fc_conv_call *c)
+{
+    const fc_conv_params *p = &op->p;
+    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && c->pad_top == 0 &&
+           c->pad_left == 0 && c->Ho == c->H && c->Wo == c->W;
+}
+
+/* Whether `algorithm` can compute this call at all (thresholds aside). */
+static int applies(fc_conv_op *op, const fc_conv_call *c, int algorithm)
+{
+    const fc_conv_params *p = &op->p;
+    switch (algorithm) {
+    case FC_ALGO_DEPTHWISE:
+        return op->depthwise;
+    case FC_ALGO_GEMM:
+        return is_gemm(op, c);
+    case FC_ALGO_IGEMM:
+        return !is_gemm(op, c);
+    case FC_ALGO_GEMM_IN_PLACE:
+        return op->w && op->w_hwio && p->groups == 1 && is_gemm(op, c) &&
+               p->K % op->ks->config.vlen == 0;
+    case FC_ALGO_DENSE:
+        return op->w && (op->w_hwio || op->w_oihw) && p->groups == 1 && p->dh == 1 &&
+               p->dw == 1 && c->Ho == 1 && c->Wo == 1;
+    case FC_ALGO_WINOGRAD_F2X2_3X3:
+        return winograd_kernel(op) && winograd_usable(op);
+    default:
+        return 0;
+    }
+}
+
+/* The algorithm this call runs when the operator chooses. */
+static int choose(fc_conv_op *op, const fc_conv_call *c)
+{
+    const fc_isa_config *cfg = &op->ks->config;
+    const fc_conv_params *p = &op->p;
+    if (op->depthwise)
+        return FC_ALGO_DEPTHWISE;
+    /* one output pixel (a fully-connected layer written as a convolution):
+     * bound by the memory bandwidth, so its weights are streamed in place */
+    if (c->N <= cfg->dense_rows && applies(op, c, FC_ALGO_DENSE))
+        return FC_ALGO_DENSE;
+    if (c->N * c->H * c->W < cfg->direct_gemm_max_rows && applies(op, c, FC_ALGO_GEMM_IN_PLACE))
+        return FC_ALGO_GEMM_IN_PLACE;
+    if (c->allow_winograd && applies(op, c, FC_ALGO_WINOGRAD_F2X2_3X3) &&
+        MIN_OF(p->C, p->K) >= cfg->winograd_min_channels &&
+        (double)c->Ho * c->Wo * p->C * p->K * 9 >= (double)cfg->winograd_min_macs &&
+        (!(op->flags & FC_CONV_ONE_CALL) ||
+         (double)((c->Ho + 1) / 2) * ((c->Wo + 1) / 2) >= (double)cfg->winograd_one_call_min_tiles))
+        return FC_ALGO_WINOGRAD_F2X2_3X3;
+    return is_gemm(op, c) ? FC_ALGO_GEMM : FC_ALGO_IGEMM;
+}
+
+int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
+                   fc_weight_strides ws, const void *bias, int flags, int nthreads,
+                   fc_conv_op **out)
+{
+    *out = NULL;
+    const fc_kernel_set *ks = fc_kernels(isa, dtype);
+    if (!ks || p->C < 0 || p->K < 0 || p->groups < 1 || p->C % p->groups ||
+        p->K % p->groups || p->kh < 1 || p->kw < 1 || p->sh < 1 || p->sw < 1 || p->dh < 1 ||
+        p->dw < 1)
+        return FC_EINVAL;
+    fc_conv_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return FC_ENOMEM;
+    op->ks = ks;
+    op->itemsize = dtype == FC_F64 ? 8 : 4;
+    op->p = *p;
+    op->flags = flags;
+    op->has_bias = bias != NULL;
+    op->depthwise = p->groups > 1 && p->groups == p->C && p->groups == p->K;
+    op->transformable = -1;
+    const int64_t Cg = p->C / p->groups;
+    const int64_t hwio[4] = {p->kh, p->kw, Cg, p->K}, hwio_s[4] = {ws.ty, ws.tx, ws.c, ws.k};
+    const int64_t oihw[4] = {p->K, Cg, p->kh, p->kw}, oihw_s[4] = {ws.k, ws.c, ws.ty, ws.tx};
+    op->w_hwio = c_ordered(hwio, hwio_s);
+    op->w_oihw = c_ordered(oihw, oihw_s);
+    int ok = 1;
+    if (bias) {
+        const size_t n = product(p->K, (int64_t)op->itemsize, 1, 1, &ok);
+        op->bias = ok ? malloc(n ? n : 1) : NULL;
+        if (!op->bias)
+            goto nomem;
+        memcpy(op->bias, bias, n);
+    }
+    if (op->depthwise) { /* taps (kh, kw, C) */
+        const size_t n = product(p->kh, p->kw, p->C, (int64_t)op->itemsize, &ok);
+        op->taps = ok ? malloc(n ? n : 1) : NULL;
+        if (!op->taps)
+            goto nomem;
+        char *dst = op->taps;
+        for (int64_t t = 0; t < p->kh * p->kw; t++)
+            for (int64_t c = 0; c < p->C; c++, dst += op->itemsize)
+                memcpy(dst, (const char *)w + (t / p->kw * ws.ty + t % p->kw * ws.tx + c * ws.k) *
+                                                  (int64_t)op->itemsize, op->itemsize);
+        op->algorithm = FC_ALGO_DEPTHWISE;
+    } else if (flags & FC_CONV_ONE_CALL) {
+        op->w = w;
+        op->ws = ws;
+        op->algorithm = FC_ALGO_AUTO; /* chosen per call */
+    } else {
+        op->w = w; /* (until packed) */
+        op->ws = ws;
+        if (!packed_weights(op, nthreads))
+            goto nomem;
+        if ((flags & FC_CONV_WINOGRAD_NOW) && winograd_kernel(op) &&
+            MIN_OF(p->C, p->K) >= ks->config.winograd_min_channels &&
+            !winograd_weights(op, nthreads))
+            goto nomem;
+        op->w = NULL; /* a layer keeps no other copy */
+        op->algorithm = op->wino && op->wino != WINO_UNUSABLE ? FC_ALGO_WINOGRAD_F2X2_3X3
+                        : p->kh * p->kw == 1 && p->sh == 1 && p->sw == 1 ? FC_ALGO_GEMM
+                                                                        : FC_ALGO_IGEMM;
+    }
+    *out = op;
+    return FC_OK;
+nomem:
+    fc_conv_destroy(op);
+    return FC_ENOMEM;
+}
+
+void fc_conv_destroy(fc_conv_op *op)
+{
+    if (!op)
+        return;
+    free(op->bias);
+    free(op->taps);
+    free(op->packed);
+    if (op->wino != WINO_UNUSABLE)
+        free(op->wino);
+    free(op);
+}
+
+int fc_conv_algorithm(const fc_conv_op *op) { return op->algorithm; }
+
+const char *fc_conv_isa(const fc_conv_op *op) { return op->ks->isa; }
+
+static int valid_call(const fc_conv_call *c)
+{
+    return c->N >= 0 && c->H >= 0 && c->W >= 0 && c->pad_top >= 0 && c->pad_left >= 0 &&
+           c->Ho >= 0 && c->Wo >= 0 && c->algorithm >= 0 && c->algorithm < FC_ALGO_COUNT;
+}
+
+int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan)
+{
+    if (!valid_call(c))
+        return FC_EINVAL;
+    const fc_conv_params *p = &op->p;
+    const int algorithm = c->algorithm == FC_ALGO_AUTO ? choose(op, c) : c->algorithm;
+    if (!applies(op, c, algorithm))
+        return FC_EINVAL;
+    plan->algorithm = algorithm;
+    plan->direct_macs = (double)c->N * c->Ho * c->Wo * p->K * p->kh * p->kw * (p->C / p->groups);
+    plan->macs = algorithm == FC_ALGO_WINOGRAD_F2X2_3X3
+                     ? (double)c->N * ((c->Ho + 1) / 2) * ((c->Wo + 1) / 2) * 16 * p->C * p->K
+                     : plan->direct_macs;
+    return FC_OK;
+}
+
+/* A one-pixel result through the dense kernel: the input window at
+ * (-pad_top, -pad_left) as rows of R = kh * kw * C values in the order of
+ * the weights' rows (HWIO: (ty, tx, c); OIHW: (c, ty, tx)), zero where it
+ * lies in the padding; x itself where it is that window. */
+static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x, void *y,
+                     int nthreads)
+{
+    const fc_conv_params *p = &op->p;
+    const int64_t R = p->kh * p->kw * p->C;
+    const size_t item = op->itemsize;
+    const fc_dense_desc dd = {.M = d->N, .R = R, .K = p->K, .w_out_in = !op->w_hwio,
+                              .relu = d->relu, .flush_denormals = d->flush_denormals};
+    if (op->w_hwio && d->pad_top == 0 && d->pad_left == 0 && d->H == p->kh && d->W == p->kw)
+        return op->ks->dense(&dd, x, op->w, op->bias, y, nthreads);
+    int ok = 1;
+    const size_t n = product(d->N, R, (int64_t)item, 1, &ok);
+    char *window = ok ? calloc(n ? n : 1, 1) : NULL;
+    if (!window)
+        return FC_ENOMEM;
+    for (int64_t img = 0; img < d->N; img++)
+        for (int64_t ty = 0; ty < p->kh; ty++) {
+            const int64_t iy = ty - d->pad_top;
+            for (int64_t tx = 0; tx < p->kw && iy >= 0 && iy < d->H; tx++) {
+                const int64_t ix = tx - d->pad_left;
+                if (ix < 0 || ix >= d->W)
+                    continue;
+                const char *src = (const char *)x + ((img * d->H + iy) * d->W + ix) * p->C * item;
+                char *row = window + img * R * item;
+                if (op->w_hwio)
+                    memcpy(row + (ty * p->kw + tx) * p->C * item, src, p->C * item);
+                else
+                    for (int64_t c = 0; c < p->C; c++)
+                        memcpy(row + ((c * p->kh + ty) * p->kw + tx) * item, src + c * item, item);
+            }
+        }
+    const int status = op->ks->dense(&dd, window, op->w, op->bias, y, nthreads);
+    free(window);
+    return status;
+}
+
+int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, int nthreads,
+                int *ran)
+{
+    fc_conv_plan plan;
+    int status = fc_conv_plan_call(op, c, &plan);
+    if (status != FC_OK)
+        return status;
+    const fc_conv_desc d = call_desc(op, c);
+    int algorithm = plan.algorithm;
+    switch (algorithm) {
+    case FC_ALGO_DEPTHWISE:
+        status = op->ks->dwconv(&d, x, op->taps, op->bias, y, nthreads);
+        break;
+    case FC_ALGO_DENSE:
+        status = run_dense(op, &d, x, y, nthreads);
+        break;
+    case FC_ALGO_GEMM_IN_PLACE:
+        status = op->ks->gemm_in_place(&d, x, op->w, op->bias, y, nthreads);
+        break;
+    case FC_ALGO_WINOGRAD_F2X2_3X3: {
+        const void *u = winograd_weights(op, nthreads);
+        if (!u)
+            return FC_ENOMEM;
+        const int result = u == WINO_UNUSABLE ? 1 : op->ks->winograd(&d, x, u, op->bias, y,
+                                                                      nthreads);
+        if (result < 0)
+            return -result;
+        if (result == 0)
+            break;
+        /* Inf or NaN met (or weights it cannot use): the direct convolution
+         * keeps IEEE semantics the transforms would not */
+        algorithm = FC_ALGO_IGEMM;
+    }
+        /* fall through */
+    default: {
+        const void *packed = packed_weights(op, nthreads);
+        if (!packed)
+            return FC_ENOMEM;
+        status = op->ks->igemm(&d, x, packed, y, nthreads);
+    }
+    }
+    if (ran)
+        *ran = algorithm;
+    return status;
+}
+
+int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws)
+{
+    const fc_conv_params *p = &op->p;
+    if (op->taps) {
+        const char *src = op->taps;
+        for (int64_t t = 0; t < p->kh * p->kw; t++)
+            for (int64_t c = 0; c < p->C; c++, src += op->itemsize)
+                memcpy((char *)w + (t / p->kw * ws.ty + t % p->kw * ws.tx + c * ws.k) *
+                                       (int64_t)op->itemsize, src, op->itemsize);
+        return FC_OK;
+    }
+    const void *packed = packed_weights(op, 1);
+    if (!packed)
+        return FC_ENOMEM;
+    const fc_conv_desc d = weights_desc(op);
+    op->ks->unpack(&d, packed, ws, w);
+    return FC_OK;
+}
