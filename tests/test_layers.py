@@ -1,5 +1,5 @@
-"""fastconv.Conv2d and fastconv.Linear: packed once, same results and checks
-as the functions; and the flush-to-zero switch."""
+"""fastconv.Conv2d and fastconv.Linear (the classes of fastconv.nn): packed
+once, same results and checks as the functions; and the flush-to-zero switch."""
 
 import numpy as np
 import pytest
@@ -268,7 +268,10 @@ def test_conv2d_layer_gives_back_its_weights(isa, rng, case, layout):
     assert np.array_equal(back, weight, equal_nan=True)
     assert np.array_equal(np.signbit(back), np.signbit(weight))
     assert np.array_equal(layer.bias, b)
-    back[...] = 0  # a copy: the layer is unchanged
+    with pytest.raises(ValueError, match="read-only"):
+        back[...] = 0  # refused: it would not change the packed weights that run
+    back.flags.writeable = True  # a copy of the caller's own: writing to it
+    back[...] = 0                # leaves the layer unchanged
     assert np.array_equal(layer.weight, weight, equal_nan=True)
 
 

@@ -266,7 +266,7 @@ def test_vgg16_fully_convolutional(rng):
     fcn = nn.to_fully_convolutional(model, (224, 224, 3))
     # fc6 is a 7x7 convolution over the 7x7x512 map, fc7 and fc8 are 1x1.
     convs = [layer for layer in fcn if isinstance(layer, nn.Conv2d)]
-    assert [c.conv.kernel_size for c in convs[-3:]] == [(7, 7), (1, 1), (1, 1)]
+    assert [c.kernel_size for c in convs[-3:]] == [(7, 7), (1, 1), (1, 1)]
 
     x = rng.random((1, 224, 224, 3), dtype=np.float32)
     logits_model = model[:-1](x)
