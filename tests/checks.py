@@ -220,3 +220,14 @@ def check_conv(rng, *, n=2, h=7, w=6, c=3, k=4, kh=3, kw=3, stride=1,
     assert result.shape == expected.shape, (result.shape, expected.shape)
     assert_close_to_reference(result, expected, magnitude, reduction_len, dtype)
     return result
+
+
+def run_layer(layer, x, algorithm="auto", num_threads=None):
+    """(layer(x), the algorithm that computed it), with `algorithm` forced
+    unless "auto": for tests that must know which path they exercise."""
+    weights = layer._weights
+    xa = np.asarray(x)
+    plan = weights.plan(xa.shape, layer.stride, layer.padding, layer.dilation,
+                        layer.activation, algorithm)
+    threads = fastconv.get_num_threads() if num_threads is None else num_threads
+    return weights.execute_algorithm(plan, xa, None, threads)

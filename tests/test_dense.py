@@ -12,7 +12,13 @@ from fastconv import _conv
 from reference import matmul_magnitude, matmul_ref
 
 dtypes = pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
-DENSE_ROWS = _conv.DENSE_MAX_ROWS
+# (the same on every ISA and dtype: tests/test_config.py)
+DENSE_ROWS = fastconv.config()["isa_config"]["float32"]["dense_rows"]
+
+
+def matmul_algorithm(a, b):
+    """What matmul runs on these operands."""
+    return _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(a.shape[0], False)[1]
 
 
 # (M, K, N): rows up to the dense limit; reductions not a multiple of the
@@ -30,6 +36,7 @@ def test_matmul_few_rows(isa, rng, m, k, n, order, bias, dtype):
     a = random_array(rng, (m, k), dtype)
     b = np.asarray(random_array(rng, (k, n), dtype), order=order)
     bias_vals = random_array(rng, (n,), dtype) if bias else None
+    assert matmul_algorithm(a, b) == "dense"
     for relu in (False, True):
         expected = matmul_ref(a, b, bias_vals, relu=relu)
         result = fastconv.matmul(a, b, bias_vals, activation="relu" if relu else None)
@@ -78,6 +85,10 @@ def test_conv2d_one_pixel_result(isa, rng, n, h, w, c, k, kh, kw, stride, paddin
                             dtype=dtype, use_out=relu)
         spatial = result.shape[1:3] if layout == "NHWC" else result.shape[2:4]
         assert spatial == (1, 1)
+    x = np.zeros((n, h, w, c) if layout == "NHWC" else (n, c, h, w), dtype)
+    weight = np.zeros((kh, kw, c, k) if layout == "NHWC" else (k, c, kh, kw), dtype)
+    _, ran = _conv.conv2d_algorithm(x, weight, stride=stride, padding=padding, layout=layout)
+    assert ran == ("dense" if n <= DENSE_ROWS else "igemm" if kh * kw > 1 else "gemm")
 
 
 def test_conv2d_one_pixel_unbatched(rng):
@@ -88,24 +99,19 @@ def test_conv2d_one_pixel_unbatched(rng):
     assert np.array_equal(y, fastconv.conv2d(x[None], w)[0])
 
 
-def test_conv2d_one_pixel_reads_weights_in_place(rng, monkeypatch):
-    """No packing: the dense kernel gets the caller's weight memory."""
+def test_conv2d_one_pixel_reads_weights_in_place(rng):
+    """The dense kernel, which streams the caller's weights in place, runs
+    for HWIO and OIHW weights, and forcing it gives the same result."""
     x = random_array(rng, (1, 7, 7, 8), np.float32)
     w = random_array(rng, (7, 7, 8, 5), np.float32)
-    seen = []
-    real_dense = _conv._core.dense
-
-    def spy(xa, wa, *args):
-        seen.append(np.shares_memory(wa, w))
-        return real_dense(xa, wa, *args)
-
-    def no_pack(*args, **kwargs):
-        raise AssertionError("the weights were packed")
-
-    monkeypatch.setattr(_conv._core, "dense", spy)
-    monkeypatch.setattr(_conv._core, "pack", no_pack)
-    fastconv.conv2d(x, w)
-    assert seen == [True]
+    y, ran = _conv.conv2d_algorithm(x, w)
+    assert ran == "dense"
+    assert np.array_equal(_conv.conv2d_algorithm(x, w, algorithm="dense")[0], y)
+    y_nchw, ran = _conv.conv2d_algorithm(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1).copy(),
+                                         layout="NCHW")
+    assert ran == "dense"
+    assert_close_to_reference(y_nchw[:, :, 0, 0], y[:, 0, 0], matmul_magnitude(
+        x.reshape(1, -1), w.reshape(-1, 5)), 7 * 7 * 8, np.float32)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
@@ -129,16 +135,9 @@ def test_conv2d_small_1x1_reads_weights_in_place(isa, rng, monkeypatch, pixels, 
     they are (K a whole number of vectors); it matches the reference either
     way, with bias and ReLU. (20x25 = 500 pixels is just under the limit.)"""
     h, w = pixels
-    packed_in_place = []
-    real_pack = _conv._core.pack
-
-    def spy(*args):
-        p = real_pack(*args)
-        packed_in_place.append(p.direct)
-        return p
-
-    monkeypatch.setattr(_conv._core, "pack", spy)
     check_conv(rng, n=1, h=h, w=w, c=40, k=k, kh=1, kw=1, relu=True, dtype=dtype)
-    if h * w > DENSE_ROWS:  # (one pixel goes through the dense kernel, unpacked)
-        # 64 and 48 are whole vectors on every ISA and dtype, 33 on none
-        assert packed_in_place == [k != 33]
+    x, weight = np.zeros((1, h, w, 40), dtype), np.zeros((1, 1, 40, k), dtype)
+    _, ran = _conv.conv2d_algorithm(x, weight)
+    # 64 and 48 are whole vectors on every ISA and dtype, 33 on none; one
+    # pixel goes through the dense kernel
+    assert ran == ("dense" if h * w <= DENSE_ROWS else "gemm-in-place" if k != 33 else "gemm")

@@ -1,5 +1,5 @@
-"""fastconv.Conv2d and fastconv.Linear: packed once, same results and checks
-as the functions; and the flush-to-zero switch."""
+"""fastconv.Conv2d and fastconv.Linear (the classes of fastconv.nn): packed
+once, same results and checks as the functions; and the flush-to-zero switch."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,14 @@ import fastconv
 import fastconv.nn
 from checks import (assert_close_to_reference, make_conv_inputs, random_array,
                     reference_for, to_layout)
-from fastconv import _config
-from fastconv._conv import DENSE_MAX_ROWS
+from fastconv import _config, _conv
+
+
+def same_kernel(a, b):
+    """Whether algorithms a and b compute bitwise the same result (the GEMM
+    reads its weights packed or in place through one micro-kernel and one
+    reduction order)."""
+    return a == b or {a, b} <= {"gemm", "gemm-in-place"}
 
 CONV_CASES = [
     # (h, w, c, k, kh, kw, stride, padding, dilation, groups)
@@ -24,8 +30,8 @@ CONV_CASES = [
 ]
 # conv2d computes a one-pixel result (fc6-like) with the dense kernel, the
 # weights read in place; the layer's weights are packed for the GEMM kernel.
-# Both are checked against the reference; their rounding may differ.
-DENSE_IN_CONV2D = {len(CONV_CASES) - 1}
+# Both are checked against the reference; where the algorithms differ, their
+# rounding may too.
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
@@ -45,13 +51,12 @@ def test_conv2d_layer_matches_reference_and_function(isa, rng, case, layout, dty
     for _ in range(2):  # the packed weights are reused unchanged
         y = layer(x)
         assert_close_to_reference(y, expected, magnitude, n_red, dtype)
-    function = fastconv.conv2d(x, weight, b, stride=stride, padding=padding,
-                               dilation=dilation, groups=groups, activation="relu",
-                               layout=layout)
-    if CONV_CASES.index(case) in DENSE_IN_CONV2D:
-        assert_close_to_reference(function, expected, magnitude, n_red, dtype)
-    else:
-        assert np.array_equal(y, function), "layer and conv2d must run the same kernel"
+    function, ran = _conv.conv2d_algorithm(x, weight, b, stride=stride, padding=padding,
+                                           dilation=dilation, groups=groups,
+                                           activation="relu", layout=layout)
+    assert_close_to_reference(function, expected, magnitude, n_red, dtype)
+    if same_kernel(layer.plan(x.shape)["algorithm"], ran):
+        assert np.array_equal(y, function), "layer and conv2d run the same kernel"
 
 
 def test_conv2d_layer_keeps_its_isa_after_a_switch(rng):
@@ -75,10 +80,13 @@ def test_conv2d_layer_other_input_sizes_and_same_padding(rng):
     layer = fastconv.Conv2d(w, b, stride=2, padding="same")
     for hw in [(5, 5), (8, 11), (1, 1)]:
         xi = random_array(rng, (1,) + hw + (4,), np.float32)
-        y, function = layer(xi), fastconv.conv2d(xi, w, b, stride=2, padding="same")
+        y, (function, ran) = layer(xi), _conv.conv2d_algorithm(xi, w, b, stride=2,
+                                                               padding="same")
         if y.shape[1:3] != (1, 1):
+            assert ran == layer.plan(xi.shape)["algorithm"] == "igemm"
             assert np.array_equal(y, function)
             continue
+        assert ran == "dense" and layer.plan(xi.shape)["algorithm"] == "igemm"
         # one pixel: conv2d's dense kernel against the layer's packed one
         expected, magnitude, n_red = reference_for(xi, w, b, stride=2, padding="same")
         assert_close_to_reference(y, expected, magnitude, n_red, np.float32)
@@ -139,9 +147,12 @@ def test_linear_matches_dense_layer(isa, rng, n, fin, fout, weight_layout, dtype
     assert_close_to_reference(layer(x), expected, magnitude, fin, dtype)
     assert_close_to_reference(layer(x[0]), expected[0], magnitude[0], fin, dtype)
     function = fastconv.matmul(x, w_io, b, activation="relu")
-    if n > DENSE_MAX_ROWS:  # the same GEMM kernel, weights packed or read in place
+    assert layer.algorithm == layer.plan(x.shape)["algorithm"] == "gemm"
+    ran = _conv.GemmWeights("matmul", w_io, b, 1, one_call=True).plan(n, True)[1]
+    if same_kernel(ran, "gemm"):  # weights packed or read in place
         assert np.array_equal(layer(x), function)
     else:  # matmul's dense kernel against the layer's GEMM kernel
+        assert ran == "dense"
         assert_close_to_reference(function, expected, magnitude, fin, dtype)
 
 
@@ -268,7 +279,10 @@ def test_conv2d_layer_gives_back_its_weights(isa, rng, case, layout):
     assert np.array_equal(back, weight, equal_nan=True)
     assert np.array_equal(np.signbit(back), np.signbit(weight))
     assert np.array_equal(layer.bias, b)
-    back[...] = 0  # a copy: the layer is unchanged
+    with pytest.raises(ValueError, match="read-only"):
+        back[...] = 0  # refused: it would not change the packed weights that run
+    back.flags.writeable = True  # a copy of the caller's own: writing to it
+    back[...] = 0                # leaves the layer unchanged
     assert np.array_equal(layer.weight, weight, equal_nan=True)
 
 

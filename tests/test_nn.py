@@ -1,10 +1,14 @@
 """fastconv.nn: layers, Sequential, pooling, and to_fully_convolutional."""
 
 import json
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import _bench, nn
 from checks import random_array
 
@@ -250,6 +254,71 @@ def test_layers_keep_their_own_weights(rng):
                        atol=1e-5 * np.abs(before).max())
 
 
+# --------------------------------------------------------------------------
+# One Conv2d and one Linear: fastconv's are fastconv.nn's
+# --------------------------------------------------------------------------
+def test_fastconv_layers_are_the_nn_layers():
+    assert fastconv.Conv2d is nn.Conv2d and fastconv.Linear is nn.Linear
+    assert issubclass(nn.Conv2d, nn.Layer) and issubclass(nn.Linear, nn.Layer)
+
+
+@pytest.mark.parametrize("module", ["fastconv.nn", "fastconv.nn.layers", "fastconv.nn.model",
+                                    "fastconv.nn.serialize", "fastconv.nn.torch_import",
+                                    "fastconv.nn.keras_import"])
+def test_any_nn_module_may_be_imported_first(module):
+    """No circular import: a fresh interpreter imports any module of the
+    package before fastconv itself (outside the checkout, so that its
+    fastconv/ cannot shadow the installed one)."""
+    code = f"import {module}, fastconv; assert fastconv.Conv2d is fastconv.nn.Conv2d"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tempfile.gettempdir())
+    assert done.returncode == 0, done.stderr
+
+
+def test_conv2d_and_linear_take_out_and_num_threads(rng):
+    """layer(x, out=None, num_threads=None) in a model as alone; the other
+    layers, and Sequential, take num_threads by keyword only."""
+    model = small_classifier(rng)
+    conv, linear = model[0], model[3]
+    x = random_array(rng, (2, 8, 8, 2), np.float32)
+    y = conv(x, num_threads=2)
+    out = np.empty_like(y)
+    assert conv(x, out, 1) is out and np.array_equal(out, y)
+    flat = model[:3](x)
+    out = np.empty((2, 10), np.float32)
+    assert linear(flat, out, num_threads=1) is out
+    assert np.array_equal(out, linear(flat))
+    # one vector, without the batch axis
+    assert np.array_equal(linear(flat[0]), linear(flat[:1])[0])
+    for layer in (model[1], model):
+        with pytest.raises(TypeError):
+            layer(x, 1)
+        layer(x, num_threads=1)
+
+
+def test_layer_weights_are_read_only_copies(rng):
+    layers = [nn.Conv2d(random_array(rng, (3, 3, 2, 4), np.float32),
+                        random_array(rng, (4,), np.float32)),
+              nn.Linear(random_array(rng, (5, 3), np.float64), random_array(rng, (5,), np.float64),
+                        weight_layout="OI")]
+    for layer in layers:
+        for name in ("weight", "bias"):
+            a = getattr(layer, name)
+            assert not a.flags.writeable and a is not getattr(layer, name)
+            b = a.copy()
+            b[...] = 0  # the caller's copy
+            assert not np.array_equal(getattr(layer, name), b)
+
+
+def test_conv2d_and_linear_reprs_show_every_option():
+    conv = nn.Conv2d(np.zeros((1, 3, 2, 4), np.float32), padding=(0, 1), dilation=2)
+    assert repr(conv) == ("Conv2d(2, 4, kernel=1x3, stride=(1, 1), padding=(0, 1), "
+                          "dilation=(2, 2), groups=1, bias=False, activation=None, "
+                          "layout='NHWC', dtype=float32)")
+    linear = nn.Linear(np.zeros((3, 2)), np.zeros(2), activation="relu")
+    assert repr(linear) == "Linear(3, 2, bias=True, activation='relu', dtype=float64)"
+
+
 def test_fully_convolutional_refuses_softmax_over_another_axis(rng):
     model = small_classifier(rng)
     model.layers[-1] = nn.Softmax(axis=0)
@@ -266,7 +335,7 @@ def test_vgg16_fully_convolutional(rng):
     fcn = nn.to_fully_convolutional(model, (224, 224, 3))
     # fc6 is a 7x7 convolution over the 7x7x512 map, fc7 and fc8 are 1x1.
     convs = [layer for layer in fcn if isinstance(layer, nn.Conv2d)]
-    assert [c.conv.kernel_size for c in convs[-3:]] == [(7, 7), (1, 1), (1, 1)]
+    assert [c.kernel_size for c in convs[-3:]] == [(7, 7), (1, 1), (1, 1)]
 
     x = rng.random((1, 224, 224, 3), dtype=np.float32)
     logits_model = model[:-1](x)

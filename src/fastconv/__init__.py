@@ -12,7 +12,7 @@ from fastconv._config import (config, get_flush_denormals, get_num_threads, get_
                               show_config)
 from fastconv._conv import conv2d, matmul
 from fastconv._fc import fc_to_conv
-from fastconv._layers import Conv2d, Linear
+from fastconv.nn.layers import Conv2d, Linear
 
 _config_module._select_initial_isa()
 

@@ -760,11 +760,11 @@ def vgg16_fcn(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
         elif isinstance(layer, nn.Conv2d):
             w = layer.weight  # HWIO
             conv = torch.nn.Conv2d(w.shape[2], w.shape[3], w.shape[:2],
-                                   padding=layer.conv.padding)
+                                   padding=layer.padding)
             conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
             conv.bias.data = torch.from_numpy(layer.bias.copy())
             modules.append(conv)
-            if layer.conv.activation == "relu":
+            if layer.activation == "relu":
                 modules.append(torch.nn.ReLU())
     return fcn, torch.nn.Sequential(*modules).to(getattr(torch, dtype.name)).eval()
 

@@ -1,0 +1,529 @@
+"""The layers of fastconv.nn: each maps a batch to a batch and reports the
+shape it produces (Layer). Conv2d and Linear, also fastconv.Conv2d and
+fastconv.Linear, pack their weights once, at construction."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fastconv import _core
+from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
+from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_array
+from fastconv._validate import (activation_is_relu, check_ndim, check_out, float_arrays,
+                                int_pair, layout_name, padding_amounts)
+
+__all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+           "Flatten", "Softmax", "Dropout"]
+
+# Input shapes whose checked plan a Conv2d keeps (a network sees few).
+PLAN_CACHE_SIZE = 32
+
+Shape = Tuple[int, ...]
+
+
+def _batch(fn: str, x: Any, ndim: int, what: str) -> np.ndarray:
+    """x as a float32/float64 array with a batch axis of `ndim` dimensions."""
+    _, arr = float_arrays(fn, x=x)
+    xa = arr["x"]
+    if xa.ndim != ndim:
+        raise ValueError(f"{fn}: x must be {ndim}-D {what}; got shape {xa.shape}")
+    return xa
+
+
+def _spatial(layout: str, shape: Shape) -> Tuple[int, int, int]:
+    """(H, W, C) of a map shape (no batch axis) in `layout`."""
+    if layout == "NHWC":
+        return shape[0], shape[1], shape[2]
+    return shape[1], shape[2], shape[0]
+
+
+def _read_only(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """a (a new array, or None) marked read-only: writing to a layer's weights
+    would not change the packed weights that run, so it is refused."""
+    if a is not None:
+        a.flags.writeable = False
+    return a
+
+
+def _map_shape(layout: str, h: int, w: int, c: int) -> Shape:
+    return (h, w, c) if layout == "NHWC" else (c, h, w)
+
+
+class Layer:
+    """Base class: a layer maps a batch to a batch, ``layer(x, num_threads=None)``
+    (num_threads by keyword: Conv2d and Linear take ``out`` second)."""
+
+    layout: Optional[str] = None  # None: works in either layout
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """The shape this layer produces for an input of `shape` (no batch axis)."""
+        raise NotImplementedError
+
+    def _describe(self):
+        """(JSON-able constructor keywords, named arrays) for save()."""
+        return {}, {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Conv2d(Layer):
+    """A convolution layer: conv2d with fixed weights, packed once.
+
+    Parameters
+    ----------
+    weight, bias, stride, padding, dilation, groups, activation, layout
+        As for fastconv.conv2d, and checked the same way (options now, the
+        input at each call): weight is HWIO for layout "NHWC", OIHW for
+        "NCHW".
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> layer = fastconv.Conv2d(np.ones((3, 3, 8, 16), np.float32), padding="same",
+    ...                         activation="relu")
+    >>> layer(np.ones((1, 8, 8, 8), np.float32)).shape
+    (1, 8, 8, 16)
+    """
+
+    def __init__(self, weight: Any, bias: Any = None, *, stride: IntPair = 1,
+                 padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
+                 activation: Optional[str] = None, layout: str = "NHWC") -> None:
+        fn = "Conv2d"
+        # Packing copies the weights: the layer keeps only the packed ones
+        # (so a huge layer, VGG's fc6, takes its weights' size once), and
+        # changing the caller's arrays later changes nothing.
+        # The options are checked now, so that a bad one fails at
+        # construction rather than at the first call.
+        self.stride = int_pair(fn, "stride", stride)
+        self.dilation = int_pair(fn, "dilation", dilation)
+        self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None),
+                                    winograd_now=True, stride=self.stride,
+                                    dilation=self.dilation)
+        padding_amounts(fn, padding, (1, 1), (1, 1), self.stride, self.dilation)
+        self.padding = padding
+        activation_is_relu(fn, activation)
+        self.activation = activation
+        self._plans: dict = {}
+
+    @property
+    def layout(self) -> str:
+        return self._weights.layout
+
+    @property
+    def groups(self) -> int:
+        return self._weights.groups
+
+    @property
+    def in_channels(self) -> int:
+        return self._weights.c
+
+    @property
+    def out_channels(self) -> int:
+        return self._weights.k
+
+    @property
+    def kernel_size(self) -> tuple:
+        return (self._weights.kh, self._weights.kw)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._weights.dtype
+
+    @property
+    def isa(self) -> str:
+        """The instruction set whose kernels the packed weights are for."""
+        return self._weights.isa
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm the layer prepared its weights for:
+        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise". An input too
+        small for Winograd's transforms to pay runs "igemm" instead, and a
+        one-pixel result "gemm" through the one-row micro-kernel:
+        plan(input_shape) tells what a given input runs."""
+        return self._weights.algorithm
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The weights (HWIO for "NHWC", OIHW for "NCHW"), read back from the
+        packed ones into a new, read-only array: the layer keeps no other copy."""
+        return _read_only(self._weights.weight())
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new, read-only array of the bias, or None."""
+        return _read_only(self._weights.bias)
+
+    def __call__(self, x: Any, out: Optional[np.ndarray] = None,
+                 num_threads: Optional[int] = None) -> np.ndarray:
+        """Run the layer on x ((N, H, W, C) or (N, C, H, W) by layout, or 3-D).
+
+        Parameters
+        ----------
+        x : array_like of the layer's dtype
+        out : numpy.ndarray, optional
+            As for conv2d.
+        num_threads : int, optional
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        weights = self._weights
+        xa = input_array("Conv2d", x, weights.dtype)
+        plan = self._plan(xa.shape)
+        nthreads = resolve_threads("Conv2d", num_threads)
+        if out is not None:
+            out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": (x, xa)})
+        return weights.execute(plan, xa, out, nthreads)
+
+    def _plan(self, shape: Tuple[int, ...]):
+        """The checked plan of an input shape, kept: a network sees few (the
+        flush and Winograd settings are part of the key: the plan holds
+        them)."""
+        key = (tuple(shape), get_flush_denormals(), get_winograd())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._weights.plan(tuple(shape), self.stride, self.padding, self.dilation,
+                                      self.activation)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def plan(self, input_shape: Sequence[int]) -> dict:
+        """What the layer runs on an input of this shape (with its batch
+        axis, or 3-D): ``algorithm`` (see the ``algorithm`` property),
+        ``macs``, the multiply-adds it executes (Winograd: its 16 products
+        per tile and channel pair, not the transforms), ``direct_macs``,
+        those of the direct convolution, and ``output_shape``."""
+        p = self._plan(tuple(input_shape))
+        return {"algorithm": p.algorithm, "macs": int(p.macs), "direct_macs": int(p.direct_macs),
+                "output_shape": p.result}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(self._plan((1,) + tuple(shape)).result[1:])
+
+    def _describe(self):
+        params = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                      groups=self.groups, activation=self.activation, layout=self.layout)
+        return params, {"weight": self.weight, "bias": self.bias}
+
+    def __repr__(self) -> str:
+        w = self._weights
+        return (f"Conv2d({w.c}, {w.k}, kernel={w.kh}x{w.kw}, stride={self.stride}, "
+                f"padding={self.padding!r}, dilation={self.dilation}, groups={w.groups}, "
+                f"bias={w.has_bias}, activation={self.activation!r}, layout={w.layout!r}, "
+                f"dtype={w.dtype})")
+
+
+class Linear(Layer):
+    """A fully-connected layer on (N, in_features) or (in_features,) inputs,
+    weights packed once.
+
+    Parameters
+    ----------
+    weight : array_like, float32 or float64
+        (in_features, out_features) for weight_layout "IO" (Keras:
+        y = x @ W) or (out_features, in_features) for "OI" (PyTorch:
+        y = x @ W.T).
+    bias : array_like, shape (out_features,), optional
+    activation : None or "relu"
+    weight_layout : "IO" or "OI"
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> fc = fastconv.Linear(np.ones((4, 2), np.float32), np.array([1, -9], np.float32),
+    ...                      activation="relu")
+    >>> fc(np.ones((3, 4), np.float32))
+    array([[5., 0.],
+           [5., 0.],
+           [5., 0.]], dtype=float32)
+    """
+
+    def __init__(self, weight: Any, bias: Any = None, *, activation: Optional[str] = None,
+                 weight_layout: str = "IO") -> None:
+        fn = "Linear"
+        self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
+        w = arr["weight"]
+        check_ndim(fn, "weight", w, (2,), "2-D (in_features, out_features) for 'IO' or "
+                   "(out_features, in_features) for 'OI'")
+        if weight_layout not in ("IO", "OI"):
+            raise ValueError(f"{fn}: weight_layout must be 'IO' (in, out) or 'OI' (out, in); "
+                             f"got {weight_layout!r}")
+        self.weight_layout = weight_layout
+        self._relu = activation_is_relu(fn, activation)
+        self.activation = activation
+        self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"],
+                                    resolve_threads(fn, None), name="weight")
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The weights in the layer's weight_layout, read back from the packed
+        ones into a new, read-only array (so to_fully_convolutional and save()
+        see exactly what runs): the layer keeps no other copy."""
+        w = self._weights.weight()
+        return _read_only(w if self.weight_layout == "IO" else np.ascontiguousarray(w.T))
+
+    @property
+    def bias(self) -> Optional[np.ndarray]:
+        """A new, read-only array of the bias, or None."""
+        return _read_only(self._weights.bias)
+
+    @property
+    def in_features(self) -> int:
+        return self._weights.k
+
+    @property
+    def out_features(self) -> int:
+        return self._weights.n
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm the layer prepared its weights for: "gemm" (a
+        single row runs it through the one-row micro-kernel)."""
+        return self._weights.algorithm
+
+    def plan(self, input_shape: Sequence[int]) -> dict:
+        """What the layer runs on an input of shape (N, in_features):
+        ``algorithm``, ``macs`` (executed, equal to ``direct_macs``) and
+        ``output_shape``."""
+        n = int(np.prod(tuple(input_shape)[:-1], dtype=np.int64))
+        _, algorithm = self._weights.plan(n, self._relu)
+        macs = n * self.in_features * self.out_features
+        return {"algorithm": algorithm, "macs": macs, "direct_macs": macs,
+                "output_shape": tuple(input_shape)[:-1] + (self.out_features,)}
+
+    def __call__(self, x: Any, out: Optional[np.ndarray] = None,
+                 num_threads: Optional[int] = None) -> np.ndarray:
+        """y = activation(x @ W + b) for x of shape (N, in_features) or (in_features,).
+
+        Parameters
+        ----------
+        x : array_like of the layer's dtype
+        out : numpy.ndarray, optional
+            C-contiguous, of the result's shape and dtype, not overlapping x.
+        num_threads : int, optional
+
+        Returns
+        -------
+        numpy.ndarray, shape (N, out_features) or (out_features,)
+        """
+        fn = "Linear"
+        xa = input_array(fn, x, self.dtype)
+        check_ndim(fn, "x", xa, (1, 2), "2-D (N, in_features) or 1-D (in_features,)")
+        if xa.shape[-1] != self.in_features:
+            raise ValueError(f"{fn}: x has {xa.shape[-1]} features; the layer takes "
+                             f"in_features={self.in_features}")
+        x2 = xa.reshape(-1, self.in_features)
+        nthreads = resolve_threads(fn, num_threads)
+        shape = xa.shape[:-1] + (self.out_features,)
+        out = check_out(fn, out, shape, self.dtype, {"x": (x, xa)})
+        y = self._weights.run(x2, self._relu, None if out is None else out.reshape(
+            x2.shape[0], self.out_features), nthreads)
+        return out if out is not None else y.reshape(shape)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if tuple(shape) != (self.in_features,):
+            raise ValueError(f"Linear: input shape must be ({self.in_features},); "
+                             f"got {tuple(shape)}")
+        return (self.out_features,)
+
+    def _describe(self):
+        return (dict(activation=self.activation, weight_layout=self.weight_layout),
+                {"weight": self.weight, "bias": self.bias})
+
+    def __repr__(self) -> str:
+        return (f"Linear({self.in_features}, {self.out_features}, "
+                f"bias={self._weights.has_bias}, "
+                f"activation={self.activation!r}, dtype={self.dtype})")
+
+
+class ReLU(Layer):
+    """max(x, 0); NaN stays NaN."""
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        _, arr = float_arrays("ReLU", x=x)
+        return np.maximum(arr["x"], 0)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
+
+
+class Dropout(Layer):
+    """Identity at inference (p is kept for the record)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
+        self.p = float(p)
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        _, arr = float_arrays("Dropout", x=x)
+        return arr["x"]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
+
+    def _describe(self):
+        return dict(p=self.p), {}
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
+
+
+class _Pool2d(Layer):
+    """Max or average pooling with PyTorch's rules (padding at most half the
+    window; ceil_mode lets the last window run past the input, but never
+    start inside the right/bottom padding)."""
+
+    is_max = True
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
+                 layout: str = "NHWC") -> None:
+        fn = type(self).__name__
+        self.kernel_size = int_pair(fn, "kernel_size", kernel_size)
+        self.stride = self.kernel_size if stride is None else int_pair(fn, "stride", stride)
+        self.padding = int_pair(fn, "padding", padding, minimum=0)
+        for p, k in zip(self.padding, self.kernel_size):
+            if 2 * p > k:
+                raise ValueError(f"{fn}: padding must be at most half the kernel size; got "
+                                 f"padding {self.padding} for kernel {self.kernel_size}")
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        self.layout = layout_name(fn, layout)
+
+    def _out_size(self, n: int, k: int, s: int, p: int) -> int:
+        span = n + 2 * p - k
+        if span < 0:
+            raise ValueError(f"{type(self).__name__}: the window ({k}) is larger than the "
+                             f"padded input ({n + 2 * p})")
+        out = (-(-span // s) if self.ceil_mode else span // s) + 1
+        if self.ceil_mode and (out - 1) * s >= n + p:
+            out -= 1  # the last window would start in the padding
+        return out
+
+    def output_shape(self, shape: Shape) -> Shape:
+        fn = type(self).__name__
+        if len(shape) != 3:
+            raise ValueError(f"{fn}: input must be a 3-D map (no batch axis); got {tuple(shape)}")
+        h, w, c = _spatial(self.layout, shape)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return _map_shape(self.layout, self._out_size(h, kh, sh, ph),
+                          self._out_size(w, kw, sw, pw), c)
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        fn = type(self).__name__
+        xa = _batch(fn, x, 4, "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)")
+        nhwc = xa if self.layout == "NHWC" else xa.transpose(0, 2, 3, 1)
+        out_shape = self.output_shape(xa.shape[1:])
+        ho, wo, c = _spatial(self.layout, out_shape)
+        y = np.empty((xa.shape[0], ho, wo, c), xa.dtype)
+        _core.pool(np.ascontiguousarray(nhwc), y, *self.kernel_size, *self.stride,
+                   *self.padding, self.is_max, self.count_include_pad,
+                   resolve_threads(fn, num_threads))
+        return y if self.layout == "NHWC" else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+    def _describe(self):
+        params = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                      ceil_mode=self.ceil_mode, layout=self.layout)
+        if not self.is_max:
+            params["count_include_pad"] = self.count_include_pad
+        return params, {}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, ceil_mode={self.ceil_mode})")
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (padding never wins; NaN propagates)."""
+
+    is_max = True
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 ceil_mode: bool = False, layout: str = "NHWC") -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, True, layout)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling; count_include_pad as in PyTorch (default True)."""
+
+    is_max = False
+
+
+class GlobalAvgPool2d(Layer):
+    """The mean over height and width: (N, H, W, C) -> (N, C)."""
+
+    def __init__(self, layout: str = "NHWC") -> None:
+        self.layout = layout_name("GlobalAvgPool2d", layout)
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        xa = _batch("GlobalAvgPool2d", x, 4, "(N, H, W, C)")
+        axes = (1, 2) if self.layout == "NHWC" else (2, 3)
+        return xa.mean(axis=axes, dtype=xa.dtype)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (_spatial(self.layout, shape)[2],)
+
+    def _describe(self):
+        return dict(layout=self.layout), {}
+
+
+class Flatten(Layer):
+    """(N, H, W, C) -> (N, H*W*C), the axes taken in `order` (any permutation
+    of "H", "W", "C": "HWC" as Keras flattens NHWC, "CHW" as PyTorch flattens
+    NCHW)."""
+
+    def __init__(self, order: str = "HWC", layout: str = "NHWC") -> None:
+        if not isinstance(order, str) or sorted(order.upper()) != ["C", "H", "W"]:
+            raise ValueError(f"Flatten: order must be a permutation of 'H', 'W', 'C'; "
+                             f"got {order!r}")
+        self.order = order.upper()
+        self.layout = layout_name("Flatten", layout)
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        xa = _batch("Flatten", x, 4, "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)")
+        axis = {a: i + 1 for i, a in enumerate("HWC" if self.layout == "NHWC" else "CHW")}
+        return np.ascontiguousarray(
+            xa.transpose(0, *(axis[a] for a in self.order))).reshape(xa.shape[0], -1)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (int(np.prod(shape)),)
+
+    def _describe(self):
+        return dict(order=self.order, layout=self.layout), {}
+
+    def __repr__(self) -> str:
+        return f"Flatten(order={self.order!r})"
+
+
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) along `axis` (computed stably)."""
+
+    def __init__(self, axis: int = -1) -> None:
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: axis must be an int; got {axis!r}")
+        self.axis = int(axis)
+
+    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        _, arr = float_arrays("Softmax", x=x)
+        xa = arr["x"]
+        e = np.exp(xa - xa.max(axis=self.axis, keepdims=True))
+        return e / e.sum(axis=self.axis, keepdims=True)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
+
+    def _describe(self):
+        return dict(axis=self.axis), {}
+
+    def __repr__(self) -> str:
+        return f"Softmax(axis={self.axis})"
