@@ -27,17 +27,19 @@ THREADS = sorted({1, fastconv.get_num_threads()})
 def layer_calls(request):
     """(suite, layer, {contender: callable}); the inputs are made once per layer."""
     suite, layer = request.param
-    return suite, layer, _bench.contenders(layer, np.dtype("float32"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(layer, np.dtype("float32"), np.random.default_rng(0))
+    return suite, layer, calls, plan
 
 
 @pytest.mark.parametrize("nt", THREADS, ids=lambda nt: f"t{nt}")
 @pytest.mark.parametrize("contender", _bench.CONTENDERS)
 def test_layer(benchmark, layer_calls, contender, nt):
-    suite, layer, calls = layer_calls
+    suite, layer, calls, plan = layer_calls
     if contender not in calls:
         pytest.skip(f"{contender}: torch is not installed, or no such variant for a GEMM")
     benchmark.group = f"{suite}, {nt} thread{'s' if nt > 1 else ''}"
     benchmark.extra_info.update(layer=layer.name, shape=_bench.shape_text(layer),
-                                count=layer.count, gflop=_bench.flops(layer) / 1e9)
+                                count=layer.count, gflop=_bench.flops(layer) / 1e9,
+                                algorithm=plan.algorithm, executed_gflop=2 * plan.macs / 1e9)
     with _bench.thread_limits(nt):
         benchmark(calls[contender], nt)

@@ -5,8 +5,9 @@
 #     scripts/sanitize.sh [extra pytest arguments]
 #
 # Copies this checkout to a temporary directory, builds fastconv there into a
-# fresh virtual environment with every C object (the six kernel objects,
-# dispatch.c, the Cython module) compiled with -fsanitize=address,undefined,
+# fresh virtual environment with every C object (each kernel file once per
+# ISA and dtype, the operators, dispatch.c, the Cython module) compiled with
+# -fsanitize=address,undefined,
 # and runs the named part of the test suite below under the sanitizers. Any
 # report fails the run: ASan stops at the first error, and UBSan is built
 # with -fno-sanitize-recover so that undefined behaviour aborts the test that
@@ -54,9 +55,10 @@ fc_build "$CFLAGS" "$SAN"
 
 # The flags reached every kernel object, and the module links both runtimes.
 libs="$(ldd "$(fc_module)")"
-kernels=$(grep -c -- "kernels\.c.*-fsanitize=address,undefined" "$FC_WORK/build.log" || true)
-if [ "$kernels" -lt 6 ] || [[ "$libs" != *libasan* ]] || [[ "$libs" != *libubsan* ]]; then
-    fc_log "the sanitizer flags did not reach the build ($kernels kernel objects; ldd: $libs)"
+kernels=$(grep -c -- "csrc/kernels/[a-z_]*\.c.*-fsanitize=address,undefined" "$FC_WORK/build.log" || true)
+expected=$((6 * $(find "$FC_WORK/src/src/fastconv/csrc/kernels" -name '*.c' | wc -l)))
+if [ "$kernels" -lt "$expected" ] || [[ "$libs" != *libasan* ]] || [[ "$libs" != *libubsan* ]]; then
+    fc_log "the sanitizer flags did not reach the build ($kernels of $expected kernel objects; ldd: $libs)"
     exit 1
 fi
 # CPython is not built with ASan, so the runtime the module links is preloaded

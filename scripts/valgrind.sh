@@ -84,7 +84,7 @@ fc_pytest "${FC_PATHS[@]}" -k "$SELECT" -q "$@" || status=$?
 # Memcheck errors (every process: pytest and the interpreters it starts), and
 # definite leaks whose allocation stack passes through fastconv's module: a
 # frame in the installed fastconv/_core*.so or in one of its source files.
-OURS='fastconv/_core[.]cpython|[(](_core|kernels|dispatch)[.]c:'
+OURS='fastconv/_core[.]cpython|[(](_core|dispatch|convolution|pooling|pack|igemm|dense|winograd|dwconv|pool|table|fma_probe)[.]c:'
 errors=0
 for log in "$logs"/memcheck.*.log; do
     n=$(sed -n 's/.*ERROR SUMMARY: \([0-9]*\) errors.*/\1/p' "$log" | tail -n 1)

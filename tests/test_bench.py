@@ -26,10 +26,11 @@ TINY_SUITES = {
 JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
              "peak_gflops", "memory_bandwidth", "results", "summary", "fcn"}
 RESULT_KEYS = {"suite", "layer", "shape", "count", "threads", "dtype", "flops",
-               "weight_bytes", "numpy_method", "seconds", "gflops", "weight_gbps",
-               "pct_peak", "pct_bandwidth", "others_busy_pct", "speedup"}
-SUMMARY_KEYS = {"suite", "threads", "layers", "layers_in_suite", "flops", "seconds",
-                "gflops", "pct_peak", "speedup"}
+               "algorithm", "executed_flops", "weight_bytes", "numpy_method", "seconds",
+               "gflops", "gflops_executed", "weight_gbps", "pct_peak", "pct_bandwidth",
+               "others_busy_pct", "speedup"}
+SUMMARY_KEYS = {"suite", "threads", "layers", "layers_in_suite", "flops", "executed_flops",
+                "seconds", "gflops", "gflops_executed", "pct_peak", "speedup"}
 
 
 @contextlib.contextmanager
@@ -166,7 +167,8 @@ def test_depthwise_baseline_equals_conv2d(stride):
 
 def test_every_contender_computes_the_same_layer():
     layer = Conv("c", 6, 4, 5, 3, stride=2, pad=1)
-    calls = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    assert plan == ("igemm", 3 * 3 * 5 * 9 * 4)  # (a 6x6 input, stride 2: 3x3 outputs)
     with _bench.thread_limits(1):
         outs = {name: np.asarray(call(1)) for name, call in calls.items()}
     expected = outs.pop("fastconv")

@@ -8,10 +8,12 @@ above the size below which a call runs on one thread, so calls with
 num_threads > 1 start OpenMP teams of their own inside each Python thread.
 """
 
+import os
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import fastconv
 from checks import make_conv_inputs, random_array
@@ -148,3 +150,52 @@ def test_set_num_threads_while_other_threads_compute(rng):
         fastconv.set_num_threads(original)
     assert not errors, errors
     assert len(set(changes)) == 5, "the switcher did not run while the others computed"
+
+
+def _thread_cpu_times():
+    """CPU time (clock ticks) of each thread of this process, by thread id."""
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            times[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return times
+
+
+def _threads_that_ran(call, seconds=0.6):
+    """How many threads of this process gained CPU time while `call` ran
+    repeatedly for about `seconds`."""
+    before = _thread_cpu_times()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        call()
+    after = _thread_cpu_times()
+    return sum(1 for tid, t in after.items() if t - before.get(tid, 0) >= 5)
+
+
+def test_threadpoolctl_limits_fastconv(rng):
+    """threadpool_limits(1) lowers OpenMP's limit, and fastconv's calls that
+    pass no num_threads then run one thread (they ran two before); an
+    explicit num_threads is honoured as given."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fastconv.config()["openmp"] or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs OpenMP and two CPUs")
+    x, w, _ = make_conv_inputs(rng, n=1, h=56, w=56, c=64, k=64, kh=3, kw=3, bias=False)
+    layer = fastconv.Conv2d(w, padding=1)
+    previous = fastconv.get_num_threads()
+    fastconv.set_num_threads(2)
+    try:
+        assert _threads_that_ran(lambda: layer(x)) >= 2
+        with threadpoolctl.threadpool_limits(1):
+            assert _threads_that_ran(lambda: layer(x)) == 1
+            assert _threads_that_ran(lambda: fastconv.conv2d(x, w, padding=1)) == 1
+            assert _threads_that_ran(lambda: layer(x, num_threads=2)) >= 2
+        assert _threads_that_ran(lambda: layer(x)) >= 2
+        openmp = [info for info in threadpoolctl.threadpool_info()
+                  if info["user_api"] == "openmp"]
+        assert openmp, "threadpoolctl sees fastconv's OpenMP runtime"
+    finally:
+        fastconv.set_num_threads(previous)

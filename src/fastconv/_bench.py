@@ -20,9 +20,16 @@ medians are compared, so that the noise of a shared machine hits all alike:
   torch.no_grad() with torch.set_num_threads(threads); "-" where torch is not
   installed.
 
-GFLOP/s = 2 * N*Ho*Wo * K * kh*kw * C/groups / time. "% of peak" compares
-fastconv with the peak of a register-only FMA loop on the active ISA
-(fastconv._core.fma_probe) at the same thread count. Weight GB/s = the bytes
+GFLOP/s = 2 * N*Ho*Wo * K * kh*kw * C/groups / time: the direct
+convolution's operations, whatever algorithm ran, so that every contender is
+measured by the same work. fastconv's rows also name the algorithm its
+operator ran ("alg": igemm, gemm, gemm-in-place, dense, winograd-f2x2-3x3,
+depthwise) and the rate of the operations it executed ("exec": Winograd
+executes 16 multiply-adds per 2x2 tile and channel pair where the direct
+convolution does 36, so its GFLOP/s can exceed the machine's peak while its
+exec rate cannot). "% of peak" compares that executed rate with the peak of
+a register-only FMA loop on the active ISA (fastconv._core.fma_probe) at the
+same thread count. Weight GB/s = the bytes
 of the weights / time, the figure that matters for the FC layers at batch 1;
 it is compared with the memory read bandwidth measured by numpy.dot(v, v) over
 a vector much larger than the caches.
@@ -39,9 +46,12 @@ a vector much larger than the caches.
   peak_gflops    {threads: GFLOP/s of the FMA probe}
   memory_bandwidth {method, gbps: {threads: GB/s}}
   results        one object per layer and thread count: suite, layer, shape,
-                 count, threads, dtype, flops, weight_bytes, numpy_method,
-                 seconds / gflops / weight_gbps {contender: value or null},
-                 pct_peak, pct_bandwidth, others_busy_pct (the CPUs' use by
+                 count, threads, dtype, flops (the direct convolution's),
+                 algorithm (fastconv's), executed_flops (fastconv's),
+                 weight_bytes, numpy_method, seconds / gflops / weight_gbps
+                 {contender: value or null}, gflops_executed (fastconv's),
+                 pct_peak (of gflops_executed), pct_bandwidth,
+                 others_busy_pct (the CPUs' use by
                  other processes while the row was timed, or null),
                  speedup {numpy, torch, torch_cl, torch_best} (= their time /
                  fastconv's)
@@ -51,7 +61,8 @@ a vector much larger than the caches.
                  (fastconv's scores against torch's, relative to the largest)
   summary        one object per suite and thread count: suite, threads,
                  layers, layers_in_suite (both with multiplicity), flops,
-                 seconds {contender: total or null}, gflops, pct_peak,
+                 executed_flops, seconds {contender: total or null}, gflops,
+                 gflops_executed, pct_peak (of gflops_executed),
                  speedup {numpy, torch, torch_cl}
 """
 from __future__ import annotations
@@ -72,7 +83,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import numpy as np
 
 import fastconv
-from fastconv import _core, _shapes
+from fastconv import _conv, _core, _shapes
 from fastconv._shapes import Conv, Gemm, Layer
 
 CONTENDERS = ("fastconv", "numpy", "torch", "torch_cl")
@@ -205,19 +216,28 @@ def numpy_method(layer: Layer) -> str:
 Call = Callable[[int], object]  # called with the thread count
 
 
-def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Call:
+class Plan(NamedTuple):
+    """What fastconv's operator runs for a layer: the algorithm's name and
+    the multiply-adds it executes."""
+    algorithm: str
+    macs: float
+
+
+def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Tuple[Call, Plan]:
     """fastconv's side of a convolution layer (NHWC input, HWIO weights): a
     fastconv.Conv2d, whose weights are packed once at construction as in a
-    network (fastconv.conv2d packs them inside every call)."""
+    network (fastconv.conv2d packs them inside every call), and its plan."""
     conv = fastconv.Conv2d(w, stride=layer.stride, padding=layer.pad, groups=layer.groups)
-    return lambda nt: conv(x, num_threads=nt)
+    plan = conv.plan(x.shape)
+    return (lambda nt: conv(x, num_threads=nt)), Plan(plan["algorithm"], plan["macs"])
 
 
-def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[str, Call]:
-    """Random inputs for `layer` and a callable per contender (in CONTENDERS
+def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator
+               ) -> Tuple[Dict[str, Call], Plan]:
+    """Random inputs for `layer`, a callable per contender (in CONTENDERS
     order; the torch ones only where torch is installed, torch_cl only for
-    convolutions). Each callable takes the thread count; only fastconv uses
-    it, the others are limited by thread_limits()."""
+    convolutions) and fastconv's plan. Each callable takes the thread count;
+    only fastconv uses it, the others are limited by thread_limits()."""
     torch = _torch()
     if isinstance(layer, Gemm):
         a = rng.standard_normal((layer.M, layer.K), dtype=dtype)
@@ -227,7 +247,8 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[
         if torch is not None:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             calls["torch"] = lambda nt: torch.matmul(ta, tb)
-        return calls
+        algorithm = _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(layer.M, False)[1]
+        return calls, Plan(algorithm, float(layer.M) * layer.K * layer.N)
 
     s, p, g = layer.stride, layer.pad, layer.groups
     x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
@@ -240,7 +261,8 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[
         numpy_call = lambda nt: depthwise_taps(x, w, s, p)  # noqa: E731
     else:
         numpy_call = lambda nt: im2col_matmul(x, w, s, p)  # noqa: E731
-    calls = {"fastconv": fastconv_call(layer, x, w), "numpy": numpy_call}
+    fastconv_side, plan = fastconv_call(layer, x, w)
+    calls = {"fastconv": fastconv_side, "numpy": numpy_call}
     if torch is not None:
         conv = torch.nn.functional.conv2d
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -248,7 +270,7 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator) -> Dict[
         xcl, wcl = (t.to(memory_format=torch.channels_last) for t in (xt, wt))
         calls["torch"] = lambda nt: conv(xt, wt, stride=s, padding=p, groups=g)
         calls["torch_cl"] = lambda nt: conv(xcl, wcl, stride=s, padding=p, groups=g)
-    return calls
+    return calls, plan
 
 
 # --------------------------------------------------------------------------
@@ -413,20 +435,22 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return None if num is None or den is None else num / den
 
 
-def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype,
+def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype, plan: Plan,
                seconds: Dict[str, Optional[float]], peak: float, bandwidth: float,
                others_busy_pct: Optional[float]) -> dict:
     """Every figure of one layer at one thread count (see the JSON keys above)."""
-    fl, wb = flops(layer), weight_bytes(layer, dtype)
+    fl, wb, executed = flops(layer), weight_bytes(layer, dtype), 2.0 * plan.macs
     torch_times = [t for t in (seconds["torch"], seconds["torch_cl"]) if t is not None]
     tf = seconds["fastconv"]
     gbps = {c: _ratio(wb / 1e9, t) for c, t in seconds.items()}
     return {"suite": suite, "layer": layer.name, "shape": shape_text(layer),
             "count": layer.count, "threads": nt, "dtype": dtype.name, "flops": fl,
+            "algorithm": plan.algorithm, "executed_flops": executed,
             "weight_bytes": wb, "numpy_method": numpy_method(layer), "seconds": seconds,
             "gflops": {c: _ratio(fl / 1e9, t) for c, t in seconds.items()},
+            "gflops_executed": executed / 1e9 / tf,
             "weight_gbps": gbps,
-            "pct_peak": 100 * fl / 1e9 / tf / peak,
+            "pct_peak": 100 * executed / 1e9 / tf / peak,
             "pct_bandwidth": 100 * gbps["fastconv"] / bandwidth,
             "others_busy_pct": others_busy_pct,
             "speedup": {"numpy": _ratio(seconds["numpy"], tf),
@@ -443,11 +467,13 @@ def summary_row(suite: str, nt: int, rows: List[dict], peak: float) -> dict:
         total[c] = (None if None in times else
                     sum(r["count"] * t for r, t in zip(rows, times)))
     fl = sum(r["count"] * r["flops"] for r in rows)
-    gflops = fl / 1e9 / total["fastconv"]
+    executed = sum(r["count"] * r["executed_flops"] for r in rows)
+    gflops, gflops_executed = fl / 1e9 / total["fastconv"], executed / 1e9 / total["fastconv"]
     return {"suite": suite, "threads": nt,
             "layers": sum(r["count"] for r in rows),
             "layers_in_suite": sum(layer.count for layer in _shapes.SUITES[suite]),
-            "flops": fl, "seconds": total, "gflops": gflops, "pct_peak": 100 * gflops / peak,
+            "flops": fl, "executed_flops": executed, "seconds": total, "gflops": gflops,
+            "gflops_executed": gflops_executed, "pct_peak": 100 * gflops_executed / peak,
             "speedup": {c: _ratio(total[c], total["fastconv"])
                         for c in ("numpy", "torch", "torch_cl")}}
 
@@ -466,6 +492,10 @@ def _torch_best(values: Dict[str, Optional[float]]) -> Optional[float]:
     return max((values[c] for c in ("torch", "torch_cl") if values[c] is not None), default=None)
 
 
+# Short names for the tables' "alg" column (the JSON has the full ones).
+ALGORITHM_LABELS = {"winograd-f2x2-3x3": "winograd-2x2"}
+
+
 class Column(NamedTuple):
     """One column of a table: its header, width, and how a row's cell reads."""
     header: str
@@ -479,7 +509,9 @@ LAYER_COLUMNS = [
     Column("shape", 21, lambda r: r["shape"], left=True),
     Column("n", 2, lambda r: str(r["count"])),
     Column("MFLOP", 8, lambda r: _fmt(r["flops"] / 1e6, ".1f")),
+    Column("alg", 13, lambda r: ALGORITHM_LABELS.get(r["algorithm"], r["algorithm"]), left=True),
     Column("fastconv", 8, lambda r: _fmt(r["gflops"]["fastconv"], ".1f")),
+    Column("exec", 6, lambda r: _fmt(r["gflops_executed"], ".1f")),
     Column("%pk", 4, lambda r: _fmt(r["pct_peak"], ".0f")),
     Column("numpy", 7, lambda r: _fmt(r["gflops"]["numpy"], ".1f")),
     Column("via", 6, lambda r: r["numpy_method"], left=True),
@@ -503,6 +535,7 @@ SUMMARY_COLUMNS = [
     Column("GFLOP", 7, lambda r: _fmt(r["flops"] / 1e9, ".2f")),
     Column("fastconv ms", 11, lambda r: _ms(r, "fastconv")),
     Column("GF/s", 6, lambda r: _fmt(r["gflops"], ".1f")),
+    Column("exec", 6, lambda r: _fmt(r["gflops_executed"], ".1f")),
     Column("%pk", 4, lambda r: _fmt(r["pct_peak"], ".0f")),
     Column("np ms", 8, lambda r: _ms(r, "numpy")),
     Column("torch ms", 8, lambda r: _ms(r, "torch")),
@@ -598,7 +631,7 @@ def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: 
     result rows per thread count."""
     rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
     for i, layer in enumerate(layers):
-        calls = contenders(layer, dtype, rng)
+        calls, plan = contenders(layer, dtype, rng)
         for nt in threads:
             _progress(f"[{suite} {i + 1}/{len(layers)}, {nt} thr] {layer.name} "
                       f"{shape_text(layer)} ...")
@@ -608,7 +641,7 @@ def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: 
                                          reps, min_time, settled=nt > 1)
             seconds: Dict[str, Optional[float]] = {c: None for c in CONTENDERS}
             seconds.update(zip(calls, times))
-            rows[nt].append(result_row(suite, layer, nt, dtype, seconds, peak[nt],
+            rows[nt].append(result_row(suite, layer, nt, dtype, plan, seconds, peak[nt],
                                        bandwidth[nt], others_busy(before, cpu_snapshot())))
         del calls  # free this layer's arrays before the next layer's are made
     _progress("")
@@ -646,7 +679,10 @@ def run(args: argparse.Namespace) -> int:
               f"({dtype.name}), memory read bandwidth {bandwidth[nt]:.1f} GB/s")
     print(f"(bandwidth: {bandwidth_method})")
     print(f"\nGFLOP/s of fastconv, numpy (via matmul / im2col+matmul / taps), torch (NCHW) and "
-          f"t_cl (torch channels_last); %pk = fastconv / FMA-probe peak; vs = the other's "
+          f"t_cl (torch channels_last), all counting the direct convolution's operations; "
+          f"alg = the algorithm fastconv ran; exec = fastconv's GFLOP/s of the operations it "
+          f"executed (Winograd executes 16/36 of the direct ones: its GFLOP/s may exceed the "
+          f"peak, its exec cannot); %pk = exec / FMA-probe peak; vs = the other's "
           f"time / fastconv's (>1: fastconv faster), vs torch = the faster torch layout; "
           f"n = times the network runs the layer; oth% = the CPUs' use by other processes "
           f"meanwhile; median of {reps} interleaved samples"

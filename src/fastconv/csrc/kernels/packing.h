@@ -54,10 +54,6 @@ static inline int64_t tap_offset(const fc_conv_desc *d, fc_weight_strides s, int
     return (t / d->kw) * s.ty + (t % d->kw) * s.tx + g * (d->K / d->groups) * s.k;
 }
 
-/* pack.c's packing, which winograd.c uses for its 16 products. */
-INTERNAL void NAME(pack)(const fc_conv_desc *d, const void *w, fc_weight_strides s,
-                         const void *bias, void *packed, int nthreads);
-
 /* igemm.c's GEMM for winograd.c: c (M, K) = a (M, C) @ the packed weights
  * of a 1x1 convolution C -> K (no bias, no ReLU), rows C and K values
  * apart, on the calling thread alone, with a workspace of

@@ -155,21 +155,38 @@ static int winograd_kernel(const fc_conv_op *op)
            p->dh == 1 && p->dw == 1 && !(op->flags & FC_CONV_NO_WINOGRAD);
 }
 
+/* Whether no value of the kh*kw*C/groups*K weights at w (through s) exceeds
+ * `limit` in magnitude (or is NaN), read in their memory's order where they
+ * are HWIO (output channels innermost) or OIHW (taps innermost). */
+#define DEFINE_WITHIN(real)                                                              \
+    static int within_##real(const real *w, fc_weight_strides s, int64_t taps_w,       \
+                             int64_t taps, int64_t C, int64_t K, double limit)          \
+    {                                                                                   \
+        const int hwio = s.k == 1;                                                      \
+        for (int64_t o = 0; o < (hwio ? taps * C : K); o++) {                           \
+            const int64_t c0 = hwio ? o % C : 0, t0 = hwio ? o / C : 0;                 \
+            const real *row = w + (hwio ? c0 * s.c + t0 / taps_w * s.ty + t0 % taps_w * s.tx \
+                                        : o * s.k);                                     \
+            for (int64_t j = 0; j < (hwio ? K : taps * C); j++) {                       \
+                const int64_t c = j / taps, t = j % taps;                               \
+                const real v = hwio ? row[j] : row[c * s.c + t / taps_w * s.ty + t % taps_w * s.tx]; \
+                if (!(fabs((double)v) <= limit)) /* (NaN fails the comparison) */       \
+                    return 0;                                                           \
+            }                                                                           \
+        }                                                                               \
+        return 1;                                                                       \
+    }
+DEFINE_WITHIN(float)
+DEFINE_WITHIN(double)
+
 /* Whether Winograd can use these 3x3 weights: finite and at most the
  * dtype's largest value / 2.25 in magnitude, so that G g G^T cannot
  * overflow. */
 static int transformable(const fc_conv_op *op, const void *w, fc_weight_strides s)
 {
     const double limit = (op->itemsize == 4 ? FLT_MAX : DBL_MAX) / 2.25;
-    for (int64_t c = 0; c < op->p.C; c++)
-        for (int64_t k = 0; k < op->p.K; k++)
-            for (int64_t t = 0; t < 9; t++) {
-                const int64_t i = c * s.c + k * s.k + t / 3 * s.ty + t % 3 * s.tx;
-                const double v = op->itemsize == 4 ? ((const float *)w)[i] : ((const double *)w)[i];
-                if (!(fabs(v) <= limit)) /* (NaN fails the comparison) */
-                    return 0;
-            }
-    return 1;
+    return op->itemsize == 4 ? within_float(w, s, 3, 9, op->p.C, op->p.K, limit)
+                             : within_double(w, s, 3, 9, op->p.C, op->p.K, limit);
 }
 
 /* Winograd's weights, made now if they are not yet: NULL for no memory,
@@ -194,7 +211,7 @@ static const void *winograd_weights(fc_conv_op *op, int nthreads)
         w = unpacked;
     }
     int status = FC_OK;
-    if (!transformable(op, w, ws)) {
+    if (!(op->w && op->transformable >= 0 ? op->transformable : transformable(op, w, ws))) {
         u = WINO_UNUSABLE;
     } else {
         int ok = 1;
