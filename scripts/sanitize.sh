@@ -91,7 +91,9 @@ run() { # run SELECT [VAR=value...]: the named part, with -k SELECT
     (
         # shellcheck disable=SC2163 # "$@" are VAR=value words to export
         [ $# = 0 ] || export "$@"
-        fc_pytest "${FC_PATHS[@]}" -k "$select" -q --capture=sys "${EXTRA[@]}"
+        # (-m: the slow tests too, VGG16 among them; -k leaves it out below)
+        fc_pytest "${FC_PATHS[@]}" -k "$select" -m "slow or not slow" -q --capture=sys \
+            "${EXTRA[@]}"
     ) || status=1
 }
 EXTRA=("$@")

@@ -178,11 +178,13 @@ def grown():
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_resident_memory_is_flat(grown, name):
     assert grown[name] <= SLACK, f"resident set grew {grown[name]} bytes over {CALLS} calls"
 
 
+@pytest.mark.slow
 def test_resident_memory_is_flat_for_calls_on_two_threads(grown):
     assert grown["two-threads"] <= SLACK, \
         f"resident set grew {grown['two-threads']} bytes over 2000 calls"

@@ -329,6 +329,7 @@ def test_fully_convolutional_refuses_softmax_over_another_axis(rng):
 # --------------------------------------------------------------------------
 # The seed's case at full size: VGG16 with its fc6/fc7/fc8 head
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vgg16_fully_convolutional(rng):
     model = nn.Sequential(*_bench.vgg16(np.float32, rng), nn.Softmax())
     assert model.output_shape((224, 224, 3)) == (1000,)

@@ -79,6 +79,7 @@ def isa_config(str dtype):
             "mct": c.mct, "dense_rows": c.dense_rows,
             "direct_gemm_max_rows": c.direct_gemm_max_rows,
             "winograd_min_channels": c.winograd_min_channels,
+            "winograd_min_tiles": c.winograd_min_tiles,
             "winograd_min_macs": c.winograd_min_macs,
             "winograd_one_call_min_tiles": c.winograd_one_call_min_tiles,
             "winograd_block_bytes": c.winograd_block_bytes}

@@ -149,7 +149,8 @@ typedef struct fc_isa_config {
     int64_t mct;             /* register tiles per task */
     int64_t dense_rows;      /* rows per pass of the dense kernel */
     int64_t direct_gemm_max_rows;
-    int64_t winograd_min_channels, winograd_min_macs, winograd_one_call_min_tiles;
+    int64_t winograd_min_channels, winograd_min_tiles, winograd_min_macs;
+    int64_t winograd_one_call_min_tiles;
     int64_t winograd_block_bytes;
 } fc_isa_config;
 

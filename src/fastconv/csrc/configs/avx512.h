@@ -34,12 +34,23 @@
  * (1 thread: 49x2048x512 66 -> 86 GFLOP/s in place, while 1024^3 drops
  * 100 -> 93 and 2048^3 99 -> 75 as the strided rows are read again). */
 #define DIRECT_GEMM_MAX_ROWS 512
-/* Winograd F(2x2, 3x3): channels, multiply-adds of the direct convolution
- * per image, and (for weights that serve one call, which also pay their
- * transform) 2x2 tiles per image. See bench/RESULTS.md. */
+/* Winograd F(2x2, 3x3): at least this many input and output channels,
+ * 2x2 output tiles and multiply-adds of the direct convolution per image
+ * (per image, so that an image's result does not depend on its batch), and
+ * for weights that serve one call (conv2d, which also pays their transform)
+ * this many tiles per image. Measured with bench/winograd_thresholds.py
+ * (bench/RESULTS.md, 2026-12-01), layers against the direct convolution,
+ * 1 / 2 threads: 32 channels never paid (0.7-1.0x); 64 from 14x14 (49
+ * tiles, 1.11x / 1.05x; 10x10: 1.03x / 0.97x); 128 and 256 from 10x10 (25
+ * tiles, 1.23-1.55x); 512 on 7x7 (16 tiles) 1.08x / 0.73x, on 10x10 1.40x /
+ * 1.04x. conv2d: 1.13-1.46x from 784 tiles at one thread, and at 196 tiles
+ * 1.05-1.29x at one thread but 0.92-1.08x at two. Those runs were on the
+ * AVX2 kernels of a Zen 3 machine (no AVX-512 was at hand): AVX-512 takes
+ * the same values until it is measured. */
 #define WINOGRAD_MIN_CHANNELS 64
+#define WINOGRAD_MIN_TILES 25
 #define WINOGRAD_MIN_MACS (1 << 22)
-#define WINOGRAD_ONE_CALL_MIN_TILES 512
+#define WINOGRAD_ONE_CALL_MIN_TILES 400
 /* Transformed inputs of a block of tiles (16 x tiles x channels) a thread
  * keeps in cache between the transforms and the 16 products. */
 #define WINOGRAD_BLOCK_BYTES (512 << 10)

@@ -36,6 +36,7 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
         .dense_rows = DENSE_ROWS,
         .direct_gemm_max_rows = DIRECT_GEMM_MAX_ROWS,
         .winograd_min_channels = WINOGRAD_MIN_CHANNELS,
+        .winograd_min_tiles = WINOGRAD_MIN_TILES,
         .winograd_min_macs = WINOGRAD_MIN_MACS,
         .winograd_one_call_min_tiles = WINOGRAD_ONE_CALL_MIN_TILES,
         .winograd_block_bytes = WINOGRAD_BLOCK_BYTES,

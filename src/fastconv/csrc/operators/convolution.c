@@ -285,11 +285,14 @@ static int choose(fc_conv_op *op, const fc_conv_call *c)
         return FC_ALGO_DENSE;
     if (c->N * c->H * c->W < cfg->direct_gemm_max_rows && applies(op, c, FC_ALGO_GEMM_IN_PLACE))
         return FC_ALGO_GEMM_IN_PLACE;
+    /* Winograd where its transforms pay (per image: an image's result does
+     * not depend on its batch) */
+    const double tiles = (double)((c->Ho + 1) / 2) * ((c->Wo + 1) / 2);
     if (c->allow_winograd && applies(op, c, FC_ALGO_WINOGRAD_F2X2_3X3) &&
         MIN_OF(p->C, p->K) >= cfg->winograd_min_channels &&
+        tiles >= (double)cfg->winograd_min_tiles &&
         (double)c->Ho * c->Wo * p->C * p->K * 9 >= (double)cfg->winograd_min_macs &&
-        (!(op->flags & FC_CONV_ONE_CALL) ||
-         (double)((c->Ho + 1) / 2) * ((c->Wo + 1) / 2) >= (double)cfg->winograd_one_call_min_tiles))
+        (!(op->flags & FC_CONV_ONE_CALL) || tiles >= (double)cfg->winograd_one_call_min_tiles))
         return FC_ALGO_WINOGRAD_F2X2_3X3;
     return is_gemm(op, c) ? FC_ALGO_GEMM : FC_ALGO_IGEMM;
 }
