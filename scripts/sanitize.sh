@@ -17,7 +17,8 @@ set -euo pipefail
 source "$(dirname "$0")/_build_copy.sh"
 
 # The named part: every test file that drives the kernels (conv2d, matmul,
-# the dense kernel, Winograd, layers, fc_to_conv, argument errors, input kinds, size
+# the dense kernel, Winograd, layers, the micro-kernel sweeps and forced
+# algorithms, the bindings' bounds checks, fc_to_conv, argument errors, input kinds, size
 # limits, nn, config/threads/GIL, the hypothesis properties), less the
 # PyTorch parity tests (torch is not installed here). Not run: test_leaks.py
 # (it measures resident memory, which ASan's quarantine and shadow memory
@@ -33,7 +34,7 @@ source "$(dirname "$0")/_build_copy.sh"
 # with a subprocess that drops FASTCONV_ISA). About 3 minutes in all on
 # 2 cores, the build included.
 TEST_FILES=(test_conv2d.py test_matmul.py test_dense.py test_winograd.py test_layers.py
-            test_fc_to_conv.py
+            test_microkernels.py test_core_bounds.py test_fc_to_conv.py
             test_errors.py test_inputs.py test_limits.py test_nn.py test_config.py
             test_threads.py test_security.py test_hypothesis.py)
 SELECT="not torch"

@@ -21,12 +21,15 @@ source "$(dirname "$0")/_build_copy.sh"
 # finds under valgrind (AVX2 and generic: valgrind cannot run AVX-512 and
 # hides it from cpuid, which the run checks), plus a sample of conv2d's
 # geometry tests: padding, strides, dilation, groups, depthwise, few-channel
-# (RGB) inputs, partial tiles, and the float32 Winograd tests. (-k matches module names too: "matmul",
-# "dense" and "layer" select whole files.) Less the flush-to-zero tests:
+# (RGB) inputs, partial tiles, and the float32 Winograd tests, and the
+# micro-kernel sweeps and bounds checks. (-k matches module names too:
+# "matmul", "dense", "layer", "microkernels" and "core_bounds" select whole
+# files.) Less the flush-to-zero tests:
 # valgrind does not emulate the MXCSR's FTZ/DAZ modes, so subnormals stay
 # subnormal under it. About 4 minutes on 2 cores.
-TEST_FILES=(test_matmul.py test_dense.py test_layers.py test_conv2d.py test_winograd.py)
-SELECT="not torch and not flush and (matmul or dense or layer or padding or stride or dilation or groups or depthwise or rgb or tile or (winograd and not f64))"
+TEST_FILES=(test_matmul.py test_dense.py test_layers.py test_conv2d.py test_winograd.py
+            test_microkernels.py test_core_bounds.py)
+SELECT="not torch and not flush and (matmul or dense or layer or microkernels or core_bounds or padding or stride or dilation or groups or depthwise or rgb or tile or (winograd and not f64))"
 
 if ! command -v valgrind >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

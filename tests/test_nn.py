@@ -435,3 +435,15 @@ def test_fully_convolutional_random_networks(case, extra_rows, extra_cols):
             # Same products summed in another order: float32 rounding at the
             # scale of the values.
             assert np.allclose(got, expected, rtol=0, atol=1e-5 * (1 + np.abs(expected).max()))
+
+
+def test_every_kernel_layer_names_its_algorithm():
+    """Each layer that runs a kernel says which: the convolutions and dense
+    layers what their operator prepared, the pools "pool"."""
+    w = np.ones((3, 3, 8, 8), np.float32)
+    assert nn.Conv2d(w).algorithm == "igemm"
+    assert nn.Conv2d(w[:1, :1]).algorithm == "gemm"
+    assert nn.Conv2d(np.ones((3, 3, 1, 8), np.float32), groups=8).algorithm == "depthwise"
+    assert nn.Conv2d(np.ones((3, 3, 64, 64), np.float32)).algorithm == "winograd-f2x2-3x3"
+    assert nn.Linear(np.ones((8, 4), np.float32)).algorithm == "gemm"
+    assert nn.MaxPool2d(2).algorithm == nn.AvgPool2d(2).algorithm == "pool"

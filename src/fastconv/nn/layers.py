@@ -384,6 +384,8 @@ class _Pool2d(Layer):
     start inside the right/bottom padding)."""
 
     is_max = True
+    # (the pooling kernel: channels in SIMD lanes, OpenMP over output rows)
+    algorithm = "pool"
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True,
