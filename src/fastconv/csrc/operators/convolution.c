@@ -17,6 +17,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels/kernels.h"
 
@@ -40,6 +43,24 @@ struct fc_conv_op {
     void *packed;           /* panels with the bias; NULL until needed */
     void *wino;             /* Winograd's 16 packed products; NULL until made */
 };
+
+/* Memory for weights the kernels stream (free() releases it): 64-byte
+ * aligned, and from 4 MiB on on 2 MiB boundaries with transparent huge
+ * pages asked for, as numpy does for its large arrays: with 4 KiB pages a
+ * 3x3 512 -> 512 layer's 9 MB of panels and Winograd's 17 MB ran about
+ * 10% slower (TLB misses), Linux's THP being "madvise" by default. */
+static void *weights_alloc(size_t n)
+{
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (posix_memalign(&p, n >= 2 * huge ? huge : 64, n ? n : 1))
+        return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (n >= 2 * huge)
+        madvise(p, n, MADV_HUGEPAGE); /* (advice: its failure changes nothing) */
+#endif
+    return p;
+}
 
 /* Marks Winograd weights that cannot be made (non-finite or too large). */
 static char unusable;
@@ -141,7 +162,7 @@ static const void *packed_weights(fc_conv_op *op, int nthreads)
     const fc_conv_desc d = weights_desc(op);
     int ok = 1;
     const size_t n = product(op->ks->packed_size(&d), (int64_t)op->itemsize, 1, 1, &ok);
-    packed = ok && w ? malloc(n ? n : 1) : NULL;
+    packed = ok && w ? weights_alloc(n) : NULL;
     if (!packed)
         return NULL;
     op->ks->pack(&d, w, ws, op->bias, packed, nthreads);
@@ -217,7 +238,7 @@ static const void *winograd_weights(fc_conv_op *op, int nthreads)
         int ok = 1;
         const size_t n = product(op->ks->winograd_packed_size(&d), (int64_t)op->itemsize, 1, 1,
                                  &ok);
-        u = ok ? malloc(n ? n : 1) : NULL;
+        u = ok ? weights_alloc(n) : NULL;
         status = u ? op->ks->winograd_pack(&d, w, ws, u, nthreads) : FC_ENOMEM;
     }
     free(unpacked);
@@ -332,7 +353,7 @@ int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
     }
     if (op->depthwise) { /* taps (kh, kw, C) */
         const size_t n = product(p->kh, p->kw, p->C, (int64_t)op->itemsize, &ok);
-        op->taps = ok ? malloc(n ? n : 1) : NULL;
+        op->taps = ok ? weights_alloc(n) : NULL;
         if (!op->taps)
             goto nomem;
         char *dst = op->taps;
