@@ -15,7 +15,7 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
-from fastconv._validate import (INT64_MAX, activation_is_relu, check_bias, check_nbytes,
+from fastconv._validate import (activation_is_relu, check_bias, check_nbytes,
                                 check_ndim, check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts, positive_int)
 
