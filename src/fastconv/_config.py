@@ -147,11 +147,12 @@ def get_winograd() -> bool:
     -------
     bool
         True by default (FASTCONV_WINOGRAD=0 at import turns it off). A 3x3,
-        stride 1, undilated, one-group convolution with at least 128 input
-        and 128 output channels (and enough work per image to pay for the
-        transforms; for conv2d, whose weights serve one call, at least 512
-        tiles of 2x2 outputs per image) then does 16 multiply-adds per tile
-        and channel pair instead of 36: 1.3-1.9x faster on VGG16's layers.
+        stride 1, undilated, one-group convolution with enough input and
+        output channels and enough tiles of 2x2 outputs per image for the
+        transforms to pay (more for conv2d, whose weights serve one call:
+        the thresholds are the ISA's, config()["isa_config"]) then does 16
+        multiply-adds per tile and channel pair instead of 36: 1.1-1.8x
+        faster on VGG16's and ResNet-50's 3x3 layers.
         Its rounding differs from the direct convolution's (its error
         against an exact result is of the same order), and it still gives
         bitwise the same result for every thread count and batch size. An

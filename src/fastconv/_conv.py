@@ -396,10 +396,11 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     kernel on a 7x7 map) at batch <= 8 reads the weights in place as one
     matrix instead, with no packing, at the speed of memory.
     A 1x1, stride 1, unpadded convolution runs as a GEMM over the pixels;
-    a 3x3, stride 1 one with at least 128 input and output channels, over
-    at least 512 tiles of 2x2 outputs per image, runs as Winograd F(2x2,
-    3x3) (see fastconv.get_winograd; fastconv.Conv2d, which transforms its
-    weights once, does so over fewer tiles too); other kernels run
+    a 3x3, stride 1 one with enough channels, over enough tiles of 2x2
+    outputs per image (config()["isa_config"]: winograd_min_channels and
+    winograd_one_call_min_tiles), runs as Winograd F(2x2, 3x3) (see
+    fastconv.get_winograd; fastconv.Conv2d, which transforms its weights
+    once, does so over fewer tiles too); other kernels run
     as an indirect convolution with no im2col buffer; a depthwise one
     (groups == C == K) has its own kernel. The GIL is released while the
     kernels run.
