@@ -41,7 +41,7 @@ def layer_call(layer, x, algorithm, nt):
     if OLD:
         return switched(lambda: layer(x, num_threads=nt), algorithm)
     weights = layer._weights
-    plan = weights.plan(x.shape, layer.stride, layer.padding, layer.dilation, None, algorithm)
+    plan = weights.plan(x.shape, layer.padding, None, algorithm)
     assert plan.algorithm == algorithm, plan.algorithm
     return lambda: weights.execute(plan, x, None, nt)
 

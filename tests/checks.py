@@ -227,7 +227,6 @@ def run_layer(layer, x, algorithm="auto", num_threads=None):
     unless "auto": for tests that must know which path they exercise."""
     weights = layer._weights
     xa = np.asarray(x)
-    plan = weights.plan(xa.shape, layer.stride, layer.padding, layer.dilation,
-                        layer.activation, algorithm)
+    plan = weights.plan(xa.shape, layer.padding, layer.activation, algorithm)
     threads = fastconv.get_num_threads() if num_threads is None else num_threads
     return weights.execute_algorithm(plan, xa, None, threads)

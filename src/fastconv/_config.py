@@ -101,6 +101,13 @@ def set_num_threads(n: int) -> None:
 MAX_THREADS = 1024
 
 
+def _switch(fn: str, enabled: Any) -> bool:
+    """enabled, checked to be a bool (TypeError otherwise), for a setter."""
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"{fn}: enabled must be a bool; got {enabled!r}")
+    return bool(enabled)
+
+
 _flush_denormals = os.environ.get("FASTCONV_FLUSH_DENORMALS", "1").strip() not in ("0", "")
 
 
@@ -132,9 +139,7 @@ def set_flush_denormals(enabled: bool) -> None:
     enabled : bool
     """
     global _flush_denormals
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise TypeError(f"set_flush_denormals: enabled must be a bool; got {enabled!r}")
-    _flush_denormals = bool(enabled)
+    _flush_denormals = _switch("set_flush_denormals", enabled)
 
 
 _winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "")
@@ -172,9 +177,7 @@ def set_winograd(enabled: bool) -> None:
     enabled : bool
     """
     global _winograd
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise TypeError(f"set_winograd: enabled must be a bool; got {enabled!r}")
-    _winograd = bool(enabled)
+    _winograd = _switch("set_winograd", enabled)
 
 
 def resolve_threads(fn: str, num_threads: Any) -> int:

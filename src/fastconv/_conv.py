@@ -47,20 +47,19 @@ def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
     return xa
 
 
-def _operator(fn: str, w: np.ndarray, axes: Tuple[int, ...], groups: int,
+def _operator(fn: str, what: str, w: np.ndarray, axes: Tuple[int, ...], groups: int,
               bias: Optional[np.ndarray], stride: Tuple[int, int], dilation: Tuple[int, int],
               one_call: bool, no_winograd: bool, winograd_now: bool,
               nthreads: int) -> "_core.ConvOp":
     """The C operator for these weights (see _core.ConvOp), its size errors
-    turned into ValueErrors that name the weight."""
+    turned into ValueErrors that name the weights (`what` describes them)."""
     try:
         return _core.ConvOp(_op_weights(w), axes, groups, bias, stride, dilation, one_call,
                             no_winograd, winograd_now, nthreads)
     except OverflowError:
-        raise ValueError(f"{fn}: weight of shape {w.shape}, packed for the kernels (each "
-                         f"group's outputs rounded up to whole vectors, and a row for the "
-                         f"bias), would take more than 2**63 - 1 bytes, the largest 64-bit "
-                         f"size; it is too large") from None
+        raise ValueError(f"{fn}: {what}, packed for the kernels (each group's outputs rounded "
+                         f"up to whole vectors, and a row for the bias), would take more than "
+                         f"2**63 - 1 bytes, the largest 64-bit size; it is too large") from None
 
 
 class ConvWeights:
@@ -138,8 +137,9 @@ class ConvWeights:
 
     def _make_operator(self, w: np.ndarray, bias: Optional[np.ndarray], no_winograd: bool,
                        winograd_now: bool, nthreads: int) -> "_core.ConvOp":
-        return _operator(self.fn, w, self._axes, self.groups, bias, self.stride, self.dilation,
-                         self._one_call, no_winograd, winograd_now, nthreads)
+        return _operator(self.fn, f"weight of shape {w.shape}", w, self._axes, self.groups,
+                         bias, self.stride, self.dilation, self._one_call, no_winograd,
+                         winograd_now, nthreads)
 
     @property
     def algorithm(self) -> str:
@@ -169,11 +169,11 @@ class ConvWeights:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
-    def plan(self, shape: Tuple[int, ...], stride: Any, padding: Any, dilation: Any,
-             activation: Any, algorithm: str = "auto") -> "ConvPlan":
-        """Check an input of this shape and the options against the weights.
-        `algorithm` forces one (see ALGORITHMS; a ValueError where it cannot
-        run this call)."""
+    def plan(self, shape: Tuple[int, ...], padding: Any, activation: Any,
+             algorithm: str = "auto") -> "ConvPlan":
+        """Check an input of this shape and the options against the weights
+        (and their stride and dilation). `algorithm` forces one (see
+        ALGORITHMS; a ValueError where it cannot run this call)."""
         fn = self.fn
         dims = "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)"
         if len(shape) not in (3, 4):
@@ -192,11 +192,7 @@ class ConvWeights:
             raise ValueError(f"{fn}: weight has {self.cg} input channels per group; x has "
                              f"C={C} channels and groups={groups}, so expected {C // groups}")
         kh, kw = self.kh, self.kw
-        sh, sw = int_pair(fn, "stride", stride)
-        dh, dw = int_pair(fn, "dilation", dilation)
-        if (sh, sw) != self.stride or (dh, dw) != self.dilation:
-            raise ValueError(f"internal: {fn}'s operator was made for stride {self.stride} "
-                             f"and dilation {self.dilation}")
+        (sh, sw), (dh, dw) = self.stride, self.dilation
         (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
         span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
         if H + pt + pb < span_h or W + pl + pr < span_w:
@@ -308,14 +304,13 @@ class ConvWeights:
             y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
         return ran
 
-    def run(self, x: Any, *, stride: Any, padding: Any, dilation: Any, activation: Any,
-            out: Any, num_threads: Any, originals: dict,
-            algorithm: str = "auto") -> Tuple[np.ndarray, str]:
+    def run(self, x: Any, *, padding: Any, activation: Any, out: Any, num_threads: Any,
+            originals: dict, algorithm: str = "auto") -> Tuple[np.ndarray, str]:
         """Convolve x with these weights (every check on x and the options
         first): (the result, the algorithm that ran). `originals` are the
         caller's arrays, for the overlap check."""
         xa = input_array(self.fn, x, self.dtype)
-        plan = self.plan(xa.shape, stride, padding, dilation, activation, algorithm)
+        plan = self.plan(xa.shape, padding, activation, algorithm)
         nthreads = resolve_threads(self.fn, num_threads)
         out = check_out(self.fn, out, plan.result, self.dtype, originals)
         return self.execute_algorithm(plan, xa, out, nthreads)
@@ -413,10 +408,6 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     >>> fastconv.conv2d(x, w, np.array([8, 13], np.float32), activation="relu")[0, 0, 0]
     array([10., 23.], dtype=float32)
     """
-    fn = "conv2d"
-    layout_name(fn, layout)
-    # One dtype check over all three, so a mismatch names every dtype seen;
-    # the converted arrays go on (converted once).
     y, _ = conv2d_algorithm(x, weight, bias, stride=stride, padding=padding,
                             dilation=dilation, groups=groups, activation=activation,
                             layout=layout, out=out, num_threads=num_threads)
@@ -441,8 +432,8 @@ def conv2d_algorithm(x, weight, bias=None, *, stride: IntPair = 1, padding: Padd
                           resolve_threads(fn, num_threads), pack_now=False,
                           stride=int_pair(fn, "stride", stride),
                           dilation=int_pair(fn, "dilation", dilation))
-    return weights.run(arr["x"], stride=stride, padding=padding, dilation=dilation,
-                       activation=activation, out=out, num_threads=num_threads,
+    return weights.run(arr["x"], padding=padding, activation=activation, out=out,
+                       num_threads=num_threads,
                        originals={"x": (x, arr["x"]), "weight": (weight, arr["weight"]),
                                   "bias": (bias, arr["bias"])}, algorithm=algorithm)
 
@@ -468,14 +459,8 @@ class GemmWeights:
         oihw = b.flags.f_contiguous and not b.flags.c_contiguous
         w4, axes = (b.T.reshape(self.n, self.k, 1, 1), (2, 3, 1, 0)) if oihw else (
             b.reshape(1, 1, self.k, self.n), (0, 1, 2, 3))
-        try:
-            self._op = _core.ConvOp(_op_weights(w4), axes, 1, self._bias, (1, 1), (1, 1),
-                                    one_call, True, False, nthreads)
-        except OverflowError:
-            raise ValueError(f"{fn}: {name} with {self.k} inputs and {self.n} outputs, packed "
-                             f"for the kernels (outputs rounded up to whole vectors, and a "
-                             f"row for the bias), would take more than 2**63 - 1 bytes, the "
-                             f"largest 64-bit size; it is too large") from None
+        self._op = _operator(fn, f"{name} with {self.k} inputs and {self.n} outputs", w4, axes,
+                             1, self._bias, (1, 1), (1, 1), one_call, True, False, nthreads)
 
     @property
     def algorithm(self) -> str:

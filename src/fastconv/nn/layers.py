@@ -99,16 +99,22 @@ class Conv2d(Layer):
         # changing the caller's arrays later changes nothing.
         # The options are checked now, so that a bad one fails at
         # construction rather than at the first call.
-        self.stride = int_pair(fn, "stride", stride)
-        self.dilation = int_pair(fn, "dilation", dilation)
+        stride, dilation = int_pair(fn, "stride", stride), int_pair(fn, "dilation", dilation)
         self._weights = ConvWeights(fn, weight, bias, groups, layout, resolve_threads(fn, None),
-                                    winograd_now=True, stride=self.stride,
-                                    dilation=self.dilation)
-        padding_amounts(fn, padding, (1, 1), (1, 1), self.stride, self.dilation)
+                                    winograd_now=True, stride=stride, dilation=dilation)
+        padding_amounts(fn, padding, (1, 1), (1, 1), stride, dilation)
         self.padding = padding
         activation_is_relu(fn, activation)
         self.activation = activation
         self._plans: dict = {}
+
+    @property
+    def stride(self) -> Tuple[int, int]:
+        return self._weights.stride
+
+    @property
+    def dilation(self) -> Tuple[int, int]:
+        return self._weights.dilation
 
     @property
     def layout(self) -> str:
@@ -189,8 +195,7 @@ class Conv2d(Layer):
         key = (tuple(shape), get_flush_denormals(), get_winograd())
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._weights.plan(tuple(shape), self.stride, self.padding, self.dilation,
-                                      self.activation)
+            plan = self._weights.plan(tuple(shape), self.padding, self.activation)
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[key] = plan
