@@ -362,3 +362,132 @@ def test_flush_setting_never_changes_the_callers_mode_after_errors():
         fastconv.conv2d(x, np.ones((3, 3, 3, 2), np.float32), padding=-1)
     fastconv.conv2d(x, np.ones((3, 3, 3, 2), np.float32), num_threads=2)
     _caller_keeps_subnormals()
+
+
+def test_relu_layer_agrees_with_the_fused_activation(isa, rng):
+    """nn.ReLU on a call's linear result is bit for bit the call's fused
+    activation="relu": NaN and -0.0 stay, v < 0 becomes +0.0."""
+    for dtype in (np.float32, np.float64):
+        bits = np.uint32 if dtype == np.float32 else np.uint64
+        values = np.array([-0.0, 0.0, -1.5, 2.5, np.nan, -np.inf, np.inf], dtype)
+        assert np.array_equal(fastconv.nn.ReLU()(values).view(bits),
+                              np.array([-0.0, 0.0, 0.0, 2.5, np.nan, 0.0, np.inf],
+                                       dtype).view(bits))
+        for name, call in _relu_cases(rng, dtype).items():
+            layer = fastconv.nn.ReLU()(call(None))
+            assert np.array_equal(layer.view(bits), call("relu").view(bits)), name
+
+
+def test_subnormal_times_inf_is_one_rule_on_every_path(isa):
+    """With the flush on, a subnormal input reads as zero everywhere, so it
+    meets an Inf weight as 0 * Inf = NaN, on the GEMM, one-pixel, several-
+    pixel and non-finite-weight paths alike; with it off, -1e-39 * Inf is
+    -Inf everywhere."""
+    a = np.array([[-1e-39, 0.5]], np.float32)
+    b = np.array([[np.inf], [1.0]], np.float32)
+    two = np.concatenate([a, a]).reshape(1, 1, 2, 2)
+    calls = {
+        "matmul": lambda: fastconv.matmul(a, b),
+        "Linear": lambda: fastconv.Linear(b)(a),
+        "conv2d one pixel": lambda: fastconv.conv2d(a.reshape(1, 1, 1, 2), b.reshape(1, 1, 2, 1)),
+        "conv2d two pixels": lambda: fastconv.conv2d(two, b.reshape(1, 1, 2, 1)),
+        "Conv2d": lambda: fastconv.Conv2d(b.reshape(1, 1, 2, 1))(two),
+        "conv2d padded": lambda: fastconv.conv2d(two, b.reshape(1, 1, 2, 1), padding=1),
+    }
+    try:
+        for flush, expected in ((True, np.nan), (False, -np.inf)):
+            fastconv.set_flush_denormals(flush)
+            for name, call in calls.items():
+                result = call().ravel()
+                inside = result if name != "conv2d padded" else result.reshape(3, 4)[1, 1:3]
+                np.testing.assert_array_equal(inside, expected, err_msg=f"{name}, flush={flush}")
+    finally:
+        fastconv.set_flush_denormals(True)
+
+
+# --------------------------------------------------------------------------
+# The caller's floating-point mode never reaches the kernels
+# --------------------------------------------------------------------------
+_FE_TOWARDZERO, _FE_TONEAREST = 0xC00, 0  # x86 <fenv.h>
+
+
+def _caller_modes():
+    """Ways a caller may have set its thread's floating-point mode, each a
+    (set, unset) pair: round toward zero (fesetround, the C library's), and
+    flush-to-zero + denormals-are-zero (torch.set_flush_denormal, if torch
+    is installed)."""
+    import ctypes
+    import platform
+    modes = {}
+    if platform.machine() in ("x86_64", "AMD64"):
+        libc = ctypes.CDLL(None)
+        modes["round-toward-zero"] = (lambda: libc.fesetround(_FE_TOWARDZERO),
+                                      lambda: libc.fesetround(_FE_TONEAREST),
+                                      lambda: libc.fegetround() == _FE_TOWARDZERO)
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        modes["ftz-daz"] = (lambda: torch.set_flush_denormal(True),
+                            lambda: torch.set_flush_denormal(False),
+                            lambda: np.multiply(np.float32(2.0**-70), np.float32(2.0**-70)) == 0)
+    return modes
+
+
+def _mode_sensitive_calls(rng):
+    """Calls whose results a caller's rounding or flush mode would change: a
+    sum of products with subnormal and inexact terms, on every kernel family
+    (direct, GEMM, one pixel, Winograd, depthwise, average pooling)."""
+    from fastconv._conv import conv2d_algorithm
+    x = (rng.standard_normal((1, 12, 12, 64)) * 2.0**-62).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 64, 64)) * 2.0**-62).astype(np.float32)
+    one = (rng.standard_normal((2, 3, 3, 64)) * 2.0**-62).astype(np.float32)
+    dw = (rng.standard_normal((3, 3, 1, 64)) * 2.0**-62).astype(np.float32)
+    # (subnormal sums: pooling keeps them whatever the flush setting)
+    pool, tiny = fastconv.nn.AvgPool2d(3, 1, 1), x * np.float32(2.0**-70)
+
+    def forced(algorithm, xs, ws, **options):
+        return lambda t: conv2d_algorithm(xs, ws, algorithm=algorithm, num_threads=t,
+                                          **options)[0]
+    return {
+        "igemm": forced("igemm", x, w, padding=1),
+        "winograd": forced("winograd-f2x2-3x3", x, w, padding=1),
+        "gemm": forced("gemm", x, w[1:2, 1:2]),
+        "dense": forced("dense", one, w),
+        "depthwise": forced("depthwise", x, dw, padding=1, groups=64),
+        "avgpool": lambda t: pool(tiny, num_threads=t),
+        "matmul": lambda t: fastconv.matmul(x.reshape(-1, 64), w[1, 1], num_threads=t),
+    }
+
+
+def test_results_do_not_depend_on_the_callers_fp_mode(isa, rng):
+    """Whatever rounding or flush mode the calling thread has, every kernel
+    runs round-to-nearest with subnormals flushed exactly as
+    get_flush_denormals() says, on every thread: the results are bitwise
+    those of a caller in the default mode, for 1 and 2 threads, and the
+    caller's mode is as it was afterwards."""
+    modes = _caller_modes()
+    if not modes:
+        pytest.skip("no way to set the caller's floating-point mode here")
+    calls = _mode_sensitive_calls(rng)
+    try:
+        for flush in (True, False):
+            fastconv.set_flush_denormals(flush)
+            expected = {name: call(1) for name, call in calls.items()}
+            for name in expected:
+                assert np.array_equal(expected[name], calls[name](2)), (name, flush)
+            for mode, (enter, leave, active) in modes.items():
+                enter()
+                try:
+                    results = {(name, t): call(t) for name, call in calls.items()
+                               for t in (1, 2)}
+                    assert active(), f"fastconv changed the caller's {mode} mode"
+                finally:
+                    leave()
+                for (name, t), result in results.items():
+                    assert np.array_equal(result, expected[name]), (
+                        f"{name}, {t} threads, caller in {mode}, flush={flush}: "
+                        f"{np.count_nonzero(result != expected[name])} values differ")
+    finally:
+        fastconv.set_flush_denormals(True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import warnings
 from typing import Any, Dict, List
 
@@ -57,7 +56,6 @@ def _default_num_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_lock = threading.Lock()
 _num_threads = _default_num_threads()
 # OpenMP's thread limit (omp_get_max_threads) as this process started; a
 # lower one later means that threadpoolctl (or omp_set_num_threads) limited
@@ -92,8 +90,7 @@ def set_num_threads(n: int) -> None:
     """
     global _num_threads
     n = positive_int("set_num_threads", "n", n)
-    with _lock:
-        _num_threads = n
+    _num_threads = n  # (one assignment: atomic, and no lock for a fork to leave held)
 
 
 # More threads than this never run: a request beyond it is served by this many
@@ -199,6 +196,9 @@ def config() -> Dict[str, Any]:
     dict
         ``version``, ``python``, ``numpy``, ``compiler``, ``openmp`` (bool),
         ``openmp_version`` (yyyymm or None), ``num_threads``,
+        ``single_threaded_after_fork`` (True in a child forked after the
+        parent ran kernels on several threads: OpenMP's threads do not
+        survive fork(), so the child runs one; ``num_threads`` is then 1),
         ``flush_denormals`` (whether the kernels flush subnormals: the
         setting, on a target that can), ``winograd``, ``cpu_features``
         (name -> bool), ``isa_available`` (best first), ``isa_forced`` (the
@@ -219,7 +219,8 @@ def config() -> Dict[str, Any]:
         "compiler": _core.compiler(),
         "openmp": bool(omp),
         "openmp_version": omp or None,
-        "num_threads": _num_threads if omp else 1,
+        "num_threads": _num_threads if omp and not _core.single_threaded_after_fork() else 1,
+        "single_threaded_after_fork": _core.single_threaded_after_fork(),
         "flush_denormals": _flush_denormals and _core.flush_denormals_supported(),
         "winograd": _winograd,
         "cpu_features": _core.cpu_features(),

@@ -57,9 +57,10 @@ def _operator(fn: str, what: str, w: np.ndarray, axes: Tuple[int, ...], groups: 
         return _core.ConvOp(_op_weights(w), axes, groups, bias, stride, dilation, one_call,
                             no_winograd, winograd_now, nthreads)
     except OverflowError:
-        raise ValueError(f"{fn}: {what}, packed for the kernels (each group's outputs rounded "
-                         f"up to whole vectors, and a row for the bias), would take more than "
-                         f"2**63 - 1 bytes, the largest 64-bit size; it is too large") from None
+        raise ValueError(f"{fn}: {what} with groups={groups}, packed for the kernels (each "
+                         f"group's outputs rounded up to whole vectors, and a row for the bias), "
+                         f"would take more than 2**63 - 1 bytes, the largest 64-bit size; it "
+                         f"is too large") from None
 
 
 class ConvWeights:
@@ -290,7 +291,13 @@ class ConvWeights:
             self._nonfinite[kind].run(counting, x_mask.astype(self.dtype), counts, nthreads)
             return counts > 0
 
-        positive, negative = x > 0, x < 0
+        # With denormals flushed, the kernels read a subnormal input as zero
+        # (DAZ), so it meets an Inf weight as 0 * Inf = NaN here too.
+        if plan.flush:
+            tiny = np.finfo(self.dtype).tiny  # the smallest normal number
+            positive, negative = x >= tiny, x <= -tiny
+        else:
+            positive, negative = x > 0, x < 0
         zero_or_nan = ~(positive | negative)
         plus = meets(positive, "+inf") | meets(negative, "-inf")
         minus = meets(negative, "+inf") | meets(positive, "-inf")

@@ -10,9 +10,12 @@ least the elements the call's sizes imply, and every size product is checked
 to fit in 64 bits. So no call into this module, whatever its arguments, can
 make the C code read or write outside an array.
 """
+import threading
 from math import prod
 
 cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t
 
 from fastconv._kernels cimport *
@@ -110,6 +113,12 @@ def openmp_version():
     return fc_openmp_version()
 
 
+def single_threaded_after_fork():
+    """Whether this process is a child forked after multi-threaded kernels
+    ran, and so runs every kernel on one thread (fastconv.h)."""
+    return bool(fc_single_threaded_after_fork())
+
+
 def max_threads():
     """omp_get_max_threads() of the calling thread (1 without OpenMP)."""
     return fc_max_threads()
@@ -134,6 +143,12 @@ def _count(*sizes):
     return prod(sizes)
 
 
+def _extent(*sizes):
+    """The product of the non-zero `sizes`: what an empty dimension must not
+    hide, since the kernels compute offsets and loop bounds from the others."""
+    return prod(max(s, 1) for s in sizes)
+
+
 cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) except NULL:
     """Pointer to an aligned, C-contiguous array of `dtype` holding at least
     `need` elements (a Python int)."""
@@ -148,7 +163,38 @@ cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) excep
     return cnp.PyArray_DATA(a)  # numpy allocates at least one byte, never NULL
 
 
-cdef inline _check_status(int status):
+# Ctrl-C during a long run. Python runs signal handlers in the main thread
+# only, and only between bytecodes: while a kernel runs, the calling thread
+# (if it is the main one) takes the GIL back every FC_POLL_SECONDS to run
+# them, and the run stops (FC_EINTR) if a handler raised, KeyboardInterrupt
+# on Ctrl-C. From any other thread a run is not interrupted, as in Python.
+cdef unsigned long _main_thread = threading.main_thread().ident
+
+
+cdef int _run_signal_handlers(void *ctx) noexcept nogil:
+    """fc_interrupt's poll: 1 when a handler raised; its exception goes to
+    the list ctx, for the binding to raise when the run has returned."""
+    with gil:
+        try:
+            PyErr_CheckSignals()
+        except BaseException as exc:
+            (<list>ctx).append(exc)
+            return 1
+    return 0
+
+
+cdef inline fc_interrupt *_interrupt(fc_interrupt *it, list raised):
+    """it, ready for one run, in the main thread (a handler's exception will
+    be appended to `raised`); NULL elsewhere."""
+    if PyThread_get_thread_ident() != _main_thread:
+        return NULL
+    it.poll, it.ctx, it.stop, it.checks, it.next = _run_signal_handlers, <void *>raised, 0, 0, 0
+    return it
+
+
+cdef inline _check_status(int status, list raised=None):
+    if status == FC_EINTR:
+        raise raised[0]
     if status == FC_ENOMEM:
         raise MemoryError("fastconv: out of memory for the convolution's weights or workspace")
     if status == FC_EINVAL:
@@ -203,8 +249,8 @@ cdef class ConvOp:
         kg = self.K // groups
         # the packed panels (each group's K/groups outputs rounded up to a
         # vector, a row for the bias) and Winograd's 16 (C + 1, K) panels
-        if (_count(groups, kg + 64, _count(self.kh, self.kw, cg) + 1, item) > INT64_MAX
-                or _count(16, self.K + 64, self.C + 1, item) > INT64_MAX):
+        if (_extent(groups, kg + 64, _count(self.kh, self.kw, cg) + 1, item) > INT64_MAX
+                or _extent(16, self.K + 64, self.C + 1, item) > INT64_MAX):
             raise OverflowError("the packed weights would take more than 2**63 - 1 bytes")
         cdef const void *bp = NULL
         if bias is not None:
@@ -247,9 +293,12 @@ cdef class ConvOp:
         cdef void *yp = _buffer(y, _count(call.c.N, call.c.Ho, call.c.Wo, self.K),
                                 self.dtype, "out")
         cdef int status, ran = 0
+        cdef fc_interrupt it
+        raised = []
+        cdef fc_interrupt *itp = _interrupt(&it, raised)
         with nogil:
-            status = fc_conv_run(self.op, &call.c, xp, yp, nthreads, &ran)
-        _check_status(status)
+            status = fc_conv_run(self.op, &call.c, xp, yp, nthreads, itp, &ran)
+        _check_status(status, raised)
         return fc_algorithm_name(ran).decode()
 
     def unpack(self, cnp.ndarray w, tuple axes):
@@ -290,8 +339,8 @@ cdef class ConvCall:
         hp = _count(Ho - 1, sh) + _count(kh - 1, dh) + 1
         wp = _count(Wo - 1, sw) + _count(kw - 1, dw) + 1
         if (min(N, H, W, C, K, pad_top, pad_left, Ho, Wo) < 0
-                or _count(N, max(H, hp), max(W, wp), max(C, 1), itemsize) > INT64_MAX
-                or _count(N, Ho, Wo, max(K, 1), itemsize) > INT64_MAX):
+                or _extent(N, max(H, hp), max(W, wp), C, itemsize) > INT64_MAX
+                or _extent(N, Ho, Wo, K, itemsize) > INT64_MAX):
             raise ValueError("internal: the convolution's sizes do not fit in 64-bit sizes")
         self.c.N, self.c.H, self.c.W = N, H, W
         self.c.pad_top, self.c.pad_left, self.c.Ho, self.c.Wo = pad_top, pad_left, Ho, Wo
@@ -312,10 +361,16 @@ def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64
     d.kh, d.kw, d.sh, d.sw, d.ph, d.pw = kh, kw, sh, sw, ph, pw
     d.max, d.count_include_pad = is_max, count_include_pad
     cdef int dt = _dtype_index(x)
+    if (_extent(d.N, d.H, d.W, d.C, x.itemsize) > INT64_MAX
+            or _extent(d.N, d.Ho, d.Wo, d.C, x.itemsize) > INT64_MAX):
+        raise ValueError("internal: the pooling's sizes do not fit in 64-bit sizes")
     cdef const void *xp = _buffer(x, _count(d.N, d.H, d.W, d.C), dt, "x")
     cdef void *yp = _buffer(y, _count(d.N, d.Ho, d.Wo, d.C), dt, "out")
     cdef int status
     cdef int isa = _active_isa
+    cdef fc_interrupt it
+    raised = []
+    cdef fc_interrupt *itp = _interrupt(&it, raised)
     with nogil:
-        status = fc_pool_run(isa, dt, &d, xp, yp, nthreads)
-    _check_status(status)
+        status = fc_pool_run(isa, dt, &d, xp, yp, nthreads, itp)
+    _check_status(status, raised)

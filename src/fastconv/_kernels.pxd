@@ -6,6 +6,7 @@ cdef extern from "fastconv.h" nogil:
         FC_OK
         FC_ENOMEM
         FC_EINVAL
+        FC_EINTR
         FC_ISA_GENERIC
         FC_ISA_AVX2
         FC_ISA_AVX512
@@ -46,8 +47,15 @@ cdef extern from "fastconv.h" nogil:
         double macs, direct_macs
 
     int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *call, fc_conv_plan *plan)
+    ctypedef struct fc_interrupt:
+        int (*poll)(void *ctx) noexcept
+        void *ctx
+        int stop
+        unsigned checks
+        double next
+
     int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
-                    int nthreads, int *ran)
+                    int nthreads, fc_interrupt *interrupt, int *ran)
     int fc_conv_algorithm(const fc_conv_op *op)
     int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws)
     const char *fc_conv_isa(const fc_conv_op *op)
@@ -58,7 +66,7 @@ cdef extern from "fastconv.h" nogil:
         int count_include_pad
 
     int fc_pool_run(int isa, int dtype, const fc_pool_desc *d, const void *x, void *y,
-                    int nthreads)
+                    int nthreads, fc_interrupt *interrupt)
 
     ctypedef struct fc_isa_config:
         int64_t mr, nr, vlen, kc, kc_gemm, mct, dense_rows, direct_gemm_max_rows
@@ -77,4 +85,5 @@ cdef extern from "fastconv.h" nogil:
     const char *fc_compiler()
     int fc_openmp_version()
     int fc_max_threads()
+    int fc_single_threaded_after_fork()
     double fc_fma_probe(int isa, int dtype, int64_t iters, int nthreads)

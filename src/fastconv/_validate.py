@@ -140,11 +140,16 @@ def check_ndim(fn: str, name: str, arr: np.ndarray, ndims: Sequence[int], what: 
 
 def check_nbytes(fn: str, what: str, shape: Sequence[int], itemsize: int, hint: str) -> None:
     """ValueError unless an array of `shape` fits in 64-bit sizes (see INT64_MAX);
-    `hint` names the arguments that made it this large."""
-    count = math.prod(shape)
-    if count * itemsize > INT64_MAX:
-        raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, {count * itemsize} "
-                         f"bytes: more than 2**63 - 1, the largest 64-bit size; {hint}")
+    `hint` names the arguments that made it this large.
+
+    An empty dimension does not excuse the others: the kernels compute row
+    and plane offsets from the non-empty ones, so it is their product that
+    must fit (a (0, 2**62, 2**62, 0) array is refused, not passed as empty)."""
+    extent = math.prod(max(d, 1) for d in shape) * itemsize
+    if extent > INT64_MAX:
+        raise ValueError(f"{fn}: {what} would have shape {tuple(shape)}, whose non-empty "
+                         f"dimensions span {extent} bytes: more than 2**63 - 1, the largest "
+                         f"64-bit size; {hint}")
 
 
 def check_bias(fn: str, bias: Optional[np.ndarray], k: int) -> None:

@@ -9,6 +9,7 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -122,6 +123,30 @@ int fc_flush_denormals_supported(void)
 #else
     return 0;
 #endif
+}
+
+int fc_threads_started, fc_threads_lost_in_fork;
+
+#ifdef _OPENMP
+/* GNU OpenMP keeps the worker threads of a process's first multi-threaded
+ * region and never learns that a fork left them behind: a child's next
+ * region would wait for them forever. So the child of a process that has
+ * workers runs single-threaded (kernels/kernels.h, clamp_threads). */
+static void after_fork_in_child(void)
+{
+    if (__atomic_load_n(&fc_threads_started, __ATOMIC_RELAXED))
+        __atomic_store_n(&fc_threads_lost_in_fork, 1, __ATOMIC_RELAXED);
+}
+
+__attribute__((constructor)) static void watch_forks(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+#endif
+
+int fc_single_threaded_after_fork(void)
+{
+    return __atomic_load_n(&fc_threads_lost_in_fork, __ATOMIC_RELAXED);
 }
 
 int fc_max_threads(void)

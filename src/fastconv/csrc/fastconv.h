@@ -26,7 +26,21 @@
 extern "C" {
 #endif
 
-enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2 };
+enum { FC_OK = 0, FC_ENOMEM = 1, FC_EINVAL = 2, FC_EINTR = 3 };
+
+/* Lets the caller of a long run abandon it (Ctrl-C). The calling thread
+ * calls poll(ctx) between blocks of work, at most every FC_POLL_SECONDS and
+ * never in a run shorter than that; once it returns nonzero, every thread
+ * skips its remaining blocks and the run returns FC_EINTR, its output partly
+ * written. Zero `stop`, `checks` and `next` before each run; the run owns them. */
+#define FC_POLL_SECONDS 0.05
+typedef struct fc_interrupt {
+    int (*poll)(void *ctx);
+    void *ctx;
+    int stop;                /* set when poll said stop */
+    unsigned checks;         /* the calling thread's checks (it reads the clock every 8th) */
+    double next;             /* when the calling thread polls next */
+} fc_interrupt;
 enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
 enum { FC_F32 = 0, FC_F64 = 1 };
 
@@ -117,9 +131,9 @@ int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *call, fc_conv_plan *pl
 /* y (N, Ho, Wo, K) = the convolution of x (N, H, W, C), both contiguous
  * NHWC. *ran (if not NULL) gets the algorithm that produced y: Winograd
  * falls back to the direct convolution when an input, a transformed value
- * or an output is Inf or NaN. */
+ * or an output is Inf or NaN. `interrupt` may be NULL (see fc_interrupt). */
 int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
-                int nthreads, int *ran);
+                int nthreads, fc_interrupt *interrupt, int *ran);
 /* The algorithm the operator prepared its weights for at creation. */
 int fc_conv_algorithm(const fc_conv_op *op);
 /* The weights back, exactly, written through ws (the bias is not). */
@@ -140,7 +154,7 @@ typedef struct fc_pool_desc {
 } fc_pool_desc;
 
 int fc_pool_run(int isa, int dtype, const fc_pool_desc *d, const void *x, void *y,
-                int nthreads);
+                int nthreads, fc_interrupt *interrupt);
 
 /* One ISA's configuration for one dtype (configs/<isa>.h). */
 typedef struct fc_isa_config {
@@ -173,6 +187,10 @@ int fc_openmp_version(void); /* _OPENMP (yyyymm), or 0 when built without OpenMP
 /* The most threads an OpenMP region of the calling thread may use
  * (omp_get_max_threads(): what threadpoolctl limits), 1 without OpenMP. */
 int fc_max_threads(void);
+/* 1 in a child process forked after this process ran a kernel on several
+ * threads: OpenMP's worker threads do not survive fork(), so such a child
+ * runs every kernel on its calling thread (as OpenBLAS and PyTorch do). */
+int fc_single_threaded_after_fork(void);
 
 /* The benchmark's register-only FMA loop on `isa`'s vectors: returns the
  * floating-point operations done by nthreads threads in iters rounds. */

@@ -3,6 +3,7 @@ shape it produces (Layer). Conv2d and Linear, also fastconv.Conv2d and
 fastconv.Linear, pack their weights once, at construction."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,8 +11,9 @@ import numpy as np
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
 from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_array
-from fastconv._validate import (activation_is_relu, check_ndim, check_out, float_arrays,
-                                int_pair, layout_name, padding_amounts)
+from fastconv._validate import (INT64_MAX, activation_is_relu, check_nbytes, check_ndim,
+                                check_out, float_arrays, int_pair, layout_name,
+                                padding_amounts)
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
            "Flatten", "Softmax", "Dropout"]
@@ -326,7 +328,7 @@ class Linear(Layer):
         if xa.shape[-1] != self.in_features:
             raise ValueError(f"{fn}: x has {xa.shape[-1]} features; the layer takes "
                              f"in_features={self.in_features}")
-        x2 = xa.reshape(-1, self.in_features)
+        x2 = xa.reshape(math.prod(xa.shape[:-1]), self.in_features)  # (-1 fails if empty)
         nthreads = resolve_threads(fn, num_threads)
         shape = xa.shape[:-1] + (self.out_features,)
         out = check_out(fn, out, shape, self.dtype, {"x": (x, xa)})
@@ -351,11 +353,13 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0); NaN stays NaN."""
+    """max(x, 0) as torch.relu computes it: values below zero become +0.0;
+    NaN and -0.0 stay (np.maximum(-0.0, 0) would give +0.0)."""
 
     def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         _, arr = float_arrays("ReLU", x=x)
-        return np.maximum(arr["x"], 0)
+        x = arr["x"]
+        return np.where(x < 0, x.dtype.type(0), x)
 
     def output_shape(self, shape: Shape) -> Shape:
         return tuple(shape)
@@ -408,6 +412,14 @@ class _Pool2d(Layer):
         self.layout = layout_name(fn, layout)
 
     def _out_size(self, n: int, k: int, s: int, p: int) -> int:
+        if n == 0:  # (a window of padding alone has no max, nor a mean without it)
+            raise ValueError(f"{type(self).__name__}: x has an empty spatial side; every "
+                             f"window needs an input pixel, so height and width must be at "
+                             f"least 1 (as in PyTorch)")
+        if n + 2 * p + k + s > INT64_MAX:  # the kernel's window bounds are int64_t
+            raise ValueError(f"{type(self).__name__}: an input side of {n} with padding {p}, "
+                             f"kernel_size {k} and stride {s} spans more than 2**63 - 1 "
+                             f"positions")
         span = n + 2 * p - k
         if span < 0:
             raise ValueError(f"{type(self).__name__}: the window ({k}) is larger than the "
@@ -432,6 +444,9 @@ class _Pool2d(Layer):
         nhwc = xa if self.layout == "NHWC" else xa.transpose(0, 2, 3, 1)
         out_shape = self.output_shape(xa.shape[1:])
         ho, wo, c = _spatial(self.layout, out_shape)
+        check_nbytes(fn, "the result (N, Ho, Wo, C)", (xa.shape[0], ho, wo, c), xa.itemsize,
+                     f"x of shape {xa.shape} with kernel_size {self.kernel_size}, stride "
+                     f"{self.stride} and padding {self.padding} gives too large a result")
         y = np.empty((xa.shape[0], ho, wo, c), xa.dtype)
         _core.pool(np.ascontiguousarray(nhwc), y, *self.kernel_size, *self.stride,
                    *self.padding, self.is_max, self.count_include_pad,

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
 
@@ -23,6 +24,8 @@
 #define HAVE_MXCSR 1
 #elif defined(__aarch64__)
 #define HAVE_FPCR 1
+#else
+#include <fenv.h>
 #endif
 
 #if defined(FC_DTYPE_F64)
@@ -100,11 +103,16 @@ static inline void store_lanes(real *p, vec v, int64_t lanes)
             p[l] = v[l];
 }
 
-/* Flush-to-zero and denormals-are-zero for the calling thread while a kernel
- * runs (subnormal operands can slow FMAs down by orders of magnitude); the
- * thread's previous mode is restored by fp_leave. x86: MXCSR FTZ (bit 15)
- * and DAZ (bit 6); AArch64: FPCR FZ (bit 24), which flushes both inputs and
- * results. Elsewhere nothing is set (fc_flush_denormals_supported() says so). */
+/* Every thread of every kernel computes in one floating-point mode, whatever
+ * the caller's or the thread's own was, so that results do not depend on who
+ * calls or on the thread count: round to nearest, no exception traps, and
+ * subnormals flushed (FTZ and DAZ: subnormal operands can slow FMAs down by
+ * orders of magnitude) exactly when `flush` says so. fp_enter sets it and
+ * returns the thread's previous mode; fp_leave restores that. x86: MXCSR
+ * rounding (bits 13-14), exception masks (7-12), FTZ (15) and DAZ (6);
+ * AArch64: FPCR RMode (22-23), trap enables (8-12, 15), FZ (24), which
+ * flushes inputs and results, and DN (25, NaNs keep their payload). Elsewhere
+ * only the rounding is set (fc_flush_denormals_supported() says so). */
 typedef struct {
     uint64_t saved;
     int changed;
@@ -113,16 +121,28 @@ typedef struct {
 static inline fp_mode fp_enter(int flush)
 {
     fp_mode m = {0, 0};
-    if (!flush)
-        return m;
 #if defined(HAVE_MXCSR)
     m.saved = _mm_getcsr();
-    _mm_setcsr((unsigned)m.saved | 0x8040u);
-    m.changed = 1;
+    const uint64_t mode = (m.saved & ~(uint64_t)0xE040u) | 0x1F80u | (flush ? 0x8040u : 0);
+    if (mode != m.saved) {
+        _mm_setcsr((unsigned)mode);
+        m.changed = 1;
+    }
 #elif defined(HAVE_FPCR)
     __asm__ volatile("mrs %0, fpcr" : "=r"(m.saved));
-    __asm__ volatile("msr fpcr, %0" : : "r"(m.saved | (1ull << 24)));
-    m.changed = 1;
+    const uint64_t mode = (m.saved & ~((3ull << 22) | (3ull << 24) | 0x9F00ull)) |
+                          (flush ? 1ull << 24 : 0);
+    if (mode != m.saved) {
+        __asm__ volatile("msr fpcr, %0" : : "r"(mode));
+        m.changed = 1;
+    }
+#else
+    (void)flush;
+    m.saved = (uint64_t)fegetround();
+    if (m.saved != FE_TONEAREST) {
+        fesetround(FE_TONEAREST);
+        m.changed = 1;
+    }
 #endif
     return m;
 }
@@ -135,6 +155,8 @@ static inline void fp_leave(fp_mode m)
     _mm_setcsr((unsigned)m.saved);
 #elif defined(HAVE_FPCR)
     __asm__ volatile("msr fpcr, %0" : : "r"(m.saved));
+#else
+    fesetround((int)m.saved);
 #endif
 }
 
@@ -151,12 +173,16 @@ static inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 static inline int clamp_threads(int nthreads, int64_t ntasks, double work)
 {
 #ifdef _OPENMP
+    if (__atomic_load_n(&fc_threads_lost_in_fork, __ATOMIC_RELAXED))
+        return 1;
     if (nthreads > omp_get_num_procs())
         nthreads = omp_get_num_procs();
     if (nthreads < 1 || work < MIN_PARALLEL_WORK)
         nthreads = 1;
     if (ntasks < nthreads)
         nthreads = (int)(ntasks > 0 ? ntasks : 1);
+    if (nthreads > 1 && !__atomic_load_n(&fc_threads_started, __ATOMIC_RELAXED))
+        __atomic_store_n(&fc_threads_started, 1, __ATOMIC_RELAXED);
     return nthreads;
 #else
     (void)nthreads;
@@ -183,6 +209,38 @@ static inline int team_size(void)
 #else
     return 1;
 #endif
+}
+
+/* Whether the run should skip its remaining blocks (fastconv.h:
+ * fc_interrupt). Only the calling thread (thread 0 of a region, or the
+ * serial caller) polls, on a monotonic clock, so a run shorter than
+ * FC_POLL_SECONDS never does; the others read the flag it sets. */
+static inline int interrupted(fc_interrupt *it)
+{
+    if (!it)
+        return 0;
+    if (__atomic_load_n(&it->stop, __ATOMIC_RELAXED))
+        return 1;
+    if (thread_id() != 0 || !it->poll || it->checks++ % 8)
+        return 0; /* (a block takes microseconds; reading the clock, 35 ns) */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    if (it->next == 0)
+        it->next = now + FC_POLL_SECONDS;
+    if (now < it->next)
+        return 0;
+    it->next = now + FC_POLL_SECONDS;
+    if (!it->poll(it->ctx))
+        return 0;
+    __atomic_store_n(&it->stop, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/* A kernel's status at its end: FC_EINTR when it skipped blocks. */
+static inline int run_status(const fc_interrupt *it)
+{
+    return it && __atomic_load_n(&it->stop, __ATOMIC_RELAXED) ? FC_EINTR : FC_OK;
 }
 
 #endif

@@ -152,10 +152,11 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
             const fp_mode fp = fp_enter(d->flush_denormals);
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < ntasks; t++)
-                dense_out_in(d, x, w, bias, y, t * DENSE_OUTS, MIN((t + 1) * DENSE_OUTS, K));
+                if (!interrupted(d->interrupt))
+                    dense_out_in(d, x, w, bias, y, t * DENSE_OUTS, MIN((t + 1) * DENSE_OUTS, K));
             fp_leave(fp);
         }
-        return FC_OK;
+        return run_status(d->interrupt);
     }
     /* (R, K): tasks of (chunk of rows, range of whole vectors of columns),
      * chunk-major, so that consecutive tasks read consecutive parts of W;
@@ -173,6 +174,8 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
         const fp_mode fp = fp_enter(d->flush_denormals);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < ntasks; t++) {
+            if (interrupted(d->interrupt))
+                continue;
             const int64_t c = t / ncols, b = t % ncols;
             dense_in_out(d, x, w, c * DENSE_CHUNK, MIN((c + 1) * DENSE_CHUNK, d->R),
                          nvec * b / ncols * VLEN, MIN(nvec * (b + 1) / ncols * VLEN, K),
@@ -190,6 +193,6 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
         fp_leave(fp);
     }
     free(part);
-    return FC_OK;
+    return run_status(d->interrupt);
 }
 

@@ -112,6 +112,8 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
         const fp_mode fp = fp_enter(d->flush_denormals);
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < rows; row++) {
+            if (interrupted(d->interrupt))
+                continue;
             const int64_t n = row / d->Ho, oy = row % d->Ho;
             const real *img = x + n * d->H * d->W * C;
             real *out_row = y + row * d->Wo * C;
@@ -141,6 +143,6 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
         }
         fp_leave(fp);
     }
-    return FC_OK;
+    return run_status(d->interrupt);
 }
 

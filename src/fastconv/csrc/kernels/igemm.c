@@ -432,12 +432,13 @@ static int igemm_run(const fc_conv_desc *d, const real *x, weight_source ws, rea
         int64_t built = -1;
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < g.ntasks; task++)
-            run_task(&g, task, mine, &built);
+            if (!interrupted(d->interrupt))
+                run_task(&g, task, mine, &built);
         fp_leave(fp);
     }
     free(work);
     free(xpad);
-    return FC_OK;
+    return run_status(d->interrupt);
 }
 
 INTERNAL int NAME(igemm)(const fc_conv_desc *d, const void *x, const void *packed, void *y,

@@ -22,6 +22,7 @@ typedef struct fc_conv_desc {
     int relu;                /* apply max(v, 0) (NaN-preserving) before storing */
     int has_bias;            /* the packed weights carry a bias to add */
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
+    fc_interrupt *interrupt; /* polled between blocks (common.h: interrupted); or NULL */
 } fc_conv_desc;
 
 /* A dense layer y (M, K) = x (M, R) @ W (+ bias, ReLU), W read in place in
@@ -32,7 +33,15 @@ typedef struct fc_dense_desc {
                                 1: W is (K, R) (OIHW flattened, PyTorch's Linear) */
     int relu;
     int flush_denormals;
+    fc_interrupt *interrupt;
 } fc_dense_desc;
+
+/* Thread safety across fork (dispatch.c). fc_threads_started: a parallel
+ * region has run with more than one thread (GNU OpenMP then keeps a pool of
+ * worker threads). fc_threads_lost_in_fork: this process is a child forked
+ * after that; the workers did not survive the fork, and a region that wakes
+ * them would wait forever, so every kernel runs on its calling thread. */
+extern int fc_threads_started, fc_threads_lost_in_fork;
 
 typedef struct fc_kernel_set {
     const char *isa;         /* "avx512", "avx2" or "generic" */
@@ -75,7 +84,8 @@ typedef struct fc_kernel_set {
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w, const void *bias,
                   void *y, int nthreads);
     /* pool.c */
-    int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads);
+    int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads,
+                fc_interrupt *interrupt);
 } fc_kernel_set;
 
 /* The kernels of `isa` for `dtype` (FC_F32/FC_F64); NULL if not supported. */

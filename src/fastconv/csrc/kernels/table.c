@@ -22,7 +22,8 @@ DECLARE(int, winograd, const fc_conv_desc *d, const void *x, const void *packed,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dwconv, const fc_conv_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
-DECLARE(int, pool, const fc_pool_desc *d, const void *x, void *y, int nthreads)
+DECLARE(int, pool, const fc_pool_desc *d, const void *x, void *y, int nthreads,
+        fc_interrupt *interrupt)
 
 const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .isa = STR(ISA),

@@ -62,26 +62,33 @@ INTERNAL int NAME(winograd_pack)(const fc_conv_desc *d, const void *wv, fc_weigh
     const int64_t step = packed_size(&p);
     memset(packed, 0, sizeof(real) * (size_t)(16 * step));
     const int nt = clamp_threads(nthreads, C, (double)C * K * 16);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t c = 0; c < C; c++)
-        for (int64_t k = 0; k < K; k++) {
-            const real *g = w + c * s.c + k * s.k;
-            double t[4][3];
-            for (int j = 0; j < 3; j++) { /* G g */
-                const double g0 = g[j * s.tx], g1 = g[s.ty + j * s.tx], g2 = g[2 * s.ty + j * s.tx];
-                t[0][j] = g0;
-                t[1][j] = 0.5 * (g0 + g1 + g2);
-                t[2][j] = 0.5 * (g0 - g1 + g2);
-                t[3][j] = g2;
+    /* (in fastconv's mode, never flushing: U serves calls of either kind) */
+#pragma omp parallel num_threads(nt)
+    {
+        const fp_mode fp = fp_enter(0);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t k = 0; k < K; k++) {
+                const real *g = w + c * s.c + k * s.k;
+                double t[4][3];
+                for (int j = 0; j < 3; j++) { /* G g */
+                    const double g0 = g[j * s.tx], g1 = g[s.ty + j * s.tx],
+                                 g2 = g[2 * s.ty + j * s.tx];
+                    t[0][j] = g0;
+                    t[1][j] = 0.5 * (g0 + g1 + g2);
+                    t[2][j] = 0.5 * (g0 - g1 + g2);
+                    t[3][j] = g2;
+                }
+                real *u = packed + packed_row(&p, 0, k / NR, 0, c) + k % NR;
+                for (int a = 0; a < 4; a++) { /* (G g) G^T */
+                    u[(a * 4 + 0) * step] = (real)t[a][0];
+                    u[(a * 4 + 1) * step] = (real)(0.5 * (t[a][0] + t[a][1] + t[a][2]));
+                    u[(a * 4 + 2) * step] = (real)(0.5 * (t[a][0] - t[a][1] + t[a][2]));
+                    u[(a * 4 + 3) * step] = (real)t[a][2];
+                }
             }
-            real *u = packed + packed_row(&p, 0, k / NR, 0, c) + k % NR;
-            for (int a = 0; a < 4; a++) { /* (G g) G^T */
-                u[(a * 4 + 0) * step] = (real)t[a][0];
-                u[(a * 4 + 1) * step] = (real)(0.5 * (t[a][0] + t[a][1] + t[a][2]));
-                u[(a * 4 + 2) * step] = (real)(0.5 * (t[a][0] - t[a][1] + t[a][2]));
-                u[(a * 4 + 3) * step] = (real)t[a][2];
-            }
-        }
+        fp_leave(fp);
+    }
     return FC_OK;
 }
 
@@ -208,7 +215,7 @@ INTERNAL int NAME(winograd)(const fc_conv_desc *d, const void *xv, const void *p
         void *gemm_work = mine + v_bytes + m_bytes;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nblocks; b++) {
-            if (__atomic_load_n(&nonfinite, __ATOMIC_RELAXED))
+            if (__atomic_load_n(&nonfinite, __ATOMIC_RELAXED) || interrupted(d->interrupt))
                 continue;
             const int64_t t0 = b * block, n = MIN(block, T - t0);
             if (input_transform(d, x, t0, n, v)) {
@@ -224,5 +231,5 @@ INTERNAL int NAME(winograd)(const fc_conv_desc *d, const void *xv, const void *p
         fp_leave(fp);
     }
     free(work);
-    return nonfinite;
+    return run_status(d->interrupt) ? -FC_EINTR : nonfinite;
 }

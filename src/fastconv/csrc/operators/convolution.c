@@ -96,9 +96,11 @@ static fc_conv_desc weights_desc(const fc_conv_op *op)
                           .has_bias = op->has_bias};
 }
 
-static fc_conv_desc call_desc(const fc_conv_op *op, const fc_conv_call *c)
+static fc_conv_desc call_desc(const fc_conv_op *op, const fc_conv_call *c,
+                              fc_interrupt *interrupt)
 {
     fc_conv_desc d = weights_desc(op);
+    d.interrupt = interrupt;
     d.N = c->N;
     d.H = c->H;
     d.W = c->W;
@@ -436,7 +438,8 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
     const int64_t R = p->kh * p->kw * p->C;
     const size_t item = op->itemsize;
     const fc_dense_desc dd = {.M = d->N, .R = R, .K = p->K, .w_out_in = !op->w_hwio,
-                              .relu = d->relu, .flush_denormals = d->flush_denormals};
+                              .relu = d->relu, .flush_denormals = d->flush_denormals,
+                              .interrupt = d->interrupt};
     if (op->w_hwio && d->pad_top == 0 && d->pad_left == 0 && d->H == p->kh && d->W == p->kw)
         return op->ks->dense(&dd, x, op->w, op->bias, y, nthreads);
     int ok = 1;
@@ -466,13 +469,13 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
 }
 
 int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, int nthreads,
-                int *ran)
+                fc_interrupt *interrupt, int *ran)
 {
     fc_conv_plan plan;
     int status = fc_conv_plan_call(op, c, &plan);
     if (status != FC_OK)
         return status;
-    const fc_conv_desc d = call_desc(op, c);
+    const fc_conv_desc d = call_desc(op, c, interrupt);
     int algorithm = plan.algorithm;
     switch (algorithm) {
     case FC_ALGO_DEPTHWISE:
