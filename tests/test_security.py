@@ -1,12 +1,25 @@
 """Untrusted files: fastconv.nn.load reads a .npz of plain arrays and a JSON
-description with numpy's allow_pickle=False, so a pickled object inside the
-file is refused with a clear error and none of its code runs (SECURITY.md).
+description, never unpickling, so a pickled object inside the file is refused
+with a clear error and none of its code runs; and it reads only what the
+description names, each array's size checked first, so that a crafted or
+corrupt file (deep JSON, wrong types, lying sizes, zip bombs) is a short
+ValueError, not a crash or gigabytes of memory. from_keras on JSON text is
+held to the same messages (SECURITY.md, "Model files").
 """
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 import numpy as np
 import pytest
 
 from fastconv import nn
+from fastconv.nn import serialize
 
 
 class _Payload:
@@ -59,3 +72,497 @@ def test_load_refuses_pickled_objects_and_runs_nothing(tmp_path, where):
                                          r"model file .*allow_pickle=False"):
         nn.load(path)
     assert not marker.exists(), "loading ran code from the file"
+
+
+# --------------------------------------------------------------------------
+# Crafted archives, written member by member
+# --------------------------------------------------------------------------
+HUGE = (2**20, 2**20)  # float32: 4 TiB
+
+
+def _npy(shape, descr="<f4", data=None):
+    """A .npy member: a header declaring `shape` and `descr`, then `data`
+    (by default as many zero bytes as it declares)."""
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    if data is None:
+        data = bytes(int(np.prod(shape)) * np.dtype(descr).itemsize)
+    return f.getvalue() + data
+
+
+def _description_member(description):
+    text = description if isinstance(description, bytes) else json.dumps(description).encode()
+    return _npy((len(text),), "|u1", text)
+
+
+def _write(path, members, compression=zipfile.ZIP_STORED):
+    """An archive of {name: bytes} (no zip64 records: small sizes stay in
+    the central directory's own fields, which _patch_central edits)."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _model():
+    """conv 3x3 (2 -> 4, bias), flatten, linear 144 -> 3 (no bias), for (8, 8, 2)."""
+    return nn.Sequential(nn.Conv2d(np.ones((3, 3, 2, 4), np.float32), np.ones(4, np.float32)),
+                         nn.Flatten(), nn.Linear(np.full((4 * 6 * 6, 3), 0.5, np.float32)))
+
+
+def _saved(tmp_path):
+    """(the model, its description, its members as {name: bytes})."""
+    model = _model()
+    model.save(tmp_path / "saved.npz")
+    with zipfile.ZipFile(tmp_path / "saved.npz") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    with np.load(tmp_path / "saved.npz") as data:
+        description = json.loads(data["__model__"].tobytes())
+    return model, description, members
+
+
+def _same_model(loaded, model):
+    x = np.linspace(-1, 1, 2 * 8 * 8 * 2, dtype=np.float32).reshape(2, 8, 8, 2)
+    assert repr(loaded) == repr(model)
+    assert np.array_equal(loaded(x), model(x))
+
+
+def _patch_central(path, name, *, crc=None, compress_size=None, file_size=None, flags=None):
+    """Edit the central directory's record of member `name` (what zipfile
+    trusts): a file whose zip records lie."""
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    pos = int.from_bytes(data[end + 16:end + 20], "little")
+    while data[pos:pos + 4] == b"PK\x01\x02":
+        nlen, elen, clen = struct.unpack("<HHH", data[pos + 28:pos + 34])
+        if data[pos + 46:pos + 46 + nlen] == name.encode():
+            for offset, value in ((8, flags), (16, crc), (20, compress_size), (24, file_size)):
+                if value is not None:
+                    size = 2 if offset == 8 else 4
+                    data[pos + offset:pos + offset + size] = value.to_bytes(size, "little")
+            path.write_bytes(bytes(data))
+            return path
+        pos += 46 + nlen + elen + clen
+    raise AssertionError(f"no central directory record of {name}")
+
+
+# The child's peak resident memory, in bytes. Linux's VmHWM, not ru_maxrss:
+# exec carries the old address space's peak into ru_maxrss, and subprocess
+# forks this pytest process (vfork), so a child's ru_maxrss is at least the
+# peak this process had reached.
+_PEAK = """
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status
+                    if line.startswith("VmHWM:"))
+except OSError:
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak *= 1 if sys.platform == "darwin" else 1024
+print(peak)
+"""
+
+
+def _load_in_child(path):
+    """nn.load(path) in a fresh interpreter: (its ValueError's message or
+    "loaded", its peak resident memory in bytes)."""
+    code = ("import sys\n"
+            "from fastconv import nn\n"
+            "try:\n"
+            "    nn.load(sys.argv[1])\n"
+            "    print('loaded')\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n" + _PEAK)
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=tempfile.gettempdir())
+    assert done.returncode == 0, done.stderr
+    message, peak = done.stdout.rstrip("\n").rsplit("\n", 1)
+    return message, int(peak)
+
+
+def _zeros_bomb(path, header, mib, file_size=None):
+    """__model__ naming a Linear weight (no bias) whose deflated member is
+    `header` then `mib` MiB of zeros (about 1 MB on disk per 256 MiB)."""
+    description = {"format": "fastconv.nn", "version": 1, "layout": "NHWC",
+                   "layers": [{"type": "Linear", "params": {}, "arrays": ["weight"]}]}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("__model__.npy", _description_member(description))
+        with zf.open("layer0.weight.npy", "w") as f:
+            f.write(header)
+            zero = bytes(2**20)
+            for _ in range(mib):
+                f.write(zero)
+    if file_size is not None:
+        _patch_central(path, "layer0.weight.npy", file_size=file_size)
+    return path
+
+
+# --------------------------------------------------------------------------
+# The description: JSON, types, sizes
+# --------------------------------------------------------------------------
+def test_load_refuses_deeply_nested_json(tmp_path):
+    path = _write(tmp_path / "deep.npz", {"__model__.npy": _description_member(b"[" * 100_000)})
+    with pytest.raises(ValueError, match=r"deep\.npz has no valid fastconv\.nn model "
+                                         r"description \(its JSON is nested too deeply\)"):
+        nn.load(path)
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"layers": [' * 50_000,
+                                  b'{"config": ' * 50_000])
+def test_from_keras_refuses_deeply_nested_json_text(text):
+    with pytest.raises(ValueError, match=r"^from_keras: config is JSON nested too deeply$"):
+        nn.from_keras(text, [])
+
+
+def test_from_keras_refuses_a_deep_list_within_the_json_limit():
+    """Nested 900 deep (json itself parses it): refused by type, in a
+    message that shows three levels."""
+    text = ('{"layers": [{"class_name": "Dense", "config": {"units": '
+            + "[" * 900 + "]" * 900 + "}}]}")
+    with pytest.raises(ValueError, match=r"^from_keras: layer 0 \(Dense\) has "
+                                         r"units=\[\[\[\[\.\.\.\]\]\]\]; expected an int >= 1$"):
+        nn.from_keras(text, [])
+
+
+def _layers(d):
+    return d["layers"]
+
+
+# (how to break a saved model's description, what the message says)
+WRONG_FIELDS = {
+    "params-not-a-dict": (lambda d: _layers(d)[0].update(params=[1, 2]),
+                          r"layer 0 \(Conv2d\) has params \[1, 2\]; expected a dict"),
+    "layers-not-a-list": (lambda d: d.update(layers={"0": _layers(d)[0]}),
+                          r"'layers' is \{'0': .*\}; expected a list of layers"),
+    "record-not-a-dict": (lambda d: _layers(d).__setitem__(1, "Flatten"),
+                          r"layer 1 is 'Flatten'; expected a \{'type': \.\.\., "),
+    "arrays-a-string": (lambda d: _layers(d)[0].update(arrays="weight"),
+                        r"layer 0 \(Conv2d\) has arrays 'weight'; expected \['weight'\] or"),
+    "arrays-not-strings": (lambda d: _layers(d)[0].update(arrays=[["weight"]]),
+                           r"layer 0 \(Conv2d\) has arrays \[\['weight'\]\]; expected"),
+    "arrays-twice": (lambda d: _layers(d)[0].update(arrays=["weight", "weight"]),
+                     r"has arrays \['weight', 'weight'\]; expected"),
+    "arrays-no-weight": (lambda d: _layers(d)[0].update(arrays=["bias"]),
+                         r"layer 0 \(Conv2d\) has arrays \['bias'\]; expected \['weight'\]"),
+    "arrays-on-flatten": (lambda d: _layers(d)[1].update(arrays=["weight"]),
+                          r"layer 1 \(Flatten\) has arrays \['weight'\]; expected \[\]"),
+    "arrays-missing": (lambda d: _layers(d)[2].pop("arrays"),
+                       r"layer 2 \(Linear\) has arrays None; expected"),
+    "type-not-a-string": (lambda d: _layers(d)[0].update(type=["Conv2d"]),
+                          r"layer 0 has unknown type \['Conv2d'\]"),
+    "type-missing": (lambda d: _layers(d)[0].pop("type"), r"layer 0 has unknown type None"),
+    "layout-not-a-string": (lambda d: d.update(layout=1),
+                            r"the model has layout 1; expected 'NHWC' or 'NCHW'"),
+    "conv-layout-not-a-string": (lambda d: _layers(d)[0]["params"].update(layout=None),
+                                 r"layer 0 \(Conv2d\) has layout None; expected 'NHWC'"),
+    "weight-layout-not-a-string": (
+        lambda d: _layers(d)[2]["params"].update(weight_layout=5),
+        r"layer 2 \(Linear\) has weight_layout 5; expected 'IO' or 'OI'"),
+    "param-a-dict": (lambda d: _layers(d)[0]["params"].update(stride={"h": 1}),
+                     r"layer 0 \(Conv2d\) has parameter 'stride' = \{'h': 1\}: a dict, "
+                     r"which no layer takes"),
+    "param-nested-deep": (lambda d: _layers(d)[0]["params"].update(
+        padding=json.loads("[" * 500 + "]" * 500)),
+        r"has parameter 'padding' = \[\[\[\[\.\.\.\]\]\]\]: lists nested deeper than 4"),
+    "param-a-string": (lambda d: _layers(d)[0]["params"].update(stride="x"),
+                       r"\(layer 0: TypeError: Conv2d: stride must be an int or a pair"),
+    "param-unknown": (lambda d: _layers(d)[1]["params"].update(bogus=1),
+                      r"\(layer 1: TypeError: .*unexpected keyword argument 'bogus'"),
+    "version-true": (lambda d: d.update(version=True), r"is format version True \("),
+    "format-missing": (lambda d: d.pop("format"), r"is not a fastconv\.nn model file$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_FIELDS))
+def test_load_refuses_wrong_typed_fields(tmp_path, case):
+    _, description, members = _saved(tmp_path)
+    change, message = WRONG_FIELDS[case]
+    change(description)
+    members["__model__.npy"] = _description_member(description)
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"^nn\.load: .*model\.npz .*" + message):
+        nn.load(path)
+
+
+def test_load_refuses_a_description_of_the_wrong_dtype(tmp_path):
+    _, _, members = _saved(tmp_path)
+    members["__model__.npy"] = _npy((4,), "<f4")
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"no valid fastconv\.nn model description \(ValueError: "
+                                         r"__model__ is float32 of shape \(4,\); expected the "
+                                         r"uint8 bytes"):
+        nn.load(path)
+
+
+@pytest.mark.parametrize("where", ["type", "param"])
+def test_load_messages_stay_short_on_a_long_string(tmp_path, where):
+    """A megabyte string from the file is quoted in 80 characters at most."""
+    _, description, members = _saved(tmp_path)
+    if where == "type":
+        _layers(description)[1]["type"] = "X" * 2**20
+        message = r"layer 1 has unknown type 'XXXX*\.\.\.XXXX*'\)$"
+    else:
+        _layers(description)[0]["params"]["activation"] = "X" * 2**20
+        message = r"Conv2d: activation must be None or 'relu'; got 'XXX*\.\.\..*characters\)"
+    members["__model__.npy"] = _description_member(description)
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=message) as info:
+        nn.load(path)
+    assert len(str(info.value)) < 1000
+
+
+def test_load_refuses_a_50_mb_description_unread(tmp_path):
+    """A 50 MB layer type: the description is over its 2 MiB limit, refused
+    from its header, in a short message."""
+    _, description, members = _saved(tmp_path)
+    _layers(description)[0]["type"] = "X" * 50_000_000
+    members["__model__.npy"] = _description_member(description)
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"no valid fastconv\.nn model description \(ValueError: "
+                                         r"__model__ declares 500\d{5} bytes; at most 2097152 "
+                                         r"are read\)$") as info:
+        nn.load(path)
+    assert len(str(info.value)) < 1000
+
+
+def test_from_keras_messages_stay_short_on_a_50_mb_class_name():
+    text = json.dumps({"layers": [{"class_name": "X" * 50_000_000,
+                                   "config": {"name": "n" * 1_000_000}}]})
+    with pytest.raises(ValueError, match=r"^from_keras: layer 0 'nnnn*\.\.\.nnnn*' "
+                                         r"\('XXXX*\.\.\.XXXX*'\) has no fastconv\.nn "
+                                         r"equivalent") as info:
+        nn.from_keras(text, [])
+    assert len(str(info.value)) < 1000
+
+
+# --------------------------------------------------------------------------
+# The archive: what it is, what it holds, what its headers declare
+# --------------------------------------------------------------------------
+def test_load_refuses_a_plain_npy_file(tmp_path):
+    np.save(tmp_path / "weights.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"weights\.npy is not a readable \.npz model file \(it "
+                                         r"is a \.npy file, one array, not a \.npz archive\)"):
+        nn.load(tmp_path / "weights.npy")
+    with open(tmp_path / "weights.npy", "rb") as f, \
+            pytest.raises(ValueError, match=r"it is a \.npy file"):
+        nn.load(f)
+
+
+@pytest.mark.parametrize("kind", ["str", "path", "file", "bytesio"])
+def test_load_reads_paths_and_binary_files(tmp_path, kind):
+    model = _model()
+    path = tmp_path / "model.npz"
+    model.save(path)
+    if kind in ("str", "path"):
+        _same_model(nn.load(str(path) if kind == "str" else path), model)
+    elif kind == "file":
+        with open(path, "rb") as f:
+            _same_model(nn.load(f), model)
+    else:
+        _same_model(nn.load(io.BytesIO(path.read_bytes())), model)
+
+
+def test_load_ignores_unreferenced_members_unread(tmp_path):
+    """A member that declares 4 TiB (and holds 8 bytes) and one that is not
+    a .npy, both named by nothing: the model loads, neither is read."""
+    model = _model()
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("junk.npy", _npy(HUGE, data=bytes(8)))
+        zf.writestr("notes.txt", b"not an array")
+    _same_model(nn.load(path), model)
+
+
+def test_load_checks_the_description_before_any_array(tmp_path):
+    """The 677-byte file: a 4 TiB member beside a description that is not a
+    model's (numpy.load read every member first: MemoryError)."""
+    path = _write(tmp_path / "tiny.npz", {
+        "__model__.npy": _description_member({"format": "something else"}),
+        "layer0.weight.npy": _npy(HUGE, data=bytes(8))})
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError, match=r"tiny\.npz is not a fastconv\.nn model file$"):
+        nn.load(path)
+
+
+def test_load_refuses_a_named_member_declaring_more_than_it_holds(tmp_path):
+    _, _, members = _saved(tmp_path)
+    members["layer2.weight.npy"] = _npy(HUGE, data=bytes(8))  # the Linear's, 2-D
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"not a readable \.npz model file \(layer2\.weight\.npy "
+                                         r"declares 4398046511104 bytes of data \(shape "
+                                         r"\(1048576, 1048576\), float32\) but the archive "
+                                         r"records 8\)"):
+        nn.load(path)
+
+
+def test_load_refuses_a_truncated_member(tmp_path):
+    """The bias's header declares 4 floats; the member holds 2."""
+    _, _, members = _saved(tmp_path)
+    members["layer0.bias.npy"] = _npy((4,), data=bytes(8))
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"not a readable \.npz model file \(layer0\.bias\.npy "
+                                         r"declares 16 bytes of data \(shape \(4,\), float32\) "
+                                         r"but the archive records 8\)"):
+        nn.load(path)
+
+
+def test_load_refuses_a_member_whose_zip_records_lie(tmp_path):
+    """Header and central directory both claim the Linear's 1728 bytes; the
+    archive holds 8: the read runs short or into other members, refused."""
+    _, _, members = _saved(tmp_path)
+    header = _npy((144, 3), data=b"")
+    members["layer2.weight.npy"] = header + bytes(8)
+    path = _write(tmp_path / "model.npz", members)
+    size = len(header) + 144 * 3 * 4
+    _patch_central(path, "layer2.weight.npy", compress_size=size, file_size=size)
+    with pytest.raises(ValueError, match=r"not a readable \.npz model file \((layer2\.weight"
+                                         r"\.npy ends after \d+ of the 1728 bytes|BadZipFile: "
+                                         r"Bad CRC-32|BadZipFile: Overlapped entries)"):
+        nn.load(path)
+
+
+def test_load_refuses_a_truncated_file(tmp_path):
+    model = _model()
+    model.save(tmp_path / "model.npz")
+    data = (tmp_path / "model.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz is not a readable \.npz model file "
+                                         r"\(BadZipFile: "):
+        nn.load(tmp_path / "cut.npz")
+
+
+# (the member replaced, what its header declares, what the message says)
+WRONG_ARRAYS = {
+    "conv-bias-length": ("layer0.bias.npy", (5,), "<f4",
+                         r"layer0\.bias\.npy has shape \(5,\); the "
+                         r"weight's shape \(3, 3, 2, 4\) makes the bias \(4,\)"),
+    "conv-bias-2d": ("layer0.bias.npy", (4, 1), "<f4", r"layer0\.bias\.npy has shape \(4, 1\)"),
+    "conv-weight-2d": ("layer0.weight.npy", (18, 4), "<f4",
+                       r"layer0\.weight\.npy has shape \(18, 4\); the weight of a Conv2d "
+                       r"is 4-D"),
+    "linear-weight-3d": ("layer2.weight.npy", (144, 3, 1), "<f4",
+                         r"layer2\.weight\.npy has shape \(144, 3, 1\); the weight of a "
+                         r"Linear is 2-D"),
+    "int-weight": ("layer0.weight.npy", (3, 3, 2, 4), "<i4",
+                   r"layer0\.weight\.npy is int32; weights are float32 or float64"),
+    "half-weight": ("layer2.weight.npy", (144, 3), "<f2",
+                    r"layer2\.weight\.npy is float16; weights are float32 or float64"),
+    "bytes-weight": ("layer2.weight.npy", (144, 3), "|S4", r"layer2\.weight\.npy is \|S4;"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_ARRAYS))
+def test_load_refuses_arrays_that_do_not_fit_their_layer(tmp_path, case):
+    """Checked from the headers, before any array is read."""
+    _, _, members = _saved(tmp_path)
+    name, shape, descr, message = WRONG_ARRAYS[case]
+    members[name] = _npy(shape, descr)
+    path = _write(tmp_path / "model.npz", members)
+    layer = "layer 0 \\(Conv2d\\)" if name.startswith("layer0") else "layer 2 \\(Linear\\)"
+    with pytest.raises(ValueError, match=r"describes a model that cannot be built \(ValueError: "
+                                         + layer + ": " + message):
+        nn.load(path)
+
+
+def test_load_refuses_a_missing_array(tmp_path):
+    _, _, members = _saved(tmp_path)
+    del members["layer0.bias.npy"]
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2d\) names array 'bias', but the file "
+                                         r"has no member layer0\.bias\.npy"):
+        nn.load(path)
+
+
+def test_load_reads_fortran_ordered_and_byte_swapped_weights(tmp_path):
+    """What numpy.savez writes for such arrays loads as numpy.load reads it."""
+    model = _model()
+    _, description, members = _saved(tmp_path)
+    arrays = {"__model__": np.frombuffer(json.dumps(description).encode(), np.uint8),
+              "layer0.weight": np.asfortranarray(model[0].weight),
+              "layer0.bias": model[0].bias.astype(">f4"),
+              "layer2.weight": np.asfortranarray(model[2].weight).astype(">f4", order="F")}
+    assert arrays["layer2.weight"].flags.f_contiguous
+    np.savez(tmp_path / "model.npz", **arrays)
+    _same_model(nn.load(tmp_path / "model.npz"), model)
+
+
+def test_load_refuses_other_compression_and_encryption(tmp_path):
+    _, _, members = _saved(tmp_path)
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data, zipfile.ZIP_BZIP2 if name == "layer0.bias.npy" else None)
+    with pytest.raises(ValueError, match=r"not a readable \.npz model file \(member "
+                                         r"'layer0\.bias\.npy' is encrypted or compressed with "
+                                         r"method 12; numpy writes stored or deflated"):
+        nn.load(path)
+    _patch_central(_write(path, members), "layer0.bias.npy", flags=1)
+    with pytest.raises(ValueError, match=r"member 'layer0\.bias\.npy' is encrypted"):
+        nn.load(path)
+
+
+def test_load_accepts_at_most_1000_other_members(tmp_path):
+    model = _model()
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as zf:
+        for i in range(serialize.MAX_OTHER_MEMBERS):
+            zf.writestr(f"extra{i}.npy", _npy((1,)))
+    _same_model(nn.load(path), model)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("one-more.txt", b"")
+    with pytest.raises(ValueError, match=r"not a readable \.npz model file \(it holds 1001 members "
+                                         r"its description does not name; at most 1000 are "
+                                         r"accepted\)"):
+        nn.load(path)
+
+
+# --------------------------------------------------------------------------
+# Compression: what legitimate files need, what a zip bomb gets
+# --------------------------------------------------------------------------
+def test_load_reads_savez_compressed_models(tmp_path):
+    """Real weights, and 16 MiB of zeros (a thousandfold compressed, within
+    the 64 MiB that any file may declare)."""
+    model = _model()
+    _, description, _ = _saved(tmp_path)
+    arrays = {"__model__": np.frombuffer(json.dumps(description).encode(), np.uint8),
+              "layer0.weight": model[0].weight, "layer0.bias": model[0].bias,
+              "layer2.weight": model[2].weight}
+    np.savez_compressed(tmp_path / "model.npz", **arrays)
+    _same_model(nn.load(tmp_path / "model.npz"), model)
+    zeros = {"format": "fastconv.nn", "version": 1, "layout": "NHWC",
+             "layers": [{"type": "Linear", "params": {}, "arrays": ["weight"]}]}
+    np.savez_compressed(tmp_path / "zeros.npz", **{
+        "__model__": np.frombuffer(json.dumps(zeros).encode(), np.uint8),
+        "layer0.weight": np.zeros((2048, 2048), np.float32)})
+    assert (tmp_path / "zeros.npz").stat().st_size < 2**20
+    loaded = nn.load(tmp_path / "zeros.npz")
+    assert loaded[0].weight.shape == (2048, 2048) and not loaded[0].weight.any()
+
+
+def test_load_refuses_a_zip_bomb_in_little_memory(tmp_path):
+    """A 1 MB file inflating to a 256 MiB weight its header declares
+    honestly: over max(64 MiB, 5 x the file's size), refused before it is
+    read. (Reading every member first, as numpy.load does, peaked at 283 MB
+    here, before the Linear packed its copy.)"""
+    header = _npy((65536, 1024), data=b"")
+    path = _zeros_bomb(tmp_path / "bomb.npz", header, 256)
+    assert path.stat().st_size < 2 * 2**20
+    message, peak = _load_in_child(path)
+    assert "bomb.npz is not a readable .npz model file (its arrays declare 268435456 bytes in " \
+           "all; a file of" in message and "may declare at most 67108864" in message, message
+    assert peak < 150 * 2**20, f"peak resident memory {peak / 2**20:.0f} MiB"
+
+
+def test_load_reads_a_member_no_further_than_its_header_declares(tmp_path):
+    """A member whose header and zip record declare a (16, 3) weight but
+    whose deflated data runs on for 256 MiB: load reads the 192 bytes, and
+    the zip's checksum (of all of it) refuses them."""
+    header = _npy((16, 3), data=b"")
+    path = _zeros_bomb(tmp_path / "bomb.npz", header, 256, file_size=len(header) + 192)
+    message, peak = _load_in_child(path)
+    assert message.startswith(f"nn.load: {path} is not a readable .npz model file (BadZipFile: "
+                              f"Bad CRC-32"), message
+    assert peak < 150 * 2**20, f"peak resident memory {peak / 2**20:.0f} MiB"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+import reprlib
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,6 +20,25 @@ LAYOUTS = ("NHWC", "NCHW")
 # makes or addresses (the result, the zero-padded input, the packed weights),
 # must stay below this, so that no arithmetic in C can overflow.
 INT64_MAX = 2**63 - 1
+
+# Values read from a file (nn.load, from_keras on JSON text) appear in
+# messages only through short_repr: a file may hold a string of megabytes or
+# lists nested a thousand deep.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlong = 40
+_SHORT.maxlevel = 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+
+
+def short_repr(value: Any) -> str:
+    """repr(value) cut to about 80 characters (and 3 levels of nesting)."""
+    return _SHORT.repr(value)
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """text, cut to `limit` characters (a message that may quote a file)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _is_int(value: Any) -> bool:

@@ -3,11 +3,12 @@ TensorFlow conventions (Keras itself is not needed)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastconv._validate import layout_name
+from fastconv._validate import _is_int, clip, layout_name, short_repr
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax, _map_shape, _spatial)
 from fastconv.nn.model import Sequential
@@ -16,6 +17,12 @@ __all__ = ["from_keras"]
 
 _KERAS_SUPPORTED = ("InputLayer, Conv2D, DepthwiseConv2D, Dense, Activation, ReLU, Softmax, "
                     "Flatten, Dropout, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D")
+
+
+def _name(value: Any) -> str:
+    """A class name from the config as it is, or its short repr (a long or
+    non-string one)."""
+    return value if isinstance(value, str) and len(value) <= 80 else short_repr(value)
 
 
 def _same_pool_padding(k: int, s: int) -> Optional[int]:
@@ -62,7 +69,7 @@ class _KerasImport:
     def count(self, cfg: dict, key: str, default: Any = ...) -> int:
         v = self.value(cfg, key, default)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            self.refuse(f"has {key}={v!r}; expected an int >= 1")
+            self.refuse(f"has {key}={short_repr(v)}; expected an int >= 1")
         return int(v)
 
     def pair(self, cfg: dict, key: str, default: Any = ...) -> Tuple[int, int]:
@@ -70,18 +77,19 @@ class _KerasImport:
         items = list(v) if isinstance(v, (list, tuple)) else [v, v]
         if len(items) != 2 or any(isinstance(i, bool) or not isinstance(i, (int, np.integer))
                                   or i < 1 for i in items):
-            self.refuse(f"has {key}={v!r}; expected an int >= 1 or a pair of them")
+            self.refuse(f"has {key}={short_repr(v)}; expected an int >= 1 or a pair of them")
         return int(items[0]), int(items[1])
 
     def channels_last(self, cfg: dict) -> None:
         data_format = cfg.get("data_format")
         if data_format not in (None, "channels_last"):
-            self.refuse(f"has data_format={data_format!r}; only 'channels_last' (Keras's "
-                        f"default, NHWC) is supported")
+            self.refuse(f"has data_format={short_repr(data_format)}; only 'channels_last' "
+                        f"(Keras's default, NHWC) is supported")
 
     def float_weights(self, cfg: dict) -> None:
         policy = cfg.get("dtype")
-        quantized = isinstance(policy, dict) and "Quantized" in str(policy.get("class_name"))
+        kind = policy.get("class_name") if isinstance(policy, dict) else None
+        quantized = isinstance(kind, str) and "Quantized" in kind
         if quantized or cfg.get("quantization_config") is not None:
             self.refuse("is quantized; only float weights are supported")
         if cfg.get("lora_rank"):
@@ -96,7 +104,14 @@ class _KerasImport:
             return "relu", False
         if act == "softmax":
             return None, True
-        self.refuse(f"has activation {act!r}; supported: 'linear', 'relu', 'softmax'")
+        self.refuse(f"has activation {short_repr(act)}; supported: 'linear', 'relu', 'softmax'")
+
+    def padding(self, cfg: dict) -> str:
+        padding = self.value(cfg, "padding", "valid")
+        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+            self.refuse(f"has padding={short_repr(padding)}; only 'valid' and 'same' are "
+                        f"supported")
+        return padding.lower()
 
     # -- weights, shapes and layers --------------------------------------
     def take(self, what: str, expected: Tuple[Optional[int], ...]) -> np.ndarray:
@@ -139,7 +154,7 @@ class _KerasImport:
                 else:
                     self.shape = (None, None, channels)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{self.fn}: {self.where}: {exc}") from None
+            raise type(exc)(f"{self.fn}: {self.where}: {clip(str(exc))}") from None
         self.layers.append(layer)
 
     def input_shape(self, batch_shape: Any) -> None:
@@ -148,8 +163,11 @@ class _KerasImport:
         if batch_shape is None:
             return
         if not isinstance(batch_shape, (list, tuple)) or len(batch_shape) not in (2, 4):
-            self.refuse(f"has input shape {batch_shape!r}; only (batch, H, W, C) maps and "
-                        f"(batch, features) vectors are supported")
+            self.refuse(f"has input shape {short_repr(batch_shape)}; only (batch, H, W, C) "
+                        f"maps and (batch, features) vectors are supported")
+        if not all(d is None or (_is_int(d) and d >= 1) for d in batch_shape[1:]):
+            self.refuse(f"has input shape {short_repr(batch_shape)}; expected sizes that are "
+                        f"ints >= 1 or None")
         self.shape = tuple(None if d is None else int(d) for d in batch_shape[1:])
 
     def kernel(self, hwio: np.ndarray) -> np.ndarray:
@@ -166,9 +184,7 @@ class _KerasImport:
         kh, kw = self.pair(cfg, "kernel_size")
         stride = self.pair(cfg, "strides", 1)
         dilation = self.pair(cfg, "dilation_rate", 1)
-        padding = str(self.value(cfg, "padding", "valid")).lower()
-        if padding not in ("valid", "same"):
-            self.refuse(f"has padding={padding!r}; only 'valid' and 'same' are supported")
+        padding = self.padding(cfg)
         fused, then_softmax = self.activation(cfg)
         c = self.needs_map()
         if depthwise:
@@ -215,7 +231,7 @@ class _KerasImport:
         self.channels_last(cfg)
         size = self.pair(cfg, "pool_size", 2)
         stride = size if cfg.get("strides") is None else self.pair(cfg, "strides")
-        padding = str(self.value(cfg, "padding", "valid")).lower()
+        padding = self.padding(cfg)
         if padding == "valid":
             pads, ceil_mode = (0, 0), False
         elif padding == "same":
@@ -230,8 +246,6 @@ class _KerasImport:
                             f"and an odd pool size, strides 2 and an even pool size, or a "
                             f"pool size of 1 or 2 not above the strides")
             pads, ceil_mode = (found[0], found[1]), True
-        else:
-            self.refuse(f"has padding={padding!r}; only 'valid' and 'same' are supported")
         kwargs = {} if cls is MaxPool2d else {"count_include_pad": False}
         self.add(cls, size, stride, pads, ceil_mode, layout=self.layout, spatial=True,
                  channels=self.needs_map(), **kwargs)
@@ -240,10 +254,11 @@ class _KerasImport:
         """Import one entry of the config's "layers"."""
         if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
             raise ValueError(f"{self.fn}: layer {index} of the config is not a "
-                             f"{{'class_name': ..., 'config': {{...}}}} record: {record!r}")
+                             f"{{'class_name': ..., 'config': {{...}}}} record: "
+                             f"{short_repr(record)}")
         kind, cfg = record.get("class_name"), record.get("config", {})
-        name = f" {cfg['name']!r}" if "name" in cfg else ""
-        self.where = f"layer {index}{name} ({kind})"
+        name = f" {short_repr(cfg['name'])}" if "name" in cfg else ""
+        self.where = f"layer {index}{name} ({_name(kind)})"
         if kind == "InputLayer":
             self.input_shape(cfg.get("batch_shape", cfg.get("batch_input_shape")))
         elif kind in ("Conv2D", "DepthwiseConv2D"):
@@ -265,9 +280,12 @@ class _KerasImport:
                 # Keras flattens its NHWC maps in H, W, C order, in either layout here.
                 self.add(Flatten, "HWC", layout=self.layout)
                 known = self.shape is not None and None not in self.shape
-                self.shape = (int(np.prod(self.shape)),) if known else (None,)
+                self.shape = (math.prod(self.shape),) if known else (None,)
         elif kind == "Dropout":
-            self.add(Dropout, self.value(cfg, "rate", 0.5))
+            rate = self.value(cfg, "rate", 0.5)
+            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)):
+                self.refuse(f"has rate={short_repr(rate)}; expected a number in [0, 1)")
+            self.add(Dropout, rate)
         elif kind == "Activation":
             fused, then_softmax = self.activation(cfg)
             if fused:
@@ -278,16 +296,16 @@ class _KerasImport:
             options = {k: cfg.get(k) for k in ("max_value", "negative_slope", "threshold")}
             if options["max_value"] is not None or any(options[k] not in (None, 0)
                                                        for k in ("negative_slope", "threshold")):
-                self.refuse(f"has {', '.join(f'{k}={v!r}' for k, v in options.items())}; "
-                            f"only the plain ReLU (max_value=None, negative_slope=0, "
+                shown = ", ".join(f"{k}={short_repr(v)}" for k, v in options.items())
+                self.refuse(f"has {shown}; only the plain ReLU (max_value=None, negative_slope=0, "
                             f"threshold=0) is supported")
             self.layers.append(ReLU())
         elif kind == "Softmax":
             axis = cfg.get("axis", -1)
             last = -1 if self.rank() is None else self.rank()
             if axis not in (-1, [-1], last, [last]):
-                self.refuse(f"has axis={axis!r}; only the last axis (the channels or "
-                            f"features, -1) is supported")
+                self.refuse(f"has axis={short_repr(axis)}; only the last axis (the channels "
+                            f"or features, -1) is supported")
             self.softmax()
         else:
             self.refuse(f"has no fastconv.nn equivalent; supported layers: {_KERAS_SUPPORTED}")
@@ -300,15 +318,17 @@ def _keras_layers(config: Any) -> Tuple[List[Any], Any]:
     if isinstance(config, (str, bytes, bytearray)):
         try:
             config = json.loads(config)
+        except RecursionError:
+            raise ValueError(f"{fn}: config is JSON nested too deeply") from None
         except ValueError as exc:
-            raise ValueError(f"{fn}: config is not valid JSON ({exc})") from None
+            raise ValueError(f"{fn}: config is not valid JSON ({clip(str(exc))})") from None
     if not isinstance(config, dict):
         raise TypeError(f"{fn}: config must be a keras.Sequential config (a dict or its JSON "
                         f"text) or a Keras model; got {type(config).__name__}")
     if "layers" not in config and isinstance(config.get("config"), dict):
         if config.get("class_name") not in (None, "Sequential"):  # model.to_json()
-            raise ValueError(f"{fn}: config describes a {config['class_name']} model; only "
-                             f"keras.Sequential models are supported")
+            raise ValueError(f"{fn}: config describes a {_name(config['class_name'])} model; "
+                             f"only keras.Sequential models are supported")
         config = config["config"]
     if "input_layers" in config or "output_layers" in config:
         raise ValueError(f"{fn}: config describes a functional Keras model; only "
@@ -421,8 +441,11 @@ def from_keras(config: Any, weights: Optional[Sequence[Any]] = None,
             imp.input_shape(build.get("input_shape"))
         if imp.shape is None and isinstance(first, dict):
             imp.input_shape(first.get("batch_input_shape"))
-    for index, record in enumerate(layers):
-        imp.layer(index, record)
+    try:
+        for index, record in enumerate(layers):
+            imp.layer(index, record)
+    except RecursionError:  # (a config nested deeper than any Keras writes)
+        raise ValueError(f"{fn}: {imp.where} has a config nested too deeply") from None
     if imp.used != len(weights):
         raise ValueError(f"{fn}: weights has {len(weights)} arrays but the config's layers "
                          f"use {imp.used}; array {imp.used} (shape "
