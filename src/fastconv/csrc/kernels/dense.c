@@ -181,10 +181,13 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
                          nvec * b / ncols * VLEN, MIN(nvec * (b + 1) / ncols * VLEN, K),
                          part + c * M * K);
         }
-        /* (the loop's implied barrier: every partial sum is complete) */
+        /* (the loop's implied barrier: every partial sum is complete, unless
+         * the run was interrupted, which every thread now sees alike: then
+         * none is read) */
+        const int skip = run_status(d->interrupt);
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < K; k++)
-            for (int64_t m = 0; m < M; m++) {
+            for (int64_t m = 0; m < M && !skip; m++) {
                 real v = part[m * K + k];
                 for (int64_t c = 1; c < nchunks; c++)
                     v += part[(c * M + m) * K + k];
