@@ -10,6 +10,7 @@ least the elements the call's sizes imply, and every size product is checked
 to fit in 64 bits. So no call into this module, whatever its arguments, can
 make the C code read or write outside an array.
 """
+import os
 import threading
 from math import prod
 
@@ -169,6 +170,15 @@ cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) excep
 # them, and the run stops (FC_EINTR) if a handler raised, KeyboardInterrupt
 # on Ctrl-C. From any other thread a run is not interrupted, as in Python.
 cdef unsigned long _main_thread = threading.main_thread().ident
+
+
+def _forked():
+    """A forked child's only thread is its main thread (Python's too)."""
+    global _main_thread
+    _main_thread = PyThread_get_thread_ident()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 cdef int _run_signal_handlers(void *ctx) noexcept nogil:
