@@ -53,6 +53,31 @@ in [0, 255] and the repo's 'Processing' step is applied (RGB -> BGR, minus
 VGG_MEAN = (103.939, 116.779, 123.68) in B, G, R order); with
 ``preprocess=False`` (the default) ``x`` is used as is, i.e. it is the
 already preprocessed ``bgr`` tensor of ``build()``.
+
+Details of the original worth knowing (all reproduced here)
+------------------------------------------------------------
+* Every upscore is tf.nn.conv2d_transpose(..., padding='SAME') with an
+  explicit output_shape: upscore2 -> pool4's (N, H, W), upscore4 -> pool3's,
+  up (32s) / upscore32 (16s, 8s) -> the input's; the channel entry is
+  num_classes. Pools round up (SAME), pool_k = ceil(H / 2^k), and
+  ceil(ceil(H/2)/2) = ceil(H/4) etc., so every output_shape is consistent
+  (ceil(target / s) == input) at every H, W.
+* The SAME crop of a transposed conv is pad_top = ((n-1) s + k - out) // 2
+  with n = ceil(out / s): at out = n s it is the symmetric (k - s) / 2
+  (1, 4, 8, 16 for the 4/2, 16/8, 32/16, 64/32 layers), but at other sizes
+  it grows with n s - out (e.g. FCN-32s, H = 37: n = 2, pad_top = 29 not 16),
+  and an odd total puts the extra row at the bottom. So for H not a multiple
+  of the stride the upsampled map is shifted by about (n s - H) / 2 pixels.
+* fc6 at a SAME k x k conv: only the pixel whose window is pool5 exactly
+  (the centre (3, 3) at 224 x 224 for k = 7, pixel (0, 0) for an even k = 2,
+  whose SAME padding is (0, 1)) equals VGG's dense fc6.
+* fc8 reduction: groups of K // num_classes adjacent classes, the last
+  K % num_classes classes unused; num_classes must be < K (the repo asserts).
+* The upscore filters are the bilinear initial values (the "stddev" computed
+  in _upscore_layer is unused); score_pool4/3 and a random score_fr start
+  random (see above). fcn8_vgg.py's use_dilated=True path is not reproduced.
+* The 8s and 16s outputs are both called upscore32 (their last upsampling is
+  x8 and x16); the 32s output is ``upscore`` (variable scope 'up').
 """
 
 import math
