@@ -12,7 +12,7 @@ import pytest
 import fastconv
 from fastconv import _bench, _shapes
 from fastconv.__main__ import main
-from fastconv._shapes import Conv, Gemm
+from fastconv._shapes import Conv, Deconv, Gemm
 
 TINY_SUITES = {
     "gemm": [Gemm("g", 16, 8, 12, quick=True)],
@@ -22,6 +22,7 @@ TINY_SUITES = {
                  Conv("ds", 8, 4, 8, 1, stride=2, quick=True)],
     "mobilenet_v2": [Conv("dw", 9, 8, 8, 3, stride=2, pad=1, groups=8, quick=True)],
     "fc": [Conv("fc", 3, 4, 5, 3, quick=True)],
+    "upsample": [Deconv("up", 5, 3, 4, 4, 2, 9, quick=True)],
 }
 JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
              "peak_gflops", "memory_bandwidth", "results", "summary", "fcn"}
@@ -84,13 +85,13 @@ def test_json_has_the_documented_keys(quick_run):
     assert set(report["memory_bandwidth"]["gbps"]) == {"1", "2"}
     assert report["settings"]["threads"] == [1, 2] and report["settings"]["quick"]
     results = report["results"]
-    assert len(results) == 2 * 6  # six quick layers, two thread counts
+    assert len(results) == 2 * 7  # seven quick layers, two thread counts
     for r in results:
         assert set(r) == RESULT_KEYS
         assert set(r["seconds"]) == set(_bench.CONTENDERS)
         assert r["seconds"]["fastconv"] > 0 and r["seconds"]["numpy"] > 0
     assert [r["numpy_method"] for r in results if r["threads"] == 1] == \
-        ["matmul", "im2col", "im2col", "im2col", "taps", "im2col"]
+        ["matmul", "im2col", "im2col", "im2col", "taps", "im2col", "col2im"]
     summary = report["summary"]
     assert len(summary) == 2 * len(TINY_SUITES)
     for s in summary:
@@ -165,6 +166,24 @@ def test_depthwise_baseline_equals_conv2d(stride):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer", [Deconv("odd", 5, 3, 4, 4, 2, 9),
+                                   Deconv("even", 4, 3, 2, 16, 8, 32),
+                                   Deconv("decoder", 6, 4, 4, 2, 2, 12)], ids=lambda la: la.name)
+def test_every_contender_computes_the_same_transposed_convolution(layer):
+    """fastconv, NumPy's col2im and torch (padding and a cut for TensorFlow's
+    uneven SAME crop) give one result: the bench compares like with like."""
+    calls, plan = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    assert plan.algorithm == "igemm"
+    with _bench.thread_limits(1):
+        outs = {name: np.asarray(call(1)) for name, call in calls.items()}
+    expected = outs.pop("fastconv")
+    assert expected.shape == (1, layer.out, layer.out, layer.K)
+    for name, out in outs.items():
+        if out.shape != expected.shape:  # torch's NCHW result
+            out = out.transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 def test_every_contender_computes_the_same_layer():
     layer = Conv("c", 6, 4, 5, 3, stride=2, pad=1)
     calls, plan = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
@@ -181,7 +200,8 @@ def test_every_contender_computes_the_same_layer():
 def test_shape_tables():
     counts = {suite: sum(layer.count for layer in layers)
               for suite, layers in _shapes.SUITES.items()}
-    assert counts == {"gemm": 11, "vgg16": 13, "resnet50": 53, "mobilenet_v2": 17, "fc": 5}
+    assert counts == {"gemm": 11, "vgg16": 13, "resnet50": 53, "mobilenet_v2": 17, "fc": 5,
+                      "upsample": 5}
     assert all(any(layer.quick for layer in layers) for layers in _shapes.SUITES.values())
     assert all(layer.groups == layer.C == layer.K for layer in _shapes.MOBILENET_V2)
     # fc6, fc7, fc8 on the maps they cover, then fc6 slid over 14x14 and 24x24

@@ -19,7 +19,7 @@ def conv_op(w, bias=None, groups=1, one_call=False):
 
 
 def call(N=1, H=4, W=4, C=2, K=3, pad=(0, 0), out=(2, 2), kernel=(3, 3), algorithm="auto"):
-    return _core.ConvCall(N, H, W, C, K, *pad, *out, kernel, (1, 1), (1, 1), False, True, True,
+    return _core.ConvCall(N, H, W, C, K, *pad, *out, kernel, (1, 1), (1, 1), None, True, True,
                           algorithm, 4)
 
 

@@ -18,7 +18,7 @@ DENSE_ROWS = fastconv.config()["isa_config"]["float32"]["dense_rows"]
 
 def matmul_algorithm(a, b):
     """What matmul runs on these operands."""
-    return _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(a.shape[0], False)[1]
+    return _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(a.shape[0], None)[1]
 
 
 # (M, K, N): rows up to the dense limit; reductions not a multiple of the

@@ -31,9 +31,10 @@ def sweep(n):
 def gemm(a, b, bias, relu, algorithm):
     """a @ b through the GEMM operator with `algorithm` forced."""
     weights = _conv.GemmWeights("matmul", b, bias, 1, one_call=True)
-    call, ran = weights.plan(a.shape[0], relu, algorithm)
+    act = ("relu", 0.0, 0.0) if relu else None
+    call, ran = weights.plan(a.shape[0], act, algorithm)
     assert ran == algorithm
-    return weights.run(a, relu, None, 2, algorithm)
+    return weights.run(a, act, None, 2, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ["gemm", "gemm-in-place", "dense"])
@@ -89,9 +90,9 @@ def test_gemm_in_place_needs_whole_vectors(rng):
     a = random_array(rng, (3 * cfg["mr"], 8), np.float32)
     b = random_array(rng, (8, cfg["vlen"] + 1), np.float32)
     weights = _conv.GemmWeights("matmul", b, None, 1, one_call=True)
-    assert weights.plan(a.shape[0], False)[1] == "gemm"
+    assert weights.plan(a.shape[0], None)[1] == "gemm"
     with pytest.raises(ValueError):
-        weights.plan(a.shape[0], False, "gemm-in-place")
+        weights.plan(a.shape[0], None, "gemm-in-place")
 
 
 def conv_case(rng, dtype, *, n=1, h=7, w=6, c, k, kh=3, kw=3, stride=1, padding=1,

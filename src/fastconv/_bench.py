@@ -83,8 +83,8 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import numpy as np
 
 import fastconv
-from fastconv import _conv, _core, _shapes
-from fastconv._shapes import Conv, Gemm, Layer
+from fastconv import _conv, _core, _shapes, nn
+from fastconv._shapes import Conv, Deconv, Gemm, Layer
 
 CONTENDERS = ("fastconv", "numpy", "torch", "torch_cl")
 LABELS = {"fastconv": "fastconv", "numpy": "numpy", "torch": "torch NCHW",
@@ -146,9 +146,12 @@ def out_size(layer: Conv) -> int:
 
 
 def flops(layer: Layer) -> float:
-    """Floating-point operations of one call (a multiply-add counts 2)."""
+    """Floating-point operations of one call (a multiply-add counts 2; a
+    transposed convolution's: every input pixel times the whole kernel)."""
     if isinstance(layer, Gemm):
         return 2.0 * layer.M * layer.K * layer.N
+    if isinstance(layer, Deconv):
+        return 2.0 * layer.hw ** 2 * layer.C * layer.K * layer.k ** 2
     return 2.0 * out_size(layer) ** 2 * layer.K * layer.k ** 2 * layer.C / layer.groups
 
 
@@ -156,13 +159,17 @@ def weight_bytes(layer: Layer, dtype: np.dtype) -> int:
     """Size of the weights (B of a GEMM)."""
     if isinstance(layer, Gemm):
         return layer.K * layer.N * dtype.itemsize
-    return layer.k ** 2 * layer.C // layer.groups * layer.K * dtype.itemsize
+    groups = layer.groups if isinstance(layer, Conv) else 1
+    return layer.k ** 2 * layer.C // groups * layer.K * dtype.itemsize
 
 
 def shape_text(layer: Layer) -> str:
     """Short description, e.g. "3136x64x256" or "56x56x128->128 3x3/2"."""
     if isinstance(layer, Gemm):
         return f"{layer.M}x{layer.K}x{layer.N}"
+    if isinstance(layer, Deconv):
+        return (f"{layer.hw}x{layer.hw}x{layer.C}->{layer.out}x{layer.out}x{layer.K} "
+                f"{layer.k}x{layer.k}/{layer.stride} up")
     out = f"->{layer.K}" if layer.groups == 1 else " dw"
     stride = f"/{layer.stride}" if layer.stride > 1 else ""
     return f"{layer.hw}x{layer.hw}x{layer.C}{out} {layer.k}x{layer.k}{stride}"
@@ -203,8 +210,28 @@ def depthwise_taps(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.nd
     return y
 
 
+def col2im_matmul(x: np.ndarray, w: np.ndarray, stride: int, out: int) -> np.ndarray:
+    """The NumPy baseline for a transposed convolution (TensorFlow's SAME
+    rule, output out x out): numpy.matmul of the pixels by every tap, then
+    each tap's products added into the output at stride steps (col2im), and
+    the padding cropped. x is NHWC, w (k, k, K, C); returns NHWC."""
+    N, H, W, C = x.shape
+    k, _, K, _ = w.shape
+    cols = np.matmul(x.reshape(-1, C), w.reshape(k * k * K, C).T).reshape(N, H, W, k, k, K)
+    full = np.zeros((N, (H - 1) * stride + k, (W - 1) * stride + k, K), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            full[:, i:i + (H - 1) * stride + 1:stride, j:j + (W - 1) * stride + 1:stride] += \
+                cols[:, :, :, i, j]
+    top = max((H - 1) * stride + k - out, 0) // 2
+    return full[:, top:top + out, top:top + out]
+
+
 def numpy_method(layer: Layer) -> str:
-    """Which NumPy baseline a layer gets: "matmul", "im2col" or "taps"."""
+    """Which NumPy baseline a layer gets: "matmul", "im2col", "taps" or
+    "col2im"."""
+    if isinstance(layer, Deconv):
+        return "col2im"
     if isinstance(layer, Gemm) or (layer.k == 1 and layer.stride == 1):
         return "matmul"
     return "taps" if layer.groups > 1 else "im2col"
@@ -247,9 +274,11 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator
         if torch is not None:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             calls["torch"] = lambda nt: torch.matmul(ta, tb)
-        algorithm = _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(layer.M, False)[1]
+        algorithm = _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(layer.M, None)[1]
         return calls, Plan(algorithm, float(layer.M) * layer.K * layer.N)
 
+    if isinstance(layer, Deconv):
+        return deconv_contenders(layer, dtype, rng)
     s, p, g = layer.stride, layer.pad, layer.groups
     x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
     w = rng.standard_normal((layer.k, layer.k, layer.C // g, layer.K), dtype=dtype)
@@ -271,6 +300,31 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator
         calls["torch"] = lambda nt: conv(xt, wt, stride=s, padding=p, groups=g)
         calls["torch_cl"] = lambda nt: conv(xcl, wcl, stride=s, padding=p, groups=g)
     return calls, plan
+
+
+def deconv_contenders(layer: Deconv, dtype: np.dtype, rng: np.random.Generator
+                      ) -> Tuple[Dict[str, Call], Plan]:
+    """contenders() of a transposed convolution: fastconv's ConvTranspose2d
+    (weights packed once) with output_size, NumPy's col2im, and torch's
+    conv_transpose2d in both layouts, padded by the top of TensorFlow's SAME
+    padding and cut to the output's size (a view) where its total is odd."""
+    torch = _torch()
+    s, out = layer.stride, layer.out
+    x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
+    w = rng.standard_normal((layer.k, layer.k, layer.K, layer.C), dtype=dtype)
+    up = nn.ConvTranspose2d(w, stride=s, padding="same")
+    plan = up.plan(x.shape, output_size=(out, out))
+    calls = {"fastconv": lambda nt: up(x, num_threads=nt, output_size=(out, out)),
+             "numpy": lambda nt: col2im_matmul(x, w, s, out)}
+    if torch is not None:
+        pad = max((layer.hw - 1) * s + layer.k - out, 0) // 2
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()  # (C, K, k, k)
+        xcl, wcl = (t.to(memory_format=torch.channels_last) for t in (xt, wt))
+        deconv = torch.nn.functional.conv_transpose2d
+        calls["torch"] = lambda nt: deconv(xt, wt, stride=s, padding=pad)[:, :, :out, :out]
+        calls["torch_cl"] = lambda nt: deconv(xcl, wcl, stride=s, padding=pad)[:, :, :out, :out]
+    return calls, Plan(plan["algorithm"], plan["macs"])
 
 
 # --------------------------------------------------------------------------
@@ -678,8 +732,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{nt} thread{'s' if nt > 1 else ''}: FMA-probe peak {peak[nt]:.1f} GFLOP/s "
               f"({dtype.name}), memory read bandwidth {bandwidth[nt]:.1f} GB/s")
     print(f"(bandwidth: {bandwidth_method})")
-    print(f"\nGFLOP/s of fastconv, numpy (via matmul / im2col+matmul / taps), torch (NCHW) and "
-          f"t_cl (torch channels_last), all counting the direct convolution's operations; "
+    print(f"\nGFLOP/s of fastconv, numpy (via matmul / im2col+matmul / taps / col2im), torch "
+          f"(NCHW) and t_cl (torch channels_last), all counting the direct convolution's "
+          f"operations; "
           f"alg = the algorithm fastconv ran; exec = fastconv's GFLOP/s of the operations it "
           f"executed (Winograd executes 16/36 of the direct ones: its GFLOP/s may exceed the "
           f"peak, its exec cannot); %pk = exec / FMA-probe peak; vs = the other's "
@@ -754,7 +809,6 @@ def vgg16(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
     5 max pools, fc6-fc8 with dropout, no softmax; random He-scaled weights,
     so that activations stay of order one through the 16 layers. `width`
     scales every channel count but the input's (1 is VGG16)."""
-    from fastconv import nn
 
     def ch(n: int) -> int:
         return n if n == 3 else max(1, int(n * width))
@@ -782,7 +836,6 @@ def vgg16_fcn(dtype: np.dtype, rng: np.random.Generator, width: float = 1.0):
     """vgg16() converted with fastconv.nn.to_fully_convolutional, and the same
     network in torch (fc6 as a 7x7 convolution, fc7/fc8 as 1x1, same
     weights), or None without torch."""
-    from fastconv import nn
 
     model = vgg16(dtype, rng, width)
     fcn = nn.to_fully_convolutional(model, (224, 224, 3))

@@ -15,7 +15,7 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
-from fastconv._validate import (activation_is_relu, check_bias, check_nbytes,
+from fastconv._validate import (activation_spec, check_bias, check_nbytes,
                                 check_ndim, check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts, positive_int)
 
@@ -50,12 +50,12 @@ def input_array(fn: str, x: Any, dtype: np.dtype) -> np.ndarray:
 def _operator(fn: str, what: str, w: np.ndarray, axes: Tuple[int, ...], groups: int,
               bias: Optional[np.ndarray], stride: Tuple[int, int], dilation: Tuple[int, int],
               one_call: bool, no_winograd: bool, winograd_now: bool,
-              nthreads: int) -> "_core.ConvOp":
+              nthreads: int, transposed: bool = False) -> "_core.ConvOp":
     """The C operator for these weights (see _core.ConvOp), its size errors
     turned into ValueErrors that name the weights (`what` describes them)."""
     try:
         return _core.ConvOp(_op_weights(w), axes, groups, bias, stride, dilation, one_call,
-                            no_winograd, winograd_now, nthreads)
+                            no_winograd, winograd_now, nthreads, transposed)
     except OverflowError:
         raise ValueError(f"{fn}: {what} with groups={groups}, packed for the kernels (each "
                          f"group's outputs rounded up to whole vectors, and a row for the bias), "
@@ -81,19 +81,9 @@ class ConvWeights:
         self.layout = layout_name(fn, layout)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
         w, b = arr["weight"], arr["bias"]
-        wdims = ("HWIO (kh, kw, C/groups, K)" if self.layout == "NHWC"
-                 else "OIHW (K, C/groups, kh, kw)")
-        check_ndim(fn, "weight", w, (4,), f"4-D {wdims}")
-        if self.layout == "NHWC":
-            self.kh, self.kw, self.cg, self.k = w.shape
-            self._axes = (0, 1, 2, 3)  # tap row, tap column, channel, output
-        else:
-            self.k, self.cg, self.kh, self.kw = w.shape
-            self._axes = (2, 3, 1, 0)
+        check_ndim(fn, "weight", w, (4,), f"4-D {self._weight_dims()}")
         self.groups = positive_int(fn, "groups", groups)
-        if self.k % self.groups:
-            raise ValueError(f"{fn}: groups={self.groups} must divide the output channels "
-                             f"K={self.k} of weight")
+        w = self._kernel(w)
         if self.kh < 1 or self.kw < 1:
             raise ValueError(f"{fn}: weight must have a kernel of at least 1x1; "
                              f"got {self.kh}x{self.kw}")
@@ -116,6 +106,29 @@ class ConvWeights:
         self._nthreads = nthreads
         if not self._one_call:
             self._make_operators(w, winograd_now and get_winograd())
+
+    # A transposed convolution's weights (TransposedWeights) are the same
+    # operators' on its equivalent direct kernel.
+    transposed = False
+
+    def _weight_dims(self) -> str:
+        return ("HWIO (kh, kw, C/groups, K)" if self.layout == "NHWC"
+                else "OIHW (K, C/groups, kh, kw)")
+
+    def _kernel(self, w: np.ndarray) -> np.ndarray:
+        """Sets kh, kw, cg (input channels per group), k and the axes of w
+        the operator reads (tap row, tap column, channel, output) from the
+        weight w as given; returns the array the operator reads."""
+        if self.layout == "NHWC":
+            self.kh, self.kw, self.cg, self.k = w.shape
+            self._axes = (0, 1, 2, 3)
+        else:
+            self.k, self.cg, self.kh, self.kw = w.shape
+            self._axes = (2, 3, 1, 0)
+        if self.k % self.groups:
+            raise ValueError(f"{self.fn}: groups={self.groups} must divide the output channels "
+                             f"K={self.k} of weight")
+        return w
 
     def _make_operators(self, w: np.ndarray, winograd_now: bool) -> None:
         """The operator of the weights, and those of the non-finite path.
@@ -140,7 +153,7 @@ class ConvWeights:
                        winograd_now: bool, nthreads: int) -> "_core.ConvOp":
         return _operator(self.fn, f"weight of shape {w.shape}", w, self._axes, self.groups,
                          bias, self.stride, self.dilation, self._one_call, no_winograd,
-                         winograd_now, nthreads)
+                         winograd_now, nthreads, self.transposed)
 
     @property
     def algorithm(self) -> str:
@@ -170,11 +183,35 @@ class ConvWeights:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
+    def _geometry(self, shape: Tuple[int, ...], N: int, H: int, W: int, C: int,
+                  padding: Any) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """The padding before the first row and column and the result's
+        height and width for an input (N, H, W, C) (`shape` as given),
+        checked."""
+        fn, kh, kw = self.fn, self.kh, self.kw
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
+        span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if H + pt + pb < span_h or W + pl + pr < span_w:
+            raise ValueError(
+                f"{fn}: the kernel ({kh}x{kw}, dilation {dh}x{dw}, spanning {span_h}x{span_w}) "
+                f"is larger than the padded input ({H + pt + pb}x{W + pl + pr}); the result "
+                f"would be empty")
+        # Sizes the kernels compute in int64_t (every index and offset lies
+        # within the padded input's and the result's extents).
+        check_nbytes(fn, "the zero-padded input (N, H + padding, W + padding, C)",
+                     (N, H + pt + pb, W + pl + pr, C), self.dtype.itemsize,
+                     f"x of shape {tuple(shape)} with padding (({pt}, {pb}), ({pl}, {pr})) "
+                     f"is too large")
+        return (pt, pl), ((H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1)
+
     def plan(self, shape: Tuple[int, ...], padding: Any, activation: Any,
-             algorithm: str = "auto") -> "ConvPlan":
+             algorithm: str = "auto", **options: Any) -> "ConvPlan":
         """Check an input of this shape and the options against the weights
         (and their stride and dilation). `algorithm` forces one (see
-        ALGORITHMS; a ValueError where it cannot run this call)."""
+        ALGORITHMS; a ValueError where it cannot run this call); `options`
+        go to _geometry (a transposed convolution's output_padding and
+        output_size)."""
         fn = self.fn
         dims = "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)"
         if len(shape) not in (3, 4):
@@ -194,22 +231,9 @@ class ConvWeights:
                              f"C={C} channels and groups={groups}, so expected {C // groups}")
         kh, kw = self.kh, self.kw
         (sh, sw), (dh, dw) = self.stride, self.dilation
-        (pt, pb), (pl, pr) = padding_amounts(fn, padding, (H, W), (kh, kw), (sh, sw), (dh, dw))
-        span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-        if H + pt + pb < span_h or W + pl + pr < span_w:
-            raise ValueError(
-                f"{fn}: the kernel ({kh}x{kw}, dilation {dh}x{dw}, spanning {span_h}x{span_w}) "
-                f"is larger than the padded input ({H + pt + pb}x{W + pl + pr}); the result "
-                f"would be empty")
-        Ho, Wo = (H + pt + pb - span_h) // sh + 1, (W + pl + pr - span_w) // sw + 1
-        relu = activation_is_relu(fn, activation)
+        (pt, pl), (Ho, Wo) = self._geometry(shape, N, H, W, C, padding, **options)
+        act = activation_spec(fn, activation)
         K = self.k
-        # Sizes the kernels compute in int64_t (every index and offset lies
-        # within these two arrays' extents).
-        check_nbytes(fn, "the zero-padded input (N, H + padding, W + padding, C)",
-                     (N, H + pt + pb, W + pl + pr, C), self.dtype.itemsize,
-                     f"x of shape {tuple(shape)} with padding (({pt}, {pb}), ({pl}, {pr})) "
-                     f"is too large")
         check_nbytes(fn, "the result (N, Ho, Wo, K)", (N, Ho, Wo, K), self.dtype.itemsize,
                      f"x of shape {tuple(shape)} and weight with K={K} give too large a result")
         if algorithm not in ALGORITHMS:
@@ -217,8 +241,8 @@ class ConvWeights:
                              f"got {algorithm!r}")
         sizes = (N, H, W, C, K, pt, pl, Ho, Wo, (kh, kw), (sh, sw), (dh, dw))
         flush = get_flush_denormals()
-        call = _core.ConvCall(*sizes, relu, flush, get_winograd(), algorithm,
-                              self.dtype.itemsize)
+        call = _core.ConvCall(*sizes, act, flush, get_winograd(), algorithm,
+                              self.dtype.itemsize, self.transposed)
         if self._op is None:
             self._make_operators(self._w, False)
         # (weights holding Inf or NaN run their finite stand-ins: see _run)
@@ -231,7 +255,7 @@ class ConvWeights:
                              f"{(sh, sw)}, dilation {(dh, dw)}, groups {groups})") from None
         result = (N, Ho, Wo, K) if self.layout == "NHWC" else (N, K, Ho, Wo)
         return ConvPlan(call, sizes, (N, Ho, Wo, K), result[1:] if unbatched else result,
-                        relu, flush, name, macs, direct_macs)
+                        act, flush, name, macs, direct_macs)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int) -> np.ndarray:
@@ -277,11 +301,11 @@ class ConvWeights:
         """
         if not self._nonfinite:
             return self._op.run(plan.call, x, y, nthreads)
-        plain = _core.ConvCall(*plan.sizes, False, plan.flush, False, plan.algorithm,
-                               self.dtype.itemsize)
+        plain = _core.ConvCall(*plan.sizes, None, plan.flush, False, plan.algorithm,
+                               self.dtype.itemsize, self.transposed)
         ran = self._nonfinite["finite"].run(plain, x, y, nthreads)
-        counting = _core.ConvCall(*plan.sizes, False, False, False, plan.algorithm,
-                                  self.dtype.itemsize)
+        counting = _core.ConvCall(*plan.sizes, None, False, False, plan.algorithm,
+                                  self.dtype.itemsize, self.transposed)
 
         def meets(x_mask: np.ndarray, kind: str) -> np.ndarray:
             """Outputs where an input in x_mask meets a weight of this kind."""
@@ -307,8 +331,8 @@ class ConvWeights:
             np.add(y, np.inf, out=y, where=plus)
             np.add(y, -np.inf, out=y, where=minus)
         y[nan] = np.nan
-        if plan.relu:
-            y[y < 0] = 0  # as the kernels' ReLU: NaN and -0.0 stay
+        if plan.act:  # (the kernels' own activation code)
+            _core.activate(y, y, plan.act, plan.flush, nthreads)
         return ran
 
     def run(self, x: Any, *, padding: Any, activation: Any, out: Any, num_threads: Any,
@@ -326,17 +350,18 @@ class ConvWeights:
 class ConvPlan:
     """A checked convolution for one input shape: the operator's call, the
     sizes it was made from, the NHWC shape the kernels write, the shape
-    returned to the caller, relu and flush as the call has them, and what
+    returned to the caller, the activation (kind, a, b) or None and flush as
+    the call has them, and what
     the operator plans to run: the algorithm, the multiply-adds it executes
     and those of the direct convolution."""
-    __slots__ = ("call", "sizes", "nhwc", "result", "relu", "flush", "algorithm", "macs",
+    __slots__ = ("call", "sizes", "nhwc", "result", "act", "flush", "algorithm", "macs",
                  "direct_macs")
 
     def __init__(self, call: "_core.ConvCall", sizes: tuple, nhwc: Tuple[int, ...],
-                 result: Tuple[int, ...], relu: bool, flush: bool, algorithm: str,
+                 result: Tuple[int, ...], act: Optional[tuple], flush: bool, algorithm: str,
                  macs: float, direct_macs: float) -> None:
         self.call, self.sizes, self.nhwc, self.result = call, sizes, nhwc, result
-        self.relu, self.flush = relu, flush
+        self.act, self.flush = act, flush
         self.algorithm, self.macs, self.direct_macs = algorithm, macs, direct_macs
 
 
@@ -367,8 +392,13 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     groups : int
         Divides C and K; groups == C is a depthwise convolution (any
         channel multiplier K / C).
-    activation : None or "relu"
-        Applied in the kernel's store. ReLU(NaN) is NaN.
+    activation : None, a name or (name, parameters...)
+        Applied in the kernels' store, after the bias: "relu", "relu6",
+        "sigmoid", "tanh", "silu", "hard_sigmoid" (torch's), "hard_swish",
+        "leaky_relu" (slope 0.01), ("leaky_relu", slope), ("clip", low,
+        high), ("hard_sigmoid", alpha, beta) (ONNX's clip(alpha * x + beta,
+        0, 1), computed as clip((x + beta / alpha) * alpha, 0, 1)). NaN
+        stays NaN; ReLU keeps -0.0. The same code as fastconv.nn.Activation.
     layout : "NHWC" or "NCHW"
     out : numpy.ndarray, optional
         C-contiguous array of the result's shape and dtype, sharing no memory
@@ -484,19 +514,20 @@ class GemmWeights:
         """A new array of the bias (None without one)."""
         return None if self._bias is None else self._bias.copy()
 
-    def plan(self, M: int, relu: bool, algorithm: str = "auto") -> Tuple["_core.ConvCall", str]:
+    def plan(self, M: int, act: Optional[tuple],
+             algorithm: str = "auto") -> Tuple["_core.ConvCall", str]:
         """The call of a GEMM with M rows and what it runs."""
         call = _core.ConvCall(M, 1, 1, self.k, self.n, 0, 0, 1, 1, (1, 1), (1, 1), (1, 1),
-                              relu, get_flush_denormals(), False, algorithm,
+                              act, get_flush_denormals(), False, algorithm,
                               self.dtype.itemsize)
         return call, self._op.plan(call)[0]
 
-    def run(self, a: np.ndarray, relu: bool, out: Optional[np.ndarray], nthreads: int,
+    def run(self, a: np.ndarray, act: Optional[tuple], out: Optional[np.ndarray], nthreads: int,
             algorithm: str = "auto") -> np.ndarray:
         """a (M, K), already checked, @ b, into out or a new array."""
         M = a.shape[0]
         y = out if out is not None else np.empty((M, self.n), self.dtype)
-        call, _ = self.plan(M, relu, algorithm)
+        call, _ = self.plan(M, act, algorithm)
         self._op.run(call, np.ascontiguousarray(a), y, nthreads)
         return y
 
@@ -513,7 +544,8 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     a : array_like, shape (M, K), float32 or float64
     b : array_like, shape (K, N), same dtype
     bias : array_like, shape (N,), optional
-    activation : None or "relu"
+    activation : None, a name or (name, parameters...)
+        As for conv2d.
     out : numpy.ndarray, optional
         C-contiguous (M, N) array of the dtype, sharing no memory with the
         inputs; filled and returned.
@@ -541,9 +573,9 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     if ba.shape[0] != K:
         raise ValueError(f"{fn}: a has K={K} columns but b has {ba.shape[0]} rows; "
                          f"a (M, K) @ b (K, N) needs them equal")
-    relu = activation_is_relu(fn, activation)
+    act = activation_spec(fn, activation)
     check_bias(fn, bias_a, ba.shape[1])
     nthreads = resolve_threads(fn, num_threads)
     out = check_out(fn, out, (M, ba.shape[1]), dtype,
                     {"a": (a, aa), "b": (b, ba), "bias": (bias, bias_a)})
-    return GemmWeights(fn, ba, bias_a, nthreads, one_call=True).run(aa, relu, out, nthreads)
+    return GemmWeights(fn, ba, bias_a, nthreads, one_call=True).run(aa, act, out, nthreads)

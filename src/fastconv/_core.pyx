@@ -60,6 +60,39 @@ def active_isa():
     return fc_isa_name(_active_isa).decode()
 
 
+# The activation kinds of fc_activation, indexed by the C enum (fastconv.h).
+ACTIVATION_KINDS = ("none", "relu", "clip", "leaky_relu", "sigmoid", "hard_sigmoid",
+                    "hard_swish", "silu", "tanh")
+assert len(ACTIVATION_KINDS) == FC_ACT_COUNT
+
+
+cdef fc_activation _activation(act) except *:
+    """The fc_activation of a checked (kind, a, b) or None."""
+    cdef fc_activation a
+    a.kind, a.a, a.b = 0, 0.0, 0.0
+    if act is not None:
+        a.kind = ACTIVATION_KINDS.index(act[0])
+        a.a, a.b = act[1], act[2]
+    return a
+
+
+def activate(cnp.ndarray x, cnp.ndarray y, act, bint flush, int nthreads):
+    """y = act(x), both contiguous of one dtype and size (y may be x), by the
+    kernels' store code; act a checked (kind, a, b)."""
+    cdef int dt = _dtype_index(x)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef const void *xp = _buffer(x, n, dt, "x")
+    cdef void *yp = _buffer(y, n, dt, "out")
+    if cnp.PyArray_SIZE(y) != n:
+        raise ValueError("internal: activate needs arrays of one size")
+    cdef fc_activation a = _activation(act)
+    cdef int status
+    cdef int isa = _active_isa
+    with nogil:
+        status = fc_activate(isa, dt, a, xp, yp, n, flush, nthreads)
+    _check_status(status)
+
+
 def algorithm_names():
     """Names of the convolution algorithms, indexed by the C enum (0: auto)."""
     return [fc_algorithm_name(i).decode() for i in range(FC_ALGO_COUNT)]
@@ -233,7 +266,10 @@ cdef class ConvOp:
     """A convolution operator (csrc/operators/convolution.c): the weights of
     w (4-D, its axes `axes` being tap row, tap column, input channel within
     the group and output channel) and bias (K values or None), for `groups`,
-    stride and dilation, on the active ISA. With one_call, w and bias are
+    stride and dilation, on the active ISA (transposed: a transposed
+    convolution, w its direct kernel: fastconv.h, FC_CONV_TRANSPOSED; its
+    packed sub-kernels per class of taps take about w's size, so the
+    extent check below covers them). With one_call, w and bias are
     read in place (they are kept referenced here) and packed only if a call
     needs it; otherwise the operator keeps its own packed copies."""
     cdef fc_conv_op *op
@@ -243,7 +279,7 @@ cdef class ConvOp:
 
     def __cinit__(self, cnp.ndarray w, tuple axes, int64_t groups, bias, tuple stride,
                   tuple dilation, bint one_call, bint no_winograd, bint winograd_now,
-                  int nthreads):
+                  int nthreads, bint transposed=False):
         self.dtype = _dtype_index(w)
         cdef fc_weight_strides ws = _strides(w, axes)
         self.kh, self.kw = w.shape[axes[0]], w.shape[axes[1]]
@@ -266,7 +302,8 @@ cdef class ConvOp:
         if bias is not None:
             bp = _buffer(bias, self.K, self.dtype, "bias")
         flags = ((FC_CONV_ONE_CALL if one_call else 0) | (FC_CONV_NO_WINOGRAD if no_winograd else 0)
-                 | (FC_CONV_WINOGRAD_NOW if winograd_now else 0))
+                 | (FC_CONV_WINOGRAD_NOW if winograd_now else 0)
+                 | (FC_CONV_TRANSPOSED if transposed else 0))
         cdef const void *wp = cnp.PyArray_DATA(w)
         cdef int status
         cdef int isa = _active_isa, code = self.dtype, f = flags
@@ -335,8 +372,9 @@ cdef class ConvCall:
 
     def __cinit__(self, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
                   int64_t pad_top, int64_t pad_left, int64_t Ho, int64_t Wo,
-                  tuple kernel, tuple stride, tuple dilation, bint relu, bint flush,
-                  bint allow_winograd, str algorithm, int64_t itemsize):
+                  tuple kernel, tuple stride, tuple dilation, act, bint flush,
+                  bint allow_winograd, str algorithm, int64_t itemsize,
+                  bint transposed=False):
         names = algorithm_names()
         if algorithm not in names:
             raise ValueError(f"algorithm must be one of {names}; got {algorithm!r}")
@@ -346,15 +384,20 @@ cdef class ConvCall:
         # The kernels address the hp x wp zero-padded window of each image
         # that the output reads (and may copy it whole): its size in bytes,
         # like the input's and the result's, must fit in int64_t.
-        hp = _count(Ho - 1, sh) + _count(kh - 1, dh) + 1
-        wp = _count(Wo - 1, sw) + _count(kw - 1, dw) + 1
+        # (a transposed convolution's phases run at stride 1 over windows of
+        # the input and output's sizes plus the kernel's span)
+        hp = (_count(Ho - 1, 1 if transposed else sh) + _count(kh - 1, dh) + 1
+              + (H if transposed else 0))
+        wp = (_count(Wo - 1, 1 if transposed else sw) + _count(kw - 1, dw) + 1
+              + (W if transposed else 0))
         if (min(N, H, W, C, K, pad_top, pad_left, Ho, Wo) < 0
                 or _extent(N, max(H, hp), max(W, wp), C, itemsize) > INT64_MAX
                 or _extent(N, Ho, Wo, K, itemsize) > INT64_MAX):
             raise ValueError("internal: the convolution's sizes do not fit in 64-bit sizes")
         self.c.N, self.c.H, self.c.W = N, H, W
         self.c.pad_top, self.c.pad_left, self.c.Ho, self.c.Wo = pad_top, pad_left, Ho, Wo
-        self.c.relu, self.c.flush_denormals, self.c.allow_winograd = relu, flush, allow_winograd
+        self.c.act = _activation(act)
+        self.c.flush_denormals, self.c.allow_winograd = flush, allow_winograd
         self.c.algorithm = names.index(algorithm)
 
 

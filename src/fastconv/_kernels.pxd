@@ -18,6 +18,15 @@ cdef extern from "fastconv.h" nogil:
         FC_CONV_ONE_CALL
         FC_CONV_NO_WINOGRAD
         FC_CONV_WINOGRAD_NOW
+        FC_CONV_TRANSPOSED
+        FC_ACT_COUNT
+
+    ctypedef struct fc_activation:
+        int kind
+        double a, b
+
+    int fc_activate(int isa, int dtype, fc_activation act, const void *x, void *y, int64_t n,
+                    int flush_denormals, int nthreads)
 
     const char *fc_algorithm_name(int algorithm)
 
@@ -37,7 +46,7 @@ cdef extern from "fastconv.h" nogil:
 
     ctypedef struct fc_conv_call:
         int64_t N, H, W, pad_top, pad_left, Ho, Wo
-        int relu
+        fc_activation act
         int flush_denormals
         int allow_winograd
         int algorithm

@@ -37,7 +37,23 @@ class Conv(NamedTuple):
     quick: bool = False
 
 
-Layer = Union[Gemm, Conv]
+class Deconv(NamedTuple):
+    """A square transposed convolution (upsampling) with TensorFlow's SAME
+    rule: hw x hw x C -> out x out x K, k x k kernel, stride `stride`
+    (conv2d_transpose with output_shape out, as fcn8_vgg.py's upscore
+    layers)."""
+    name: str
+    hw: int
+    C: int
+    K: int
+    k: int
+    stride: int
+    out: int
+    count: int = 1
+    quick: bool = False
+
+
+Layer = Union[Gemm, Conv, Deconv]
 
 # ResNet-50's 1x1 convolutions at batch 1 as GEMMs (pixels x C x K), and two
 # square ones.
@@ -125,10 +141,23 @@ FC: List[Conv] = [
     Conv("fc6/4 on 24x24", 24, 512, 1024, 7),
 ]
 
+# The transposed convolutions of FCN-8s and FCN-32s on a 500x500 image
+# (21 classes, the PASCAL VOC size the paper uses: the score map is pool5's
+# 16x16, pool4's 32x32, pool3's 63x63), and a U-Net decoder's 2x2 stride-2
+# upsampling.
+UPSAMPLE: List[Deconv] = [
+    Deconv("fcn8s upscore2", 16, 21, 21, 4, 2, 32),
+    Deconv("fcn8s upscore4", 32, 21, 21, 4, 2, 63),
+    Deconv("fcn8s upscore8", 63, 21, 21, 16, 8, 500, quick=True),
+    Deconv("fcn32s upscore", 16, 21, 21, 64, 32, 500),
+    Deconv("decoder 64->64", 80, 64, 64, 2, 2, 160, quick=True),
+]
+
 SUITES: Dict[str, List[Layer]] = {
     "gemm": GEMM,
     "vgg16": VGG16,
     "resnet50": RESNET50,
     "mobilenet_v2": MOBILENET_V2,
     "fc": FC,
+    "upsample": UPSAMPLE,
 }

@@ -13,7 +13,6 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-ACTIVATIONS = (None, "relu")
 LAYOUTS = ("NHWC", "NCHW")
 # Every size, offset and index the kernels compute is a signed 64-bit
 # integer: integer arguments, and the sizes in bytes of the arrays a call
@@ -110,12 +109,66 @@ def padding_amounts(fn: str, padding: Any, in_hw: Sequence[int], k_hw: Sequence[
                     f"'valid' or 'same'; got {padding!r}")
 
 
-def activation_is_relu(fn: str, activation: Any) -> bool:
+# The activations fused into a convolution's or a GEMM's store (and run by
+# the activation layers of fastconv.nn), by name: the kernels' kind and the
+# defaults of its two parameters. A tuple (name, p1[, p2]) gives the
+# parameters: ("clip", low, high), ("leaky_relu", slope),
+# ("hard_sigmoid", alpha, beta) (ONNX's: clip(alpha * x + beta, 0, 1)).
+ACTIVATION_KINDS = {
+    "relu": ("relu", ()),
+    "relu6": ("clip", (0.0, 6.0)),
+    "clip": ("clip", None),                   # no default: (low, high) required
+    "leaky_relu": ("leaky_relu", (0.01,)),    # torch's default slope
+    "sigmoid": ("sigmoid", ()),
+    "hard_sigmoid": ("hard_sigmoid", (1 / 6, 0.5)),  # torch's relu6(x + 3) / 6
+    "hard_swish": ("hard_swish", ()),
+    "silu": ("silu", ()),
+    "tanh": ("tanh", ()),
+}
+_ACTIVATION_PARAMS = {"clip": 2, "leaky_relu": 1, "hard_sigmoid": 2}
+
+
+def activation_spec(fn: str, activation: Any) -> Optional[Tuple[str, float, float]]:
+    """The kernels' (kind, a, b) of an activation: None, a name of
+    ACTIVATION_KINDS, or (name, parameters...). None for no activation."""
     if activation is None:
-        return False
-    if isinstance(activation, str) and activation.lower() == "relu":
-        return True
-    raise ValueError(f"{fn}: activation must be None or 'relu'; got {activation!r}")
+        return None
+    expected = (f"None, one of {sorted(ACTIVATION_KINDS)}, ('clip', low, high), "
+                f"('leaky_relu', slope) or ('hard_sigmoid', alpha, beta)")
+    if isinstance(activation, str):
+        name, params = activation.lower(), None
+    elif (isinstance(activation, (tuple, list)) and activation
+          and isinstance(activation[0], str)):
+        name, params = activation[0].lower(), tuple(activation[1:])
+    else:
+        raise TypeError(f"{fn}: activation must be {expected}; got {short_repr(activation)}")
+    if name not in ACTIVATION_KINDS:
+        raise ValueError(f"{fn}: activation must be {expected}; got {short_repr(activation)}")
+    kind, defaults = ACTIVATION_KINDS[name]
+    wanted = _ACTIVATION_PARAMS.get(name, 0)
+    if not params:
+        if defaults is None:
+            raise ValueError(f"{fn}: activation {name!r} needs its parameters: "
+                             f"('clip', low, high); got {short_repr(activation)}")
+        params = defaults
+    elif len(params) != wanted:
+        raise ValueError(f"{fn}: activation {name!r} takes {wanted} parameters; got "
+                         f"{short_repr(activation)}")
+    values = []
+    for p in params:
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(p)):
+            raise ValueError(f"{fn}: the parameters of activation {name!r} must be finite "
+                             f"numbers; got {short_repr(activation)}")
+        values.append(float(p))
+    if kind == "hard_sigmoid" and values[0] <= 0:
+        raise ValueError(f"{fn}: activation ('hard_sigmoid', alpha, beta) needs alpha > 0; got "
+                         f"{short_repr(activation)}")
+    if kind == "clip" and values[0] > values[1]:
+        raise ValueError(f"{fn}: activation ('clip', low, high) needs low <= high; got "
+                         f"{short_repr(activation)}")
+    values += [0.0] * (2 - len(values))
+    return kind, values[0], values[1]
 
 
 def layout_name(fn: str, layout: Any, name: str = "layout") -> str:
@@ -155,7 +208,8 @@ def float_arrays(fn: str, **arrays: Any) -> Tuple[np.dtype, dict]:
 
 def check_ndim(fn: str, name: str, arr: np.ndarray, ndims: Sequence[int], what: str) -> None:
     if arr.ndim not in ndims:
-        raise ValueError(f"{fn}: {name} must be {what}; got {arr.ndim}-D array of shape {arr.shape}")
+        raise ValueError(f"{fn}: {name} must be {what}; got {arr.ndim}-D array of shape "
+                         f"{arr.shape}")
 
 
 def check_nbytes(fn: str, what: str, shape: Sequence[int], itemsize: int, hint: str) -> None:

@@ -44,6 +44,25 @@ typedef struct fc_interrupt {
 enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
 enum { FC_F32 = 0, FC_F64 = 1 };
 
+/* An activation, applied in the kernels' store (or alone: fc_activate).
+ * NaN stays NaN; see kernels/activation.h for how each is computed. */
+enum {
+    FC_ACT_NONE = 0,
+    FC_ACT_RELU,         /* max(v, 0); -0.0 stays */
+    FC_ACT_CLIP,         /* min(max(v, a), b) (ReLU6: a = 0, b = 6) */
+    FC_ACT_LEAKY_RELU,   /* v < 0 ? a * v : v */
+    FC_ACT_SIGMOID,      /* 1 / (1 + exp(-v)) */
+    FC_ACT_HARD_SIGMOID, /* min(max(a * v + b, 0), 1), a > 0 */
+    FC_ACT_HARD_SWISH,   /* v * min(max(v + 3, 0), 6) / 6 */
+    FC_ACT_SILU,         /* v * sigmoid(v) */
+    FC_ACT_TANH,
+    FC_ACT_COUNT
+};
+typedef struct fc_activation {
+    int kind;
+    double a, b;             /* its parameters, rounded to the dtype */
+} fc_activation;
+
 /* The algorithms a convolution operator runs (fc_algorithm_name gives
  * their names). */
 typedef enum fc_algorithm {
@@ -92,6 +111,20 @@ enum {
     /* Transform the weights for Winograd when the operator is created (a
      * layer, where Winograd is allowed), not at the first call that runs it. */
     FC_CONV_WINOGRAD_NOW = 4,
+    /* A transposed convolution (PyTorch's conv_transpose2d, TensorFlow's
+     * conv2d_transpose): C inputs, K outputs, groups, kernel, stride and
+     * dilation as the transposed convolution has them, and w its
+     * equivalent direct kernel, per group: w[ty][tx][c][k] =
+     * w_t[c][k][kh - 1 - ty][kw - 1 - tx] of PyTorch's (C, K / groups, kh, kw)
+     * weight. A call's pad_top and pad_left are the transposed convolution's
+     * padding (rows and columns cropped from the top and left of its full
+     * output), Ho and Wo its output's size (output_padding included).
+     * With stride 1 it runs as that direct convolution (every algorithm);
+     * otherwise as stride_h * stride_w direct convolutions with sub-kernels,
+     * one per phase of the output (output rows oy = q * sh + ry), each
+     * storing into its phase of y: the indirect GEMM, no zero-stuffed input
+     * and no scatter. Packs its weights at creation, whatever ONE_CALL says. */
+    FC_CONV_TRANSPOSED = 8,
 };
 
 typedef struct fc_conv_op fc_conv_op;
@@ -112,7 +145,7 @@ typedef struct fc_conv_call {
     int64_t N, H, W;         /* input batch, height, width (NHWC) */
     int64_t pad_top, pad_left;
     int64_t Ho, Wo;
-    int relu;                /* max(v, 0), NaN-preserving, in the store */
+    fc_activation act;       /* applied in the store, after the bias */
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
     int allow_winograd;      /* the package's Winograd switch */
     int algorithm;           /* FC_ALGO_AUTO, or the algorithm to run: then
@@ -155,6 +188,11 @@ typedef struct fc_pool_desc {
 
 int fc_pool_run(int isa, int dtype, const fc_pool_desc *d, const void *x, void *y,
                 int nthreads, fc_interrupt *interrupt);
+
+/* y[i] = act(x[i]) for n contiguous values (x == y allowed), in the kernels'
+ * floating-point mode: the same code as the kernels' store. */
+int fc_activate(int isa, int dtype, fc_activation act, const void *x, void *y, int64_t n,
+                int flush_denormals, int nthreads);
 
 /* One ISA's configuration for one dtype (configs/<isa>.h). */
 typedef struct fc_isa_config {

@@ -14,6 +14,9 @@ and keras_import (the importers from_torch and from_keras).
 """
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax)
+from fastconv.nn.activations import (Activation, Clip, HardSigmoid, HardSwish, LeakyReLU,
+                                     ReLU6, SiLU, Sigmoid, Tanh)
+from fastconv.nn.conv_transpose import ConvTranspose2d, bilinear_kernel
 from fastconv.nn.model import Sequential, to_fully_convolutional
 from fastconv.nn.serialize import load
 from fastconv.nn.torch_import import from_torch
@@ -21,4 +24,6 @@ from fastconv.nn.keras_import import from_keras
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
            "Flatten", "Softmax", "Dropout", "Sequential", "to_fully_convolutional", "load",
-           "from_torch", "from_keras"]
+           "from_torch", "from_keras", "ConvTranspose2d", "bilinear_kernel",
+           "Activation", "ReLU6", "Sigmoid", "Tanh", "SiLU", "HardSigmoid", "HardSwish",
+           "LeakyReLU", "Clip"]

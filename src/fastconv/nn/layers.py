@@ -11,7 +11,7 @@ import numpy as np
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
 from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_array
-from fastconv._validate import (INT64_MAX, activation_is_relu, check_nbytes, check_ndim,
+from fastconv._validate import (INT64_MAX, activation_spec, check_nbytes, check_ndim,
                                 check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts)
 
@@ -106,7 +106,7 @@ class Conv2d(Layer):
                                     winograd_now=True, stride=stride, dilation=dilation)
         padding_amounts(fn, padding, (1, 1), (1, 1), stride, dilation)
         self.padding = padding
-        activation_is_relu(fn, activation)
+        activation_spec(fn, activation)
         self.activation = activation
         self._plans: dict = {}
 
@@ -240,7 +240,8 @@ class Linear(Layer):
         y = x @ W) or (out_features, in_features) for "OI" (PyTorch:
         y = x @ W.T).
     bias : array_like, shape (out_features,), optional
-    activation : None or "relu"
+    activation : None, a name or (name, parameters...)
+        As for fastconv.conv2d, applied in the kernels' store.
     weight_layout : "IO" or "OI"
 
     Examples
@@ -265,7 +266,7 @@ class Linear(Layer):
             raise ValueError(f"{fn}: weight_layout must be 'IO' (in, out) or 'OI' (out, in); "
                              f"got {weight_layout!r}")
         self.weight_layout = weight_layout
-        self._relu = activation_is_relu(fn, activation)
+        self._act = activation_spec(fn, activation)
         self.activation = activation
         self._weights = GemmWeights(fn, w if weight_layout == "IO" else w.T, arr["bias"],
                                     resolve_threads(fn, None), name="weight")
@@ -302,7 +303,7 @@ class Linear(Layer):
         ``algorithm``, ``macs`` (executed, equal to ``direct_macs``) and
         ``output_shape``."""
         n = int(np.prod(tuple(input_shape)[:-1], dtype=np.int64))
-        _, algorithm = self._weights.plan(n, self._relu)
+        _, algorithm = self._weights.plan(n, self._act)
         macs = n * self.in_features * self.out_features
         return {"algorithm": algorithm, "macs": macs, "direct_macs": macs,
                 "output_shape": tuple(input_shape)[:-1] + (self.out_features,)}
@@ -332,7 +333,7 @@ class Linear(Layer):
         nthreads = resolve_threads(fn, num_threads)
         shape = xa.shape[:-1] + (self.out_features,)
         out = check_out(fn, out, shape, self.dtype, {"x": (x, xa)})
-        y = self._weights.run(x2, self._relu, None if out is None else out.reshape(
+        y = self._weights.run(x2, self._act, None if out is None else out.reshape(
             x2.shape[0], self.out_features), nthreads)
         return out if out is not None else y.reshape(shape)
 

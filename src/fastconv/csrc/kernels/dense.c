@@ -1,5 +1,5 @@
 /* Dense layers with few rows (batch-1 fully-connected layers), weights streamed in place. */
-#include "common.h"
+#include "activation.h"
 
 /*
  * Dense layer with few rows: y (M, K) = x (M, R) @ W (+ bias, ReLU) reading W
@@ -32,11 +32,11 @@
 #define DENSE_CHUNK 1024
 #define DENSE_PREFETCH 16
 
-static inline real finish(real v, const real *bias, int64_t k, int do_relu)
+static inline real finish(real v, const real *bias, int64_t k, const act_vec *act)
 {
     if (bias)
         v += bias[k];
-    return do_relu && v < 0 ? (real)0 : v; /* as relu(): NaN and -0.0 stay */
+    return activate1(v, act);
 }
 
 /* Partial sums of rows [r0, r1) of W for columns [k0, k1), (R, K) layout:
@@ -105,6 +105,7 @@ static void dense_out_in(const fc_dense_desc *d, const real *x, const real *w,
                          const real *bias, real *y, int64_t k0, int64_t k1)
 {
     const int64_t R = d->R, K = d->K, R2 = R / (2 * VLEN) * (2 * VLEN);
+    const act_vec act = act_prepare(d->act);
     for (int64_t k = k0; k < k1; k += DENSE_DOT_OUTS) {
         const int64_t nk = MIN(DENSE_DOT_OUTS, k1 - k);
         for (int64_t m = 0; m < d->M; m++) {
@@ -129,7 +130,7 @@ static void dense_out_in(const fc_dense_desc *d, const real *x, const real *w,
                 for (int64_t r = R2; r < R; r++)
                     tail += xm[r] * wq[r];
                 y[m * K + k + q] =
-                    finish(lane_sum(acc[q][0] + acc[q][1]) + tail, bias, k + q, d->relu);
+                    finish(lane_sum(acc[q][0] + acc[q][1]) + tail, bias, k + q, &act);
             }
         }
     }
@@ -185,13 +186,14 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
          * the run was interrupted, which every thread now sees alike: then
          * none is read) */
         const int skip = run_status(d->interrupt);
+        const act_vec act = act_prepare(d->act);
 #pragma omp for schedule(static)
         for (int64_t k = 0; k < K; k++)
             for (int64_t m = 0; m < M && !skip; m++) {
                 real v = part[m * K + k];
                 for (int64_t c = 1; c < nchunks; c++)
                     v += part[(c * M + m) * K + k];
-                y[m * K + k] = finish(v, bias, k, d->relu);
+                y[m * K + k] = finish(v, bias, k, &act);
             }
         fp_leave(fp);
     }

@@ -1,5 +1,5 @@
 /* Depthwise convolution (groups == C == K), channels in SIMD lanes. */
-#include "common.h"
+#include "activation.h"
 
 /* Output pixels per depthwise register tile (one vector of channels each). */
 #define DW_OX 8
@@ -61,11 +61,11 @@ static inline __attribute__((always_inline)) void dw_tile(
         }
     }
     const vec b = bias ? load(bias + c0) : (vec){0};
+    const act_vec act = act_prepare(d->act);
 #pragma GCC unroll 16
     for (int i = 0; i < nox; i++) {
         vec v = bias ? acc[i] + b : acc[i];
-        if (d->relu)
-            v = relu(v);
+        v = activate(v, &act);
         store(out_row + (ox0 + i) * C + c0, v);
     }
 }
@@ -89,9 +89,8 @@ static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real 
     }
     if (bias)
         acc += bias[c];
-    if (d->relu && acc < 0)
-        acc = 0;
-    out_row[ox * C + c] = acc;
+    const act_vec act = act_prepare(d->act);
+    out_row[ox * C + c] = activate1(acc, &act);
 }
 
 INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,

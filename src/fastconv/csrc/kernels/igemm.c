@@ -16,6 +16,7 @@
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
  */
+#include "activation.h"
 #include "packing.h"
 
 /* Inputs with fewer channels than this read the kw taps of a kernel row as
@@ -41,7 +42,7 @@ static const real zero_row[KC > KC_GEMM ? KC : KC_GEMM] __attribute__((aligned(6
 static inline __attribute__((always_inline)) void ukernel(
     const int rows, const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
     int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
-    const real *restrict bias, int flags, int do_relu)
+    const real *restrict bias, int flags, const act_vec *act)
 {
     vec acc[MR][NV];
     if (flags & F_ACCUMULATE) {
@@ -87,12 +88,16 @@ static inline __attribute__((always_inline)) void ukernel(
                 for (int v = 0; v < nv; v++)
                     acc[i][v] += load(bias + v * VLEN);
         }
-        if (do_relu) {
+        if (act->kind == FC_ACT_RELU) { /* (the common case, kept inline) */
 #pragma GCC unroll 16
             for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++)
                     acc[i][v] = relu(acc[i][v]);
+        } else if (act->kind != FC_ACT_NONE) {
+            for (int i = 0; i < rows; i++)
+                for (int v = 0; v < nv; v++)
+                    acc[i][v] = activate(acc[i][v], act);
         }
     }
 #pragma GCC unroll 16
@@ -104,25 +109,25 @@ static inline __attribute__((always_inline)) void ukernel(
 
 typedef void (*ukernel_fn)(int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
                            int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
-                           const real *restrict bias, int flags, int do_relu);
+                           const real *restrict bias, int flags, const act_vec *act);
 #define UKERNEL_NV(n)                                                                   \
     static void ukernel_##n(int64_t kc, int64_t ntaps, const real *const *a,           \
                             int64_t a_off, int64_t tap_step, const real *restrict w,   \
                             int64_t ldw,                                               \
                             real *restrict c, int64_t ldc, const real *restrict bias,  \
-                            int flags, int do_relu)                                    \
+                            int flags, const act_vec *act)                            \
     {                                                                                  \
         ukernel(MR, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,     \
-                do_relu);                                                              \
+                act);                                                              \
     }                                                                                  \
     static void ukernel_1row_##n(int64_t kc, int64_t ntaps, const real *const *a,      \
                                  int64_t a_off, int64_t tap_step,                      \
                                  const real *restrict w, int64_t ldw,                  \
                                  real *restrict c, int64_t ldc,                        \
-                                 const real *restrict bias, int flags, int do_relu)    \
+                                 const real *restrict bias, int flags, const act_vec *act) \
     {                                                                                  \
         ukernel(1, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,      \
-                do_relu);                                                              \
+                act);                                                              \
     }
 UKERNEL_NV(1)
 #if NV >= 2
@@ -304,6 +309,7 @@ typedef struct {
     row_source src;
     weight_source ws;
     const real *pbias;         /* the bias of group 0, or NULL */
+    act_vec act;
     real *y;
     int64_t M, ntaps, nb, mtiles, mblocks, bsize, ntasks;
     int64_t rows_per_tile;     /* row pointers per pixel: taps, or kh (ROWS_MERGED) */
@@ -311,9 +317,10 @@ typedef struct {
     int64_t tap_step;          /* ROWS_MERGED: between a pixel's kernel rows */
 } igemm_loop;
 
-static igemm_loop loop_of(const fc_conv_desc *d, const real *x, weight_source ws, real *y)
+static igemm_loop loop_of(const fc_conv_desc *d, const real *x, weight_source ws, real *y,
+                          int allow_merged)
 {
-    igemm_loop g = {.d = d, .ws = ws, .y = y};
+    igemm_loop g = {.d = d, .ws = ws, .y = y, .act = act_prepare(d->act)};
     const int64_t G = d->groups, Cg = d->C / G, Kg = d->K / G;
     g.ntaps = d->kh * d->kw;
     g.M = d->N * d->Ho * d->Wo;
@@ -328,7 +335,7 @@ static igemm_loop loop_of(const fc_conv_desc *d, const real *x, weight_source ws
     if (g.ntaps == 1 && d->sh == 1 && d->sw == 1 && d->pad_top == 0 && d->pad_left == 0 &&
         d->Ho == d->H && d->Wo == d->W)
         g.src.kind = ROWS_GEMM;
-    else if (G == 1 && d->C < MERGE_ROWS_BELOW_C && d->kw > 1 && d->dw == 1 &&
+    else if (allow_merged && G == 1 && d->C < MERGE_ROWS_BELOW_C && d->kw > 1 && d->dw == 1 &&
              d->C * d->kw <= KC)
         g.src.kind = ROWS_MERGED; /* weights [ty][tx][c] are then [ty][tx * C + c] */
     g.rows_per_tile = g.src.kind == ROWS_MERGED ? d->kh : g.ntaps;
@@ -347,6 +354,27 @@ static inline size_t pointer_bytes(int64_t ntaps)
 static inline size_t workspace_bytes(int64_t ntaps)
 {
     return pointer_bytes(ntaps) + round64(sizeof(real) * (size_t)(MCT * MR * NR));
+}
+
+/* Where output pixel p (of N * Ho * Wo) goes in y: p * K when y is
+ * contiguous, else through the desc's y_off, y_img, y_row and y_col (one
+ * phase of a transposed convolution's output). */
+static inline int64_t y_offset(const fc_conv_desc *d, int64_t p)
+{
+    if (!d->y_col)
+        return p * d->K;
+    const int64_t hw = d->Ho * d->Wo, n = p / hw, oy = p % hw / d->Wo, ox = p % d->Wo;
+    return d->y_off + n * d->y_img + oy * d->y_row + ox * d->y_col;
+}
+
+/* Whether the micro-kernel stores the tile at pixel p0 straight into y:
+ * whole (MR pixels, a full panel), and its pixels a fixed step apart in y
+ * (always when y is contiguous; on one output row otherwise). Other tiles
+ * go through the per-thread buffer. */
+static inline int stores_direct(const fc_conv_desc *d, int64_t p0, int64_t M, int64_t nr,
+                                int64_t width)
+{
+    return p0 + MR <= M && nr == width && (!d->y_col || p0 % d->Wo + MR <= d->Wo);
 }
 
 /* Task `task` of loop g, with this thread's workspace; *built is the
@@ -380,33 +408,34 @@ static void run_task(const igemm_loop *g, int64_t task, char *work, int64_t *bui
      * blocks; the panel holds them as [block][row][value][width] (for
      * ROWS_MERGED, C * kw <= KC makes that [ty][tx * C + c]). At least one
      * block, so that C == 0 still stores bias/zeros. */
+    const int64_t ldy = d->y_col ? d->y_col : d->K, cofs = grp * Kg + b * NR;
     int64_t c0 = 0;
     do {
         const int64_t kc = MIN(kc_block(d), g->run - c0);
         const int flags = (c0 > 0 ? F_ACCUMULATE : 0) | (c0 + kc >= g->run ? F_LAST : 0);
         for (int64_t t = 0; t < tcount; t++) {
             const int64_t p0 = (t0 + t) * MR;
-            const int full = p0 + MR <= M && nr == width;
-            real *c = full ? y + p0 * d->K + grp * Kg + b * NR : tiles + t * MR * NR;
+            const int direct = stores_direct(d, p0, M, nr, width);
+            real *c = direct ? y + y_offset(d, p0) + cofs : tiles + t * MR * NR;
             uk(kc, g->rows_per_tile, a + t * MR * g->ntaps, c0, g->tap_step,
-               wb + c0 * block_step, ldw, c, full ? d->K : NR, bias, flags, d->relu);
+               wb + c0 * block_step, ldw, c, direct ? ldy : NR, bias, flags, &g->act);
         }
         c0 += kc;
     } while (c0 < g->run);
     for (int64_t t = 0; t < tcount; t++) {
         const int64_t p0 = (t0 + t) * MR, mr = MIN(MR, M - p0);
-        if (mr == MR && nr == width)
+        if (stores_direct(d, p0, M, nr, width))
             continue;
-        real *dst = y + p0 * d->K + grp * Kg + b * NR;
         for (int64_t i = 0; i < mr; i++)
-            memcpy(dst + i * d->K, tiles + (t * MR + i) * NR, sizeof(real) * (size_t)nr);
+            memcpy(y + y_offset(d, p0 + i) + cofs, tiles + (t * MR + i) * NR,
+                   sizeof(real) * (size_t)nr);
     }
 }
 
 static int igemm_run(const fc_conv_desc *d, const real *x, weight_source ws, real *y,
                      int nthreads)
 {
-    igemm_loop g = loop_of(d, x, ws, y);
+    igemm_loop g = loop_of(d, x, ws, y, 1);
     if (g.ntasks == 0)
         return FC_OK;
     const int nt = clamp_threads(nthreads, g.ntasks,
@@ -448,6 +477,66 @@ INTERNAL int NAME(igemm)(const fc_conv_desc *d, const void *x, const void *packe
     return igemm_run(d, x, ws, y, nthreads);
 }
 
+/* Several convolutions of one input into disjoint parts of one output (the
+ * phases of a transposed convolution: fc_conv_desc's y_*), in one parallel
+ * region: their tasks in one list, phase after phase. */
+INTERNAL int NAME(igemm_phases)(const fc_conv_desc *descs, const void *const *packed,
+                                int64_t nphases, const void *x, void *y, int nthreads)
+{
+    /* (aligned: a loop holds vectors, its activation's parameters) */
+    igemm_loop *loops =
+        aligned_alloc(64, round64(sizeof(igemm_loop) * (size_t)(nphases ? nphases : 1)));
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)(nphases + 1)); /* each one's first task */
+    if (!loops || !first) {
+        free(loops);
+        free(first);
+        return FC_ENOMEM;
+    }
+    int64_t max_taps = 0;
+    double work = 0;
+    first[0] = 0;
+    for (int64_t i = 0; i < nphases; i++) {
+        const fc_conv_desc *d = &descs[i];
+        const weight_source ws = {packed[i], NULL, 0};
+        loops[i] = loop_of(d, x, ws, y, 0);
+        first[i + 1] = first[i] + loops[i].ntasks;
+        max_taps = MAX(max_taps, loops[i].ntaps);
+        work += (double)loops[i].M * d->K * loops[i].ntaps * (d->C / d->groups);
+    }
+    const int64_t ntasks = first[nphases];
+    fc_interrupt *it = nphases ? descs[0].interrupt : NULL;
+    const int nt = clamp_threads(nthreads, ntasks, work);
+    const size_t per_thread = workspace_bytes(max_taps);
+    char *work_mem = ntasks ? aligned_alloc(64, per_thread * (size_t)nt) : NULL;
+    if (ntasks && !work_mem) {
+        free(loops);
+        free(first);
+        return FC_ENOMEM;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const fp_mode fp = fp_enter(nphases ? descs[0].flush_denormals : 0);
+        char *mine = work_mem + per_thread * (size_t)thread_id();
+        int64_t built = -1, phase = 0;
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntasks; task++) {
+            if (interrupted(it))
+                continue;
+            if (task >= first[phase + 1]) { /* (a thread's tasks ascend: static schedule) */
+                while (task >= first[phase + 1])
+                    phase++;
+                built = -1;
+            }
+            run_task(&loops[phase], task - first[phase], mine, &built);
+        }
+        fp_leave(fp);
+    }
+    free(work_mem);
+    free(loops);
+    free(first);
+    return run_status(it);
+}
+
 /* A GEMM (1x1 kernel, one group, K a multiple of VLEN) reading its (C, K)
  * weight matrix in place: no packing pass, for calls that would pack the
  * weights only to read them once. */
@@ -468,7 +557,7 @@ INTERNAL void NAME(gemm_serial)(int64_t M, int64_t C, int64_t K, const real *a,
     const fc_conv_desc d = {.N = 1, .H = M, .W = 1, .C = C, .K = K, .groups = 1, .kh = 1,
                             .kw = 1, .sh = 1, .sw = 1, .dh = 1, .dw = 1, .Ho = M, .Wo = 1};
     const weight_source ws = {packed, NULL, 0};
-    const igemm_loop g = loop_of(&d, a, ws, c);
+    const igemm_loop g = loop_of(&d, a, ws, c, 1);
     int64_t built = -1;
     for (int64_t task = 0; task < g.ntasks; task++)
         run_task(&g, task, work, &built);

@@ -19,7 +19,11 @@ typedef struct fc_conv_desc {
     int64_t dh, dw;          /* dilations */
     int64_t pad_top, pad_left; /* zero padding before the first row/column */
     int64_t Ho, Wo;          /* output height and width */
-    int relu;                /* apply max(v, 0) (NaN-preserving) before storing */
+    /* Where output pixel (n, oy, ox) goes: y_off + n * y_img + oy * y_row +
+     * ox * y_col elements into y (igemm only: a phase of a transposed
+     * convolution); y_col == 0: y is contiguous (N, Ho, Wo, K). */
+    int64_t y_off, y_img, y_row, y_col;
+    fc_activation act;       /* applied before storing (kernels/activation.h) */
     int has_bias;            /* the packed weights carry a bias to add */
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
     fc_interrupt *interrupt; /* polled between blocks (common.h: interrupted); or NULL */
@@ -31,7 +35,7 @@ typedef struct fc_dense_desc {
     int64_t M, R, K;
     int w_out_in;            /* 0: W is (R, K) (HWIO flattened, numpy's b);
                                 1: W is (K, R) (OIHW flattened, PyTorch's Linear) */
-    int relu;
+    fc_activation act;
     int flush_denormals;
     fc_interrupt *interrupt;
 } fc_dense_desc;
@@ -58,6 +62,10 @@ typedef struct fc_kernel_set {
      * unpadded convolution takes its GEMM path. */
     int (*igemm)(const fc_conv_desc *d, const void *x, const void *packed, void *y,
                  int nthreads);
+    /* igemm of several descs (disjoint parts of y through their y_*, each
+     * with its packed weights) over one input, in one parallel region. */
+    int (*igemm_phases)(const fc_conv_desc *descs, const void *const *packed, int64_t nphases,
+                        const void *x, void *y, int nthreads);
     /* The GEMM path reading a C-contiguous (C, K) weight matrix in place
      * (1x1, one group, K a multiple of vlen; else FC_EINVAL), bias K values
      * or NULL. */
@@ -83,6 +91,9 @@ typedef struct fc_kernel_set {
     /* dwconv.c: groups == C == K, w contiguous (kh, kw, C), bias C or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w, const void *bias,
                   void *y, int nthreads);
+    /* activation.c: fc_activate */
+    void (*activate)(fc_activation act, const void *x, void *y, int64_t n, int flush,
+                     int nthreads);
     /* pool.c */
     int (*pool)(const fc_pool_desc *d, const void *x, void *y, int nthreads,
                 fc_interrupt *interrupt);

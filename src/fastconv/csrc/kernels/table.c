@@ -11,6 +11,8 @@ DECLARE(void, pack, const fc_conv_desc *d, const void *w, fc_weight_strides ws,
 DECLARE(void, unpack, const fc_conv_desc *d, const void *packed, fc_weight_strides ws, void *w)
 DECLARE(int, igemm, const fc_conv_desc *d, const void *x, const void *packed, void *y,
         int nthreads)
+DECLARE(int, igemm_phases, const fc_conv_desc *descs, const void *const *packed,
+        int64_t nphases, const void *x, void *y, int nthreads)
 DECLARE(int, gemm_in_place, const fc_conv_desc *d, const void *x, const void *w,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dense, const fc_dense_desc *d, const void *x, const void *w, const void *bias,
@@ -22,6 +24,8 @@ DECLARE(int, winograd, const fc_conv_desc *d, const void *x, const void *packed,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dwconv, const fc_conv_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
+DECLARE(void, activate, fc_activation act, const void *x, void *y, int64_t n, int flush,
+        int nthreads)
 DECLARE(int, pool, const fc_pool_desc *d, const void *x, void *y, int nthreads,
         fc_interrupt *interrupt)
 
@@ -46,11 +50,13 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
     .pack = NAME(pack),
     .unpack = NAME(unpack),
     .igemm = NAME(igemm),
+    .igemm_phases = NAME(igemm_phases),
     .gemm_in_place = NAME(gemm_in_place),
     .dense = NAME(dense),
     .winograd_packed_size = NAME(winograd_packed_size),
     .winograd_pack = NAME(winograd_pack),
     .winograd = NAME(winograd),
     .dwconv = NAME(dwconv),
+    .activate = NAME(activate),
     .pool = NAME(pool),
 };

@@ -14,6 +14,7 @@
  * are in its cache. Each output row of a GEMM is reduced in a fixed order
  * whatever the block, so the result does not depend on the thread count.
  */
+#include "activation.h"
 #include "packing.h"
 
 /* Tile t (numbered row-major per image, image after image): its image and
@@ -138,13 +139,14 @@ static int input_transform(const fc_conv_desc *d, const real *x, int64_t t0, int
 }
 
 /* Tiles [t0, t0 + n) of y (NHWC) from their 16 products m (16, n, K), with
- * bias (K values or NULL) and ReLU; 1 if an output is Inf or NaN (an
+ * bias (K values or NULL) and the activation; 1 if an output is Inf or NaN (an
  * overflow in the products or their sums, where the direct convolution may
  * differ), else 0. */
 static int output_transform(const fc_conv_desc *d, const real *m, int64_t t0, int64_t n,
                             const real *bias, real *y)
 {
     const int64_t K = d->K;
+    const act_vec act = act_prepare(d->act);
     vec check = {0}; /* as in input_transform: an Inf or NaN output */
     for (int64_t t = 0; t < n; t++) {
         int64_t img, oy, ox;
@@ -165,8 +167,7 @@ static int output_transform(const fc_conv_desc *d, const real *m, int64_t t0, in
                 for (int j = 0; j < cols; j++) {
                     vec o = r[j] + b;
                     check += o * 0;
-                    if (d->relu)
-                        o = relu(o);
+                    o = activate(o, &act);
                     store_lanes(y + ((img * d->Ho + oy + i) * d->Wo + ox + j) * K + k, o, lanes);
                 }
             }

@@ -42,6 +42,18 @@ struct fc_conv_op {
     void *taps;             /* depthwise: contiguous (kh, kw, C) */
     void *packed;           /* panels with the bias; NULL until needed */
     void *wino;             /* Winograd's 16 packed products; NULL until made */
+    /* FC_CONV_TRANSPOSED */
+    int transposed;
+    int phases;             /* stride > 1: runs the output's phases */
+    /* the phases' sub-kernels: one per class of taps, tap rows ty0, ty0 +
+     * step_y, ... (step = stride / gcd(stride, dilation): the taps of a
+     * class reach one phase of the output), columns likewise, class
+     * (ty0, tx0) at ty0 * ncls_x + tx0, NULL where it has no taps; and the
+     * bias alone, for a phase that no tap reaches */
+    int64_t step_y, step_x;
+    int64_t ncls_y, ncls_x; /* classes with taps: min(step, kernel size) */
+    void **sub;
+    void *bias_only;
 };
 
 /* Memory for weights the kernels stream (free() releases it): 64-byte
@@ -108,7 +120,7 @@ static fc_conv_desc call_desc(const fc_conv_op *op, const fc_conv_call *c,
     d.pad_left = c->pad_left;
     d.Ho = c->Ho;
     d.Wo = c->Wo;
-    d.relu = c->relu;
+    d.act = c->act;
     d.flush_denormals = c->flush_denormals;
     return d;
 }
@@ -320,6 +332,200 @@ static int choose(fc_conv_op *op, const fc_conv_call *c)
     return is_gemm(op, c) ? FC_ALGO_GEMM : FC_ALGO_IGEMM;
 }
 
+
+/* --- Transposed convolutions (FC_CONV_TRANSPOSED) ----------------------
+ * Output row oy of a transposed convolution (stride s, dilation d, padding
+ * p) gets input row iy through tap ky of w_t where oy = iy * s - p + ky * d;
+ * with the direct kernel's tap ty = kh - 1 - ky and oy = q * s + r (phase
+ * r), iy = q + (A + ty * d) / s, A = r + p - (kh - 1) * d. The taps with
+ * A + ty * d divisible by s are one class ty = ty0 + j * step (step =
+ * s / gcd(s, d)), or none; they read iy = q + off + j * d / gcd(s, d), off =
+ * (A + ty0 * d) / s: a direct convolution of stride 1, dilation d / gcd and
+ * padding -off (negative: it starts inside the input) with the class's
+ * sub-kernel, computing the phase's rows q = 0, 1, ... while oy < Ho. */
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        const int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Taps t0, t0 + step, ... below k. */
+static int64_t class_taps(int64_t t0, int64_t step, int64_t k)
+{
+    return t0 < k ? (k - 1 - t0) / step + 1 : 0;
+}
+
+/* The class of taps (*t0) that reaches the phase with offset A on one axis,
+ * and its input offset; 0 if none with a tap (t0 < k) does. */
+static int phase_class(int64_t A, int64_t s, int64_t d, int64_t step, int64_t k, int64_t *t0,
+                       int64_t *off)
+{
+    for (int64_t t = 0; t < MIN_OF(step, k); t++)
+        if ((A + t * d) % s == 0) {
+            *t0 = t;
+            *off = (A + t * d) / s;
+            return 1;
+        }
+    return 0;
+}
+
+/* The packing descriptor of the sub-kernel of class (ty0, tx0): no taps at
+ * all (the bias alone) where either axis has none. */
+static fc_conv_desc sub_desc(const fc_conv_op *op, int64_t ty0, int64_t tx0)
+{
+    const fc_conv_params *p = &op->p;
+    fc_conv_desc d = weights_desc(op);
+    d.kh = class_taps(ty0, op->step_y, p->kh);
+    d.kw = class_taps(tx0, op->step_x, p->kw);
+    if (!d.kh || !d.kw)
+        d.kh = d.kw = 0;
+    d.sh = d.sw = 1;
+    d.dh = p->dh / gcd64(p->sh, p->dh);
+    d.dw = p->dw / gcd64(p->sw, p->dw);
+    return d;
+}
+
+/* The sub-kernel of class (ty0, tx0) in weights addressed through ws: its
+ * first tap and strides (between taps of the class: a class of one tap has
+ * none, and its step, which may be as large as the stride, is not used). */
+static const char *sub_weights(const fc_conv_op *op, const void *w, fc_weight_strides ws,
+                               int64_t ty0, int64_t tx0, fc_weight_strides *sub)
+{
+    const fc_conv_params *p = &op->p;
+    *sub = (fc_weight_strides){class_taps(ty0, op->step_y, p->kh) > 1 ? ws.ty * op->step_y : 0,
+                               class_taps(tx0, op->step_x, p->kw) > 1 ? ws.tx * op->step_x : 0,
+                               ws.c, ws.k};
+    return (const char *)w + (ty0 * ws.ty + tx0 * ws.tx) * (int64_t)op->itemsize;
+}
+
+static void *pack_desc(const fc_conv_op *op, const fc_conv_desc *d, const void *w,
+                       fc_weight_strides ws, int nthreads)
+{
+    int ok = 1;
+    const size_t n = product(op->ks->packed_size(d), (int64_t)op->itemsize, 1, 1, &ok);
+    void *packed = ok ? weights_alloc(n) : NULL;
+    if (packed)
+        op->ks->pack(d, w, ws, op->bias, packed, nthreads);
+    return packed;
+}
+
+/* Packs every class's sub-kernel, and the bias alone. */
+static int pack_phases(fc_conv_op *op, const void *w, fc_weight_strides ws, int nthreads)
+{
+    const fc_conv_params *p = &op->p;
+    op->step_y = p->sh / gcd64(p->sh, p->dh);
+    op->step_x = p->sw / gcd64(p->sw, p->dw);
+    op->ncls_y = MIN_OF(op->step_y, p->kh);
+    op->ncls_x = MIN_OF(op->step_x, p->kw);
+    op->sub = calloc((size_t)(op->ncls_y * op->ncls_x), sizeof(void *));
+    if (!op->sub)
+        return FC_ENOMEM;
+    for (int64_t ty0 = 0; ty0 < op->ncls_y; ty0++)
+        for (int64_t tx0 = 0; tx0 < op->ncls_x; tx0++) {
+            const fc_conv_desc d = sub_desc(op, ty0, tx0);
+            if (!d.kh)
+                continue;
+            fc_weight_strides sws;
+            const char *sw = sub_weights(op, w, ws, ty0, tx0, &sws);
+            if (!(op->sub[ty0 * op->ncls_x + tx0] = pack_desc(op, &d, sw, sws, nthreads)))
+                return FC_ENOMEM;
+        }
+    fc_conv_desc none = weights_desc(op);
+    none.kh = none.kw = 0;
+    op->bias_only = pack_desc(op, &none, w, ws, nthreads);
+    return op->bias_only ? FC_OK : FC_ENOMEM;
+}
+
+/* The descriptor of phase (ry, rx) of a call, and the packed weights it
+ * reads. */
+static fc_conv_desc phase_desc(const fc_conv_op *op, const fc_conv_call *c,
+                               fc_interrupt *interrupt, int64_t ry, int64_t rx,
+                               const void **packed)
+{
+    const fc_conv_params *p = &op->p;
+    fc_conv_desc d = call_desc(op, c, interrupt);
+    int64_t ty0 = 0, tx0 = 0, off_y = 0, off_x = 0;
+    const int hit =
+        phase_class(ry + c->pad_top - (p->kh - 1) * p->dh, p->sh, p->dh, op->step_y, p->kh,
+                    &ty0, &off_y) &&
+        phase_class(rx + c->pad_left - (p->kw - 1) * p->dw, p->sw, p->dw, op->step_x, p->kw,
+                    &tx0, &off_x);
+    const fc_conv_desc sd = sub_desc(op, hit ? ty0 : p->kh, hit ? tx0 : p->kw);
+    d.kh = sd.kh;
+    d.kw = sd.kw;
+    d.sh = d.sw = 1;
+    d.dh = sd.dh;
+    d.dw = sd.dw;
+    d.pad_top = -off_y;
+    d.pad_left = -off_x;
+    d.Ho = ry < c->Ho ? (c->Ho - ry + p->sh - 1) / p->sh : 0;
+    d.Wo = rx < c->Wo ? (c->Wo - rx + p->sw - 1) / p->sw : 0;
+    d.y_off = (ry * c->Wo + rx) * p->K;
+    d.y_img = c->Ho * c->Wo * p->K;
+    /* (a phase of one row or column never steps: its step, a stride that
+     * may be larger than the output, is not formed) */
+    d.y_row = d.Ho > 1 ? p->sh * c->Wo * p->K : 0;
+    d.y_col = d.Wo > 1 ? p->sw * p->K : 1;
+    *packed = d.kh ? op->sub[ty0 * op->ncls_x + tx0] : op->bias_only;
+    return d;
+}
+
+static int run_phases(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y,
+                      int nthreads, fc_interrupt *interrupt)
+{
+    /* (the phases with outputs: a stride larger than the output has fewer) */
+    const int64_t ny = MIN_OF(op->p.sh, c->Ho), nx = MIN_OF(op->p.sw, c->Wo), n = ny * nx;
+    fc_conv_desc *descs = malloc(sizeof *descs * (size_t)(n ? n : 1));
+    const void **packed = malloc(sizeof *packed * (size_t)(n ? n : 1));
+    int status = FC_ENOMEM;
+    if (descs && packed) {
+        for (int64_t i = 0; i < n; i++)
+            descs[i] = phase_desc(op, c, interrupt, i / nx, i % nx, &packed[i]);
+        status = op->ks->igemm_phases(descs, packed, n, x, y, nthreads);
+    }
+    free(descs);
+    free(packed);
+    return status;
+}
+
+/* The multiply-adds the phases run. */
+static double phase_macs(const fc_conv_op *op, const fc_conv_call *c)
+{
+    const fc_conv_params *p = &op->p;
+    const int64_t ny = MIN_OF(p->sh, c->Ho), nx = MIN_OF(p->sw, c->Wo);
+    double macs = 0;
+    for (int64_t i = 0; i < ny * nx; i++) {
+        const void *packed;
+        const fc_conv_desc d = phase_desc(op, c, NULL, i / nx, i % nx, &packed);
+        macs += (double)c->N * d.Ho * d.Wo * d.kh * d.kw * (p->C / p->groups) * p->K;
+    }
+    return macs;
+}
+
+/* A stride-1 transposed call as the call of its direct convolution: the
+ * padding (kh - 1) * dh - pad_top before the first row (likewise for the
+ * columns); where that is negative, the first *crop_top rows (columns:
+ * *crop_left) of x are left out and the padding is 0. */
+static fc_conv_call direct_call(const fc_conv_op *op, const fc_conv_call *c, int64_t *crop_top,
+                                int64_t *crop_left)
+{
+    const fc_conv_params *p = &op->p;
+    fc_conv_call d = *c;
+    const int64_t top = (p->kh - 1) * p->dh - c->pad_top, left = (p->kw - 1) * p->dw - c->pad_left;
+    *crop_top = top < 0 ? MIN_OF(-top, c->H) : 0;
+    *crop_left = left < 0 ? MIN_OF(-left, c->W) : 0;
+    d.pad_top = top < 0 ? 0 : top;
+    d.pad_left = left < 0 ? 0 : left;
+    d.H -= *crop_top;
+    d.W -= *crop_left;
+    return d;
+}
+
 int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
                    fc_weight_strides ws, const void *bias, int flags, int nthreads,
                    fc_conv_op **out)
@@ -338,7 +544,9 @@ int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
     op->p = *p;
     op->flags = flags;
     op->has_bias = bias != NULL;
-    op->depthwise = p->groups > 1 && p->groups == p->C && p->groups == p->K;
+    op->transposed = (flags & FC_CONV_TRANSPOSED) != 0;
+    op->phases = op->transposed && (p->sh > 1 || p->sw > 1);
+    op->depthwise = !op->phases && p->groups > 1 && p->groups == p->C && p->groups == p->K;
     op->transformable = -1;
     const int64_t Cg = p->C / p->groups;
     const int64_t hwio[4] = {p->kh, p->kw, Cg, p->K}, hwio_s[4] = {ws.ty, ws.tx, ws.c, ws.k};
@@ -353,7 +561,12 @@ int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
             goto nomem;
         memcpy(op->bias, bias, n);
     }
-    if (op->depthwise) { /* taps (kh, kw, C) */
+    if (op->phases) {
+        const int status = pack_phases(op, w, ws, nthreads);
+        if (status != FC_OK)
+            goto nomem;
+        op->algorithm = FC_ALGO_IGEMM;
+    } else if (op->depthwise) { /* taps (kh, kw, C) */
         const size_t n = product(p->kh, p->kw, p->C, (int64_t)op->itemsize, &ok);
         op->taps = ok ? weights_alloc(n) : NULL;
         if (!op->taps)
@@ -398,6 +611,11 @@ void fc_conv_destroy(fc_conv_op *op)
     free(op->packed);
     if (op->wino != WINO_UNUSABLE)
         free(op->wino);
+    if (op->sub)
+        for (int64_t i = 0; i < op->ncls_y * op->ncls_x; i++)
+            free(op->sub[i]);
+    free(op->sub);
+    free(op->bias_only);
     free(op);
 }
 
@@ -408,13 +626,13 @@ const char *fc_conv_isa(const fc_conv_op *op) { return op->ks->isa; }
 static int valid_call(const fc_conv_call *c)
 {
     return c->N >= 0 && c->H >= 0 && c->W >= 0 && c->pad_top >= 0 && c->pad_left >= 0 &&
-           c->Ho >= 0 && c->Wo >= 0 && c->algorithm >= 0 && c->algorithm < FC_ALGO_COUNT;
+           c->Ho >= 0 && c->Wo >= 0 && c->algorithm >= 0 && c->algorithm < FC_ALGO_COUNT &&
+           c->act.kind >= 0 && c->act.kind < FC_ACT_COUNT;
 }
 
-int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan)
+/* The plan of a direct convolution's call. */
+static int plan_direct(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan)
 {
-    if (!valid_call(c))
-        return FC_EINVAL;
     const fc_conv_params *p = &op->p;
     const int algorithm = c->algorithm == FC_ALGO_AUTO ? choose(op, c) : c->algorithm;
     if (!applies(op, c, algorithm))
@@ -425,6 +643,27 @@ int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan)
                      ? (double)c->N * ((c->Ho + 1) / 2) * ((c->Wo + 1) / 2) * 16 * p->C * p->K
                      : plan->direct_macs;
     return FC_OK;
+}
+
+int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan)
+{
+    if (!valid_call(c))
+        return FC_EINVAL;
+    const fc_conv_params *p = &op->p;
+    if (op->phases) {
+        if (c->algorithm != FC_ALGO_AUTO && c->algorithm != FC_ALGO_IGEMM)
+            return FC_EINVAL;
+        plan->algorithm = FC_ALGO_IGEMM;
+        plan->direct_macs = (double)c->N * c->H * c->W * p->K * p->kh * p->kw * (p->C / p->groups);
+        plan->macs = phase_macs(op, c);
+        return FC_OK;
+    }
+    if (op->transposed) {
+        int64_t crop_top, crop_left;
+        const fc_conv_call d = direct_call(op, c, &crop_top, &crop_left);
+        return plan_direct(op, &d, plan);
+    }
+    return plan_direct(op, c, plan);
 }
 
 /* A one-pixel result through the dense kernel: the input window at
@@ -438,7 +677,7 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
     const int64_t R = p->kh * p->kw * p->C;
     const size_t item = op->itemsize;
     const fc_dense_desc dd = {.M = d->N, .R = R, .K = p->K, .w_out_in = !op->w_hwio,
-                              .relu = d->relu, .flush_denormals = d->flush_denormals,
+                              .act = d->act, .flush_denormals = d->flush_denormals,
                               .interrupt = d->interrupt};
     if (op->w_hwio && d->pad_top == 0 && d->pad_left == 0 && d->H == p->kh && d->W == p->kw)
         return op->ks->dense(&dd, x, op->w, op->bias, y, nthreads);
@@ -468,11 +707,12 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
     return status;
 }
 
-int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, int nthreads,
-                fc_interrupt *interrupt, int *ran)
+/* A direct convolution's call (or a stride-1 transposed one's, translated). */
+static int run_direct(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y,
+                      int nthreads, fc_interrupt *interrupt, int *ran)
 {
     fc_conv_plan plan;
-    int status = fc_conv_plan_call(op, c, &plan);
+    int status = plan_direct(op, c, &plan);
     if (status != FC_OK)
         return status;
     const fc_conv_desc d = call_desc(op, c, interrupt);
@@ -514,9 +754,58 @@ int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, i
     return status;
 }
 
+int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, int nthreads,
+                fc_interrupt *interrupt, int *ran)
+{
+    if (!valid_call(c))
+        return FC_EINVAL;
+    if (op->phases) {
+        if (c->algorithm != FC_ALGO_AUTO && c->algorithm != FC_ALGO_IGEMM)
+            return FC_EINVAL;
+        if (ran)
+            *ran = FC_ALGO_IGEMM;
+        return run_phases(op, c, x, y, nthreads, interrupt);
+    }
+    if (!op->transposed)
+        return run_direct(op, c, x, y, nthreads, interrupt, ran);
+    int64_t crop_top, crop_left;
+    const fc_conv_call d = direct_call(op, c, &crop_top, &crop_left);
+    if (!crop_top && !crop_left)
+        return run_direct(op, &d, x, y, nthreads, interrupt, ran);
+    /* a padding larger than the kernel's reach: its direct convolution
+     * starts inside x, whose rows and columns before that are copied out */
+    const int64_t row = d.W * op->p.C * (int64_t)op->itemsize;
+    int ok = 1;
+    const size_t n = product(d.N, d.H, row, 1, &ok);
+    char *xc = ok ? malloc(n ? n : 1) : NULL;
+    if (!xc)
+        return FC_ENOMEM;
+    for (int64_t img = 0; img < d.N; img++)
+        for (int64_t iy = 0; iy < d.H; iy++)
+            memcpy(xc + (img * d.H + iy) * row,
+                   (const char *)x + (((img * c->H + iy + crop_top) * c->W + crop_left) * op->p.C) *
+                                         (int64_t)op->itemsize,
+                   (size_t)row);
+    const int status = run_direct(op, &d, xc, y, nthreads, interrupt, ran);
+    free(xc);
+    return status;
+}
+
 int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws)
 {
     const fc_conv_params *p = &op->p;
+    if (op->phases) {
+        for (int64_t ty0 = 0; ty0 < op->ncls_y; ty0++)
+            for (int64_t tx0 = 0; tx0 < op->ncls_x; tx0++) {
+                const fc_conv_desc d = sub_desc(op, ty0, tx0);
+                if (!d.kh)
+                    continue;
+                fc_weight_strides sws;
+                char *sw = (char *)sub_weights(op, w, ws, ty0, tx0, &sws);
+                op->ks->unpack(&d, op->sub[ty0 * op->ncls_x + tx0], sws, sw);
+            }
+        return FC_OK;
+    }
     if (op->taps) {
         const char *src = op->taps;
         for (int64_t t = 0; t < p->kh * p->kw; t++)
