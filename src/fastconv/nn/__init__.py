@@ -25,6 +25,7 @@ keras_import (the importers from_torch and from_keras).
 """
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax)
+from fastconv.nn.structural import Add, Concatenate, Cropping2d, Identity, Multiply, ZeroPad2d
 from fastconv.nn.symbolic import Input, SymbolicTensor
 from fastconv.nn.model import Model, Node, Sequential, to_fully_convolutional
 from fastconv.nn.serialize import load
@@ -32,6 +33,6 @@ from fastconv.nn.torch_import import from_torch
 from fastconv.nn.keras_import import from_keras
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
-           "Flatten", "Softmax", "Dropout",
-           "Input", "SymbolicTensor", "Model", "Node", "Sequential",
+           "Flatten", "Softmax", "Dropout", "Add", "Multiply", "Concatenate", "Identity",
+           "ZeroPad2d", "Cropping2d", "Input", "SymbolicTensor", "Model", "Node", "Sequential",
            "to_fully_convolutional", "load", "from_torch", "from_keras"]
