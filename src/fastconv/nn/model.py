@@ -7,8 +7,6 @@ import difflib
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
 from fastconv._fc import fc_to_conv
 from fastconv._validate import _is_int, float_arrays, layout_name
 from fastconv.nn.layers import (Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear, ReLU,
