@@ -35,7 +35,10 @@ def _automatic_name(kind: str) -> str:
 
 
 def _what(obj: Any) -> str:
-    return "an Input" if isinstance(obj, SymbolicTensor) else f"a {type(obj).__name__} layer"
+    if isinstance(obj, SymbolicTensor):
+        return "an Input"
+    kind = type(obj).__name__
+    return f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} layer"
 
 
 def _tensors(fn: str, what: str, value: Any) -> List[SymbolicTensor]:
@@ -160,13 +163,13 @@ class Model(Layer):
         """Check the graph from `inputs` to `outputs` and make its nodes."""
         fn = self._label()
         ins, outs = _tensors(fn, "inputs", inputs), _tensors(fn, "outputs", outputs)
+        ids: Dict[int, int] = {}  # tensor -> its id
         for i, t in enumerate(ins):
             if not t.is_input:
                 raise ValueError(f"{fn}: inputs must be nn.Input tensors; input {i} is the "
                                  f"output of layer {layer_label(t.layer)}")
-            if any(u is t for u in ins[:i]):
+            if ids.setdefault(id(t), i) != i:
                 raise ValueError(f"{fn}: {input_label(t)} is given twice among the inputs")
-        ids = {id(t): i for i, t in enumerate(ins)}
         nodes = []
         for t in _topological(fn, ins, outs):
             ids[id(t)] = len(ids)
@@ -204,14 +207,17 @@ class Model(Layer):
                     f"{fn}: {_what(owners[obj.name])} and {_what(obj)} are both named "
                     f"{obj.name!r}; the names in a model must be unique (a layer or Input "
                     f"without a name keeps the one the first model built with it gave it)")
+        suffix: Dict[str, int] = {}  # (per base: where the search goes on, not from 1)
         for obj in (*inputs, *layers):
             if obj.name is None:
                 base = "input" if isinstance(obj, SymbolicTensor) else \
                     _automatic_name(type(obj).__name__)
-                name, k = base, 0
+                k = suffix.get(base, 0)
+                name = base if k == 0 else f"{base}_{k}"
                 while name in owners:
                     k += 1
                     name = f"{base}_{k}"
+                suffix[base] = k + 1
                 owners[name] = obj
                 obj._name = name
 
@@ -381,7 +387,8 @@ class Model(Layer):
         n = len(names)
         if isinstance(x, dict):
             missing = [k for k in names if k not in x]
-            unknown = [k for k in x if k not in names]
+            given = set(names)
+            unknown = [k for k in x if k not in given]
             if missing or unknown:
                 raise ValueError(f"{fn}: the inputs are keyed by name ({', '.join(names)}); "
                                  f"missing {missing}, unknown {unknown}")

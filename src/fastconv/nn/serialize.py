@@ -341,7 +341,8 @@ def _graph(record: Any, where: str, member: str, depth: int, kind: Optional[str]
     """The model record `record` checked, its nested models too (`kind`:
     the top record of a version-1 file is a Sequential whatever it says)."""
     if depth > MAX_MODEL_DEPTH:
-        raise ValueError(f"{where}models nested deeper than {MAX_MODEL_DEPTH}")
+        # (the nesting first: `where` is as long as the nesting is deep)
+        raise ValueError(f"models nested deeper than {MAX_MODEL_DEPTH}: {where}")
     kind = record.get("type", "Sequential") if kind is None else kind
     cls = _GRAPH_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
