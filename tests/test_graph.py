@@ -426,9 +426,11 @@ def test_bad_arguments_when_building():
         nn.Input((3, 2.5))
     with pytest.raises(ValueError, match=r"Input: shape must have 1 to 32 axes"):
         nn.Input(())
-    with pytest.raises(TypeError, match=r"Input: dtype must be None, float32 or float64; got "
-                                        r"'int32'"):
-        nn.Input((3,), dtype="int32")
+    for dtype in ("int32", "no such type", [("a", "<f4")]):
+        with pytest.raises(TypeError, match=r"Input: dtype must be None, float32 or float64; "
+                                            r"got "):
+            nn.Input((3,), dtype=dtype)
+    assert nn.Input((3,), dtype=np.float64).dtype == nn.Input((3,), dtype="float64").dtype
 
 
 def test_bad_calls(rng):

@@ -661,6 +661,9 @@ WRONG_GRAPHS = {
                             r"input 0: Input: shape must be a tuple"),
     "input-dtype": (lambda d: d["inputs"][0].update(dtype="int8"),
                     r"input 0: Input: dtype must be None, float32 or float64; got 'int8'"),
+    "input-dtype-structured": (lambda d: d["inputs"][0].update(dtype=[["a", "<f4"]] * 3),
+                               r"input 0: Input: dtype must be None, float32 or float64; got "
+                               r"\[\['a', '<f4'\]"),
     "input-name-an-int": (lambda d: d["inputs"][0].update(name=5),
                           r"input 0 has name 5; expected a non-empty string or null"),
     "layer-name-empty": (lambda d: d["layers"][0].update(name=""),

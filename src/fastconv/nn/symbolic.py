@@ -100,11 +100,13 @@ def check_dtype(fn: str, dtype: Any) -> Optional[np.dtype]:
     """None, or float32 / float64 as a numpy dtype."""
     if dtype is None:
         return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in FLOAT_DTYPES:
+    dt = None
+    if isinstance(dtype, (str, type, np.dtype)):  # (not numpy's structured forms)
+        try:
+            dt = np.dtype(dtype)
+        except (TypeError, ValueError):
+            pass
+    if dt is None or dt not in FLOAT_DTYPES:  # (None == np.dtype("float64") holds)
         raise TypeError(f"{fn}: dtype must be None, float32 or float64; got {dtype!r}")
     return dt
 
