@@ -283,13 +283,35 @@ def test_automatic_names_and_given_names(rng):
     pool = nn.MaxPool2d(2)
     model = nn.Model(x, pool(c3(c2(c1(x)))))
     assert [layer.name for layer in model.layers] == ["conv2d", "mine", "conv2d_1", "max_pool2d"]
-    assert x.name == "input"
-    # a named layer keeps its name in the next model; a new one avoids it
+    assert x.name == "input" and model.input_names == ["input"]
+    # a layer keeps the name its first model gave it; a new one avoids it
     c4 = nn.Conv2d(hwio(rng, 1, 1, 1, 1))
     again = nn.Model(x, c4(c1(x)))
     assert [layer.name for layer in again.layers] == ["conv2d", "conv2d_1"]
-    assert c3.name == "conv2d_1"  # (both named conv2d_1, in different models)
     assert [nn.ReLU(name="r").name, nn.GlobalAvgPool2d().name] == ["r", None]
+
+
+def test_layers_of_separately_built_models_combine(rng):
+    """Two Sequentials each name their conv "conv2d": a model of both
+    names the second anew, for itself; the layers keep their names."""
+    first = nn.Sequential(nn.Conv2d(hwio(rng, 1, 1, 1, 1)), nn.ReLU())
+    second = nn.Sequential(nn.Conv2d(hwio(rng, 1, 1, 1, 1)), nn.ReLU())
+    both = nn.Sequential(*first, *second)
+    assert [layer.name for layer in both] == ["conv2d", "relu", "conv2d", "relu"]
+    assert both.get_layer("conv2d") is first[0] and both.get_layer("conv2d_1") is second[0]
+    assert both.get_layer("relu_1") is second[1]
+    assert "conv2d_1  Conv2d" in both.summary((3, 3, 1))
+    loaded = nn.load(_saved(both))
+    assert [layer.name for layer in loaded] == ["conv2d", "relu", "conv2d_1", "relu_1"]
+    # A given name is never changed: an automatic one makes way for it.
+    mine = nn.ReLU(name="relu")
+    model = nn.Sequential(second[1], mine)
+    assert model.get_layer("relu") is mine and model.get_layer("relu_1") is second[1]
+    # Two given names clash.
+    with pytest.raises(ValueError, match=r"a ReLU layer and a ReLU layer are both named 'relu'; "
+                                         r"the names given to the layers and inputs of a model "
+                                         r"must be unique"):
+        nn.Sequential(mine, nn.ReLU(name="relu"))
 
 
 @pytest.mark.parametrize("make", [
@@ -469,11 +491,15 @@ def test_a_layer_defines_forward_not_call():
 # --------------------------------------------------------------------------
 # save / load
 # --------------------------------------------------------------------------
-def round_trip(model):
+def _saved(model):
     f = io.BytesIO()
     model.save(f)
     f.seek(0)
-    return nn.load(f)
+    return f
+
+
+def round_trip(model):
+    return nn.load(_saved(model))
 
 
 def test_save_load_graph_models(rng):

@@ -77,15 +77,17 @@ class Layer:
 
     Every layer takes ``name=None``: None or a non-empty str. A layer
     without one is named by the first Model built with it ("conv2d",
-    "conv2d_1", ..., unique in that model), and keeps that name.
+    "conv2d_1", ..., unique in that model): see Model for names in a model.
     """
 
     layout: Optional[str] = None  # None: works in either layout
     takes_list = False            # forward takes a list of arrays
     _name: Optional[str] = None   # (a subclass that never calls __init__ has no name)
+    _name_given = False           # given by the caller, not by a model
 
     def __init__(self, name: Optional[str] = None) -> None:
         self._name = check_name(type(self).__name__, name)
+        self._name_given = self._name is not None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A subclass that defines __call__ would skip the graph recording
@@ -98,7 +100,8 @@ class Layer:
 
     @property
     def name(self) -> Optional[str]:
-        """The layer's name (None until given or until a model names it)."""
+        """The layer's name: the one given, or the one the first model built
+        with it gave it (None before)."""
         return self._name
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:

@@ -131,11 +131,15 @@ class Model(Layer):
     inputs) it becomes one node of another model (a model with several
     outputs cannot be).
 
-    Names: every layer and Input in a model has a unique name; one without
-    is named by the first model built with it ("conv2d", "conv2d_1", ...,
-    "input", ...) and keeps it. A layer applied twice (shared weights) is
-    one layer with one name; its applications are told apart as
-    "name[0]", "name[1]", ... where summary() lists what each node reads.
+    Names: every layer and Input in a model has a unique name there, which
+    get_layer, summary, the input dict and save use. A given name is that
+    name (two objects given one name are refused); one without is named by
+    the first model built with it ("conv2d", "conv2d_1", ..., "input", ...)
+    and keeps that name, except in a model where it is taken (layers of
+    two separately built models, both "conv2d"): that model names it anew.
+    A layer applied twice (shared weights) is one layer with one name; its
+    applications are told apart as "name[0]", "name[1]", ... where
+    summary() lists what each node reads.
 
     Examples
     --------
@@ -187,7 +191,7 @@ class Model(Layer):
             if layer.layout is not None and layer.layout != self.layout:
                 raise ValueError(f"{fn}: layer {layer_label(layer)} is {layer.layout} but the "
                                  f"model is {self.layout}")
-        self._name_all(fn, ins, layers)
+        names = self._name_all(fn, ins, layers)
         # The ids each node is the last to read, which are freed once it ran.
         last_reader = {i: k for k, node in enumerate(nodes) for i in node.inputs}
         free_after: List[List[int]] = [[] for _ in nodes]
@@ -196,20 +200,34 @@ class Model(Layer):
                 free_after[k].append(i)
         self._inputs, self._outputs, self._nodes = ins, outs, nodes
         self._graph_layers, self._output_ids, self._free_after = layers, output_ids, free_after
+        self._names = names
 
     @staticmethod
-    def _name_all(fn: str, inputs: List[SymbolicTensor], layers: List[Layer]) -> None:
-        """Refuse two different objects of one name; name the unnamed."""
+    def _name_all(fn: str, inputs: List[SymbolicTensor], layers: List[Layer]) -> Dict[int, str]:
+        """The name of each input and layer in this model (by id): a given
+        name (unique, or a ValueError); else the automatic name an earlier
+        model gave it, where no given name nor an earlier one takes it; else
+        a new one ("conv2d", "conv2d_1", ...), which a still unnamed object
+        keeps. So layers of separately built models combine without a
+        clash, and no given name ever changes."""
+        objects = (*inputs, *layers)
+        names: Dict[int, str] = {}
         owners: Dict[str, Any] = {}
-        for obj in (*inputs, *layers):
-            if obj.name is not None and owners.setdefault(obj.name, obj) is not obj:
-                raise ValueError(
-                    f"{fn}: {_what(owners[obj.name])} and {_what(obj)} are both named "
-                    f"{obj.name!r}; the names in a model must be unique (a layer or Input "
-                    f"without a name keeps the one the first model built with it gave it)")
+        for obj in objects:
+            if obj._name_given:
+                if owners.setdefault(obj.name, obj) is not obj:
+                    raise ValueError(
+                        f"{fn}: {_what(owners[obj.name])} and {_what(obj)} are both named "
+                        f"{obj.name!r}; the names given to the layers and inputs of a model "
+                        f"must be unique")
+                names[id(obj)] = obj.name
+        for obj in objects:
+            if not obj._name_given and obj.name is not None and obj.name not in owners:
+                owners[obj.name] = obj
+                names[id(obj)] = obj.name
         suffix: Dict[str, int] = {}  # (per base: where the search goes on, not from 1)
-        for obj in (*inputs, *layers):
-            if obj.name is None:
+        for obj in objects:
+            if id(obj) not in names:
                 base = "input" if isinstance(obj, SymbolicTensor) else \
                     _automatic_name(type(obj).__name__)
                 k = suffix.get(base, 0)
@@ -219,7 +237,10 @@ class Model(Layer):
                     name = f"{base}_{k}"
                 suffix[base] = k + 1
                 owners[name] = obj
-                obj._name = name
+                names[id(obj)] = name
+                if obj.name is None:
+                    obj._name = name
+        return names
 
     def _current(self) -> None:
         """Bring the graph up to date (a Sequential's list of layers may
@@ -228,16 +249,21 @@ class Model(Layer):
     def _tensor_names(self) -> List[str]:
         """The name of each tensor id: an input's, or its layer's (with the
         application's index, [0], [1], ..., for a layer applied twice)."""
-        names = [t.name for t in self._inputs]
+        names = [self._names[id(t)] for t in self._inputs]
         uses: Dict[int, int] = {}
         for node in self._nodes:
             uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
         seen: Dict[int, int] = {}
         for node in self._nodes:
+            name = self._names[id(node.layer)]
             k = seen[id(node.layer)] = seen.get(id(node.layer), -1) + 1
-            names.append(node.layer.name if uses[id(node.layer)] == 1
-                         else f"{node.layer.name}[{k}]")
+            names.append(name if uses[id(node.layer)] == 1 else f"{name}[{k}]")
         return names
+
+    def _name_of(self, obj: Any) -> str:
+        """The name of one of its layers or inputs in this model (the graph
+        being current)."""
+        return self._names[id(obj)]
 
     # -- what it is ----------------------------------------------------------
     @property
@@ -253,7 +279,7 @@ class Model(Layer):
     @property
     def input_names(self) -> List[str]:
         self._current()
-        return [t.name for t in self._inputs]
+        return [self._names[id(t)] for t in self._inputs]
 
     @property
     def output_names(self) -> List[str]:
@@ -289,12 +315,12 @@ class Model(Layer):
         if there is none)."""
         self._current()
         for layer in self._graph_layers:
-            if layer.name == name:
+            if self._names[id(layer)] == name:
                 return layer
         fn = self._label()
-        if any(t.name == name for t in self._inputs):
+        if name in self.input_names:
             raise ValueError(f"{fn}: {name!r} is an Input, not a layer")
-        names = [layer.name for layer in self._graph_layers]
+        names = [self._names[id(layer)] for layer in self._graph_layers]
         close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
         hint = (f"close names: {', '.join(map(repr, close))}" if close else
                 f"its layers are {', '.join(map(repr, names[:20]))}"
@@ -316,13 +342,13 @@ class Model(Layer):
             raise ValueError(f"{fn}: takes {n} inputs ({', '.join(self.input_names)}): give a "
                              f"list of {n} shapes; got {shape!r}")
         result = []
-        for t, s in zip(self._inputs, shapes):
+        for t, name, s in zip(self._inputs, self.input_names, shapes):
             if not isinstance(s, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in s):
-                raise TypeError(f"{fn}: the shape of input {t.name!r} must be a tuple of ints "
+                raise TypeError(f"{fn}: the shape of input {name!r} must be a tuple of ints "
                                 f">= 0 (without the batch axis); got {s!r}")
             s = tuple(int(d) for d in s)
             if not self._matches(t, s):
-                raise ValueError(f"{fn}: input {t.name!r} has shape {t.shape}; got {s}")
+                raise ValueError(f"{fn}: input {name!r} has shape {t.shape}; got {s}")
             result.append(s)
         return result
 
@@ -383,7 +409,7 @@ class Model(Layer):
         """One value per input from model(x)'s argument, each checked
         against its nn.Input."""
         fn = self._label()
-        names = [t.name for t in self._inputs]
+        names = self.input_names
         n = len(names)
         if isinstance(x, dict):
             missing = [k for k in names if k not in x]
@@ -402,20 +428,21 @@ class Model(Layer):
             raise ValueError(f"{fn}: takes {n} inputs ({', '.join(names)}); got {len(x)}")
         else:
             values = list(x)
-        return [self._input_array(fn, t, v) for t, v in zip(self._inputs, values)]
+        return [self._input_array(fn, t, name, v)
+                for t, name, v in zip(self._inputs, names, values)]
 
-    def _input_array(self, fn: str, t: SymbolicTensor, value: Any) -> Any:
+    def _input_array(self, fn: str, t: SymbolicTensor, name: str, value: Any) -> Any:
         if t.shape is None and t.dtype is None:
             return value  # (a Sequential's input: its first layer checks it, as it always did)
-        key = f"input {t.name!r}"
+        key = f"input {name!r}"
         _, converted = float_arrays(fn, **{key: value})
         a = converted[key]
         if t.dtype is not None and a.dtype != t.dtype:
-            raise TypeError(f"{fn}: input {t.name!r} must have dtype {t.dtype}; got {a.dtype}")
+            raise TypeError(f"{fn}: input {name!r} must have dtype {t.dtype}; got {a.dtype}")
         if t.shape is not None and not (self._matches(t, a.shape[1:])
                                         or self._matches(t, a.shape)):
             dims = ", ".join(map(str, t.shape))
-            raise ValueError(f"{fn}: input {t.name!r} must have shape (N, {dims}), or "
+            raise ValueError(f"{fn}: input {name!r} must have shape (N, {dims}), or "
                              f"{t.shape} without the batch axis; got {a.shape}")
         return a
 
@@ -451,7 +478,8 @@ class Model(Layer):
         self._current()
         names = self._tensor_names()
         lines = [f"Model(name={self.name!r}, layout={self.layout!r})"]
-        lines += [f"  {t!r}" for t in self._inputs]
+        lines += [f"  {name}: Input(shape={t.shape}, dtype={t.dtype})"
+                  for t, name in zip(self._inputs, names)]
         lines += [f"  {names[node.output]}: {node.layer!r} <- "
                   f"{', '.join(names[i] for i in node.inputs)}" for node in self._nodes]
         lines.append(f"  -> {', '.join(names[i] for i in self._output_ids)}")

@@ -140,14 +140,16 @@ def save(model: Model, path: Any) -> None:
     reads it). A layer of a type load does not know is refused here."""
     arrays: Dict[str, np.ndarray] = {}
     description = {"format": FORMAT, "version": FORMAT_VERSION,
-                   "fastconv": fastconv.__version__, **_graph_record(model, "", arrays, 0)}
+                   "fastconv": fastconv.__version__,
+                   **_graph_record(model, model.name, "", arrays, 0)}
     arrays["__model__"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
     np.savez(path, **arrays)
 
 
-def _graph_record(model: Model, member: str, arrays: Dict[str, np.ndarray], depth: int
-                  ) -> Dict[str, Any]:
-    """The record of a model whose arrays are members `member`layer{i}.*."""
+def _graph_record(model: Model, name: Optional[str], member: str,
+                  arrays: Dict[str, np.ndarray], depth: int) -> Dict[str, Any]:
+    """The record of a model called `name` whose arrays are members
+    `member`layer{i}.* (every name written is the one the model uses)."""
     kind = type(model).__name__
     if _GRAPH_TYPES.get(kind) is not type(model):
         raise ValueError(f"save: {kind} {model.name!r} is a subclass of Model, which nn.load "
@@ -155,18 +157,20 @@ def _graph_record(model: Model, member: str, arrays: Dict[str, np.ndarray], dept
     if depth > MAX_MODEL_DEPTH:
         raise ValueError(f"save: models nested deeper than {MAX_MODEL_DEPTH}, which nn.load "
                          f"refuses")
+    model._current()  # (a Sequential's list may have changed since its last call)
     sequence = model.layers  # (a Sequential's in turn, with repeats; a Model's once each)
     layers = list({id(layer): layer for layer in sequence}.values())
     index = {id(layer): i for i, layer in enumerate(layers)}
-    record: Dict[str, Any] = {"type": kind, "name": model.name, "layout": model.layout,
-                              "layers": [_layer_record(layer, f"{member}layer{i}.", arrays,
-                                                       depth) for i, layer in enumerate(layers)]}
+    record: Dict[str, Any] = {"type": kind, "name": name, "layout": model.layout,
+                              "layers": [_layer_record(layer, model._name_of(layer),
+                                                       f"{member}layer{i}.", arrays, depth)
+                                         for i, layer in enumerate(layers)]}
     if isinstance(model, Sequential):
         order = [index[id(layer)] for layer in sequence]
         if order != list(range(len(layers))):
             record["order"] = order
         return record
-    record["inputs"] = [{"name": t.name, "shape": list(t.shape),
+    record["inputs"] = [{"name": model._name_of(t), "shape": list(t.shape),
                          "dtype": None if t.dtype is None else t.dtype.name}
                         for t in model.inputs]
     record["nodes"] = [{"layer": index[id(node.layer)], "inputs": list(node.inputs)}
@@ -175,22 +179,22 @@ def _graph_record(model: Model, member: str, arrays: Dict[str, np.ndarray], dept
     return record
 
 
-def _layer_record(layer: Layer, member: str, arrays: Dict[str, np.ndarray], depth: int
-                  ) -> Dict[str, Any]:
+def _layer_record(layer: Layer, name: str, member: str, arrays: Dict[str, np.ndarray],
+                  depth: int) -> Dict[str, Any]:
     if isinstance(layer, Model):
-        return _graph_record(layer, member, arrays, depth + 1)
+        return _graph_record(layer, name, member, arrays, depth + 1)
     kind = type(layer).__name__
     known = LAYER_TYPES.get(kind)
     if known is None or known.cls is not type(layer):
-        raise ValueError(f"save: layer {layer.name!r} is a {kind}, which nn.load does not "
+        raise ValueError(f"save: layer {name!r} is a {kind}, which nn.load does not "
                          f"know (serialize.register_layer_type adds a type)")
     params, named = layer._describe()
     stored = []
-    for name, value in named.items():
+    for array, value in named.items():
         if value is not None:
-            arrays[f"{member}{name}"] = np.asarray(value)
-            stored.append(name)
-    return {"type": kind, "name": layer.name, "params": params, "arrays": stored}
+            arrays[f"{member}{array}"] = np.asarray(value)
+            stored.append(array)
+    return {"type": kind, "name": name, "params": params, "arrays": stored}
 
 
 class _Unreadable(Exception):

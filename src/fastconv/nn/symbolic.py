@@ -40,17 +40,18 @@ class SymbolicTensor:
     inputs : tuple of SymbolicTensor
         The tensors that layer read (empty for an Input).
     name : str or None
-        An Input's name (None until given, or until the first Model built
-        with it names it); None for a layer's output (see its layer's name).
+        An Input's name: the one given, or the one the first Model built
+        with it gave it (None before); None for a layer's output (see its
+        layer's name).
     """
 
-    __slots__ = ("_shape", "_dtype", "_layer", "_inputs", "_name")
+    __slots__ = ("_shape", "_dtype", "_layer", "_inputs", "_name", "_name_given")
 
     def __init__(self, shape: Optional[SymbolicShape], dtype: Optional[np.dtype],
                  layer: Any, inputs: Tuple["SymbolicTensor", ...],
                  name: Optional[str] = None) -> None:
         self._shape, self._dtype, self._layer = shape, dtype, layer
-        self._inputs, self._name = inputs, name
+        self._inputs, self._name, self._name_given = inputs, name, name is not None
 
     shape = property(lambda self: self._shape)
     dtype = property(lambda self: self._dtype)
