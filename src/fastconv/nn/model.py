@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 from fastconv._fc import fc_to_conv
 from fastconv._validate import _is_int, float_arrays, layout_name
 from fastconv.nn.layers import (Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear, ReLU,
-                                Shape, Softmax, _spatial)
+                                Softmax, _spatial)
 from fastconv.nn.symbolic import (SymbolicShape, SymbolicTensor, infer_shape, input_label,
                                   layer_label, unknown_input)
 
@@ -554,14 +554,6 @@ class Sequential(Model):
         if isinstance(index, slice):
             return Sequential(*self._sequence[index], layout=self.layout)
         return self._sequence[index]
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return super().output_shape(shape)
-
-    def summary(self, input_shape: Optional[Sequence[int]] = None) -> str:
-        """Each layer with the shape it produces for `input_shape` (no batch
-        axis; "?" without one), its parameter count and what it reads."""
-        return super().summary(input_shape)
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self._sequence))
