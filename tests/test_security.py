@@ -566,3 +566,238 @@ def test_load_reads_a_member_no_further_than_its_header_declares(tmp_path):
     assert message.startswith(f"nn.load: {path} is not a readable .npz model file (BadZipFile: "
                               f"Bad CRC-32"), message
     assert peak < 150 * 2**20, f"peak resident memory {peak / 2**20:.0f} MiB"
+
+
+# --------------------------------------------------------------------------
+# The graph of a format-version-2 model: references, cycles, sizes, nesting
+# --------------------------------------------------------------------------
+def _graph_model():
+    """x (8, 8, 2) -> conv 3x3 (2 -> 4, bias) -> y; add(inner(y), y) with
+    inner = Sequential(relu, conv 1x1); flatten; linear 144 -> 3. Layers
+    0-4: conv, inner, add, flat, fc; nodes 0-4 write tensors 1-5."""
+    x = nn.Input((8, 8, 2), name="x")
+    conv = nn.Conv2d(np.ones((3, 3, 2, 4), np.float32), np.ones(4, np.float32), name="conv")
+    inner = nn.Sequential(nn.ReLU(), nn.Conv2d(np.full((1, 1, 4, 4), 0.25, np.float32)),
+                          name="inner")
+    y = conv(x)
+    z = nn.Add(name="add")([inner(y), y])
+    out = nn.Linear(np.full((144, 3), 0.5, np.float32), name="fc")(nn.Flatten(name="flat")(z))
+    return nn.Model(x, out, name="graph")
+
+
+def _graph_saved(tmp_path):
+    """(the model, its description, its members as {name: bytes})."""
+    model = _graph_model()
+    model.save(tmp_path / "graph.npz")
+    with zipfile.ZipFile(tmp_path / "graph.npz") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    with np.load(tmp_path / "graph.npz") as data:
+        description = json.loads(data["__model__"].tobytes())
+    return model, description, members
+
+
+def test_the_graph_model_round_trips(tmp_path):
+    model, description, members = _graph_saved(tmp_path)
+    assert sorted(members) == ["__model__.npy", "layer0.bias.npy", "layer0.weight.npy",
+                               "layer1.layer1.weight.npy", "layer4.weight.npy"]
+    assert description["nodes"] == [{"layer": 0, "inputs": [0]}, {"layer": 1, "inputs": [1]},
+                                    {"layer": 2, "inputs": [2, 1]}, {"layer": 3, "inputs": [3]},
+                                    {"layer": 4, "inputs": [4]}]
+    _same_model(nn.load(_write(tmp_path / "model.npz", members)), model)
+
+
+def _nodes(d):
+    return d["nodes"]
+
+
+def _extra_input(d):
+    """A second input, unused: tensor ids from 1 on move up by one."""
+    d["inputs"].append({"name": "spare", "shape": [3], "dtype": None})
+    for node in _nodes(d):
+        node["inputs"] = [i + (i >= 1) for i in node["inputs"]]
+    d["outputs"] = [i + 1 for i in d["outputs"]]
+
+
+# (how to break the graph's description, what the message says)
+WRONG_GRAPHS = {
+    "node-reads-a-later-tensor": (lambda d: _nodes(d)[0].update(inputs=[2]),
+                                  r"node 0's 'inputs' is \[2\]; expected a list of indices from "
+                                  r"0 to 0"),
+    "node-reads-itself": (lambda d: _nodes(d)[2].update(inputs=[3, 1]),
+                          r"node 2's 'inputs' is \[3, 1\]; expected a list of indices from 0 "
+                          r"to 2"),
+    "node-reads-unknown": (lambda d: _nodes(d)[1].update(inputs=[99]),
+                           r"node 1's 'inputs' is \[99\]"),
+    "node-reads-negative": (lambda d: _nodes(d)[1].update(inputs=[-1]),
+                            r"node 1's 'inputs' is \[-1\]"),
+    "node-reads-nothing": (lambda d: _nodes(d)[1].update(inputs=[]), r"node 1's 'inputs' is \[\]"),
+    "node-reads-a-bool": (lambda d: _nodes(d)[1].update(inputs=[True]),
+                          r"node 1's 'inputs' is \[True\]"),
+    "node-reads-a-float": (lambda d: _nodes(d)[1].update(inputs=[1.0]),
+                           r"node 1's 'inputs' is \[1\.0\]"),
+    "node-layer-unknown": (lambda d: _nodes(d)[0].update(layer=9),
+                           r"node 0 has layer 9; expected an index from 0 to 4"),
+    "node-layer-a-string": (lambda d: _nodes(d)[0].update(layer="conv"),
+                            r"node 0 has layer 'conv'; expected an index"),
+    "node-not-a-dict": (lambda d: _nodes(d).__setitem__(0, [0, [0]]),
+                        r"node 0 is \[0, \[0\]\]; expected a \{'layer': \.\.\., 'inputs'"),
+    "nodes-not-a-list": (lambda d: d.update(nodes={"0": 1}), r"'nodes' is \{'0': 1\}; expected"),
+    "outputs-unknown": (lambda d: d.update(outputs=[6]),
+                        r"'outputs' is \[6\]; expected a list of indices from 0 to 5"),
+    "outputs-empty": (lambda d: d.update(outputs=[]), r"'outputs' is \[\]; expected"),
+    "node-unused": (lambda d: d.update(outputs=[4]), r"node 4 is used by no output"),
+    "input-unused": (_extra_input, r"input 1 is used by no output"),
+    "layer-unused": (lambda d: d["layers"].append({"type": "ReLU", "params": {}, "arrays": []}),
+                     r"layer 5 is used by no node"),
+    "inputs-empty": (lambda d: d.update(inputs=[]), r"'inputs' is \[\]; expected a non-empty"),
+    "input-not-a-dict": (lambda d: d.update(inputs=[[8, 8, 2]]), r"input 0 is \[8, 8, 2\]; "),
+    "input-shape-huge": (lambda d: d["inputs"][0].update(shape=[2**70, 8, 2]),
+                         r"input 0: Input: shape must hold sizes from 0 to 2\*\*63 - 1"),
+    "input-shape-many-axes": (lambda d: d["inputs"][0].update(shape=[1] * 33),
+                              r"input 0: Input: shape must have 1 to 32 axes"),
+    "input-shape-float": (lambda d: d["inputs"][0].update(shape=[8.0, 8, 2]),
+                          r"input 0: Input: shape must be a tuple of ints"),
+    "input-shape-missing": (lambda d: d["inputs"][0].pop("shape"),
+                            r"input 0: Input: shape must be a tuple"),
+    "input-dtype": (lambda d: d["inputs"][0].update(dtype="int8"),
+                    r"input 0: Input: dtype must be None, float32 or float64; got 'int8'"),
+    "input-dtype-structured": (lambda d: d["inputs"][0].update(dtype=[["a", "<f4"]] * 3),
+                               r"input 0: Input: dtype must be None, float32 or float64; got "
+                               r"\[\['a', '<f4'\]"),
+    "input-name-an-int": (lambda d: d["inputs"][0].update(name=5),
+                          r"input 0 has name 5; expected a non-empty string or null"),
+    "layer-name-empty": (lambda d: d["layers"][0].update(name=""),
+                         r"layer 0 \(Conv2d\) has name ''; expected a non-empty string"),
+    "model-type-unknown": (lambda d: d.update(type="Graph"),
+                           r"the model has type 'Graph'; expected 'Model' or 'Sequential'"),
+    "nested-layout": (lambda d: d["layers"][1].update(layout=7),
+                      r"layer 1 \(Sequential\): the model has layout 7; expected"),
+    "nested-unknown-type": (lambda d: d["layers"][1]["layers"][0].update(type="Evil"),
+                            r"layer 1 \(Sequential\): layer 0 has unknown type 'Evil'"),
+    "nested-order": (lambda d: d["layers"][1].update(order=[0, 5]),
+                     r"layer 1 \(Sequential\): 'order' is \[0, 5\]; expected a list of indices "
+                     r"from 0 to 1"),
+    "nested-order-skips-a-layer": (lambda d: d["layers"][1].update(order=[1]),
+                                   r"layer 1 \(Sequential\): layer 0 is used by no node"),
+    "nested-arrays": (lambda d: d["layers"][1]["layers"][1].update(arrays=[]),
+                      r"layer 1 \(Sequential\): layer 1 \(Conv2d\) has arrays \[\]; expected "
+                      r"\['weight'\] or \['weight', 'bias'\]"),
+    # These pass the description's checks and fail as the graph is rebuilt.
+    "two-inputs-to-a-flatten": (lambda d: _nodes(d)[3].update(inputs=[3, 3]),
+                                r"ValueError: node 3 gives 2 inputs to layer 3 \(Flatten\), "
+                                r"which takes one\)$"),
+    "one-input-to-an-add": (lambda d: _nodes(d)[2].update(inputs=[2]),
+                            r"ValueError: layer 'add' \(Add\) cannot take input shapes "
+                            r"\(6, 6, 4\): Add: takes 2 or more inputs; got 1\)$"),
+    "duplicate-names": (lambda d: d["layers"][2].update(name="conv"),
+                        r"ValueError: Model 'graph': a Conv2d layer and an Add layer are both "
+                        r"named 'conv'"),
+    "shapes-incompatible": (lambda d: d["inputs"][0].update(shape=[8, 8, 3]),
+                            r"ValueError: layer 'conv' \(Conv2d\) cannot take input shape "
+                            r"\(8, 8, 3\): Conv2d: weight has 2 input channels"),
+    "layouts-disagree": (lambda d: d.update(layout="NCHW"),
+                         r"ValueError: Model 'graph': layer 'conv' \(Conv2d\) is NHWC but the "
+                         r"model is NCHW\)$"),
+    "nested-layouts-disagree": (lambda d: d["layers"][1].update(layout="NCHW"),
+                                r"layer 1 \(Sequential\): ValueError: Sequential: layer 1 "
+                                r"\(Conv2d\(.*\)\) is NHWC but the model is NCHW\)$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_GRAPHS))
+def test_load_refuses_a_wrong_graph(tmp_path, case):
+    _, description, members = _graph_saved(tmp_path)
+    change, message = WRONG_GRAPHS[case]
+    change(description)
+    members["__model__.npy"] = _description_member(description)
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"^nn\.load: .*model\.npz describes a model that "
+                                         r"cannot be built \(.*" + message):
+        nn.load(path)
+
+
+@pytest.mark.parametrize("where", ["pickled", "wrong-shape", "missing"])
+def test_load_checks_a_nested_models_arrays(tmp_path, where):
+    marker = tmp_path / "ran"
+    _, _, members = _graph_saved(tmp_path)
+    name = "layer1.layer1.weight.npy"
+    if where == "pickled":
+        f = io.BytesIO()
+        np.save(f, _pickled_array(marker), allow_pickle=True)
+        members[name] = f.getvalue()
+        message = r"not a readable \.npz model file .*allow_pickle=False"
+    elif where == "wrong-shape":
+        members[name] = _npy((4, 4))
+        message = (r"cannot be built \(ValueError: layer 1 \(Sequential\): layer 1 \(Conv2d\): "
+                   r"layer1\.layer1\.weight\.npy has shape \(4, 4\); the weight of a Conv2d is "
+                   r"4-D\)")
+    else:
+        del members[name]
+        message = (r"layer 1 \(Sequential\): layer 1 \(Conv2d\) names array 'weight', but the "
+                   r"file has no member layer1\.layer1\.weight\.npy")
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=message):
+        nn.load(path)
+    assert not marker.exists()
+
+
+def _nested(depth):
+    """A Sequential of one ReLU inside `depth` more Sequentials."""
+    model = nn.Sequential(nn.ReLU())
+    for _ in range(depth):
+        model = nn.Sequential(model)
+    return model
+
+
+def test_models_nest_at_most_16_deep(tmp_path):
+    deepest = _nested(serialize.MAX_MODEL_DEPTH)
+    deepest.save(tmp_path / "deep.npz")
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    assert np.array_equal(nn.load(tmp_path / "deep.npz")(x), np.maximum(x, 0))
+    with pytest.raises(ValueError, match=r"save: models nested deeper than 16"):
+        _nested(serialize.MAX_MODEL_DEPTH + 1).save(tmp_path / "deeper.npz")
+    record = {"type": "Sequential", "layout": "NHWC",
+              "layers": [{"type": "ReLU", "params": {}, "arrays": []}]}
+    for _ in range(200):
+        record = {"type": "Sequential", "layout": "NHWC", "layers": [record]}
+    path = _write(tmp_path / "crafted.npz", {"__model__.npy": _description_member(
+        {"format": "fastconv.nn", "version": 2, **record})})
+    with pytest.raises(ValueError, match=r"cannot be built \(ValueError: models nested deeper "
+                                         r"than 16: (layer 0 \(Sequential\): )+") as info:
+        nn.load(path)
+    assert len(str(info.value)) < 1000
+
+
+def test_load_reads_a_long_graph_without_recursion(tmp_path):
+    """20,000 nodes (a 1 MB description): built and run without recursing
+    per node, and 20,000 inputs: in time linear in their number."""
+    n = 20_000
+    description = {"format": "fastconv.nn", "version": 2, "type": "Model", "layout": "NHWC",
+                   "inputs": [{"name": "x", "shape": [3], "dtype": None}],
+                   "layers": [{"type": "ReLU", "params": {}, "arrays": []},
+                              {"type": "Identity", "params": {}, "arrays": []}],
+                   "nodes": [{"layer": k % 2, "inputs": [k]} for k in range(n)],
+                   "outputs": [n]}
+    path = _write(tmp_path / "long.npz", {"__model__.npy": _description_member(description)})
+    model = nn.load(path)
+    assert len(model.nodes) == n and [layer.name for layer in model.layers] == ["relu",
+                                                                                 "identity"]
+    assert np.array_equal(model(np.array([[-1.0, 0.5, 2.0]])), [[0.0, 0.5, 2.0]])
+    # 20,000 unnamed inputs into one Add: named and checked in linear time
+    description.update(inputs=[{"shape": [3]}] * n, layers=[{"type": "Add", "params": {},
+                                                             "arrays": []}],
+                       nodes=[{"layer": 0, "inputs": list(range(n))}], outputs=[n])
+    path = _write(tmp_path / "wide.npz", {"__model__.npy": _description_member(description)})
+    model = nn.load(path)
+    assert model.input_names[-1] == f"input_{n - 1}" and model.output_shape([(3,)] * n) == (3,)
+
+
+def test_load_messages_stay_short_on_long_names(tmp_path):
+    _, description, members = _graph_saved(tmp_path)
+    description["layers"][0]["name"] = description["layers"][2]["name"] = "N" * 2**19
+    members["__model__.npy"] = _description_member(description)
+    path = _write(tmp_path / "model.npz", members)
+    with pytest.raises(ValueError, match=r"are both named 'NNNN*\.\.\. \(\d+ characters\)\)$") \
+            as info:
+        nn.load(path)
+    assert len(str(info.value)) < 1000

@@ -34,13 +34,11 @@ class Activation(Layer):
 
     def __init__(self, activation: Any, name: Optional[str] = None) -> None:
         fn = type(self).__name__
+        super().__init__(name)
         self._spec = activation_spec(fn, activation)
         if self._spec is None:
             raise ValueError(f"{fn}: activation must name an activation; got None")
         self.activation = activation
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"{fn}: name must be None or a non-empty str; got {name!r}")
-        self.name = name
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         fn = type(self).__name__
@@ -49,9 +47,6 @@ class Activation(Layer):
         y = np.empty_like(xa)
         _core.activate(xa, y, self._spec, get_flush_denormals(), resolve_threads(fn, num_threads))
         return y
-
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
-        return self.forward(x, num_threads=num_threads)
 
     def output_shape(self, shape: Shape) -> Shape:
         return tuple(shape)

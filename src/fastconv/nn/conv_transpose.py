@@ -32,8 +32,8 @@ class ConvTranspose2d(Layer):
     ``layer(x, out=None, num_threads=None, output_size=None)``; or
     ``layer([x, like])``: the output takes the height and width of the map
     `like` (TensorFlow's output_shape from another tensor, as fcn8_vgg.py
-    gives upscore2 the shape of pool4), which in a graph model is an
-    input of the layer.
+    gives upscore2 the shape of pool4), which in a graph model is a second
+    input of the layer (its values are not read).
 
     Examples
     --------
@@ -49,6 +49,7 @@ class ConvTranspose2d(Layer):
                  groups: int = 1, activation: Any = None, layout: str = "NHWC",
                  name: Optional[str] = None) -> None:
         fn = "ConvTranspose2d"
+        super().__init__(name)
         stride, dilation = int_pair(fn, "stride", stride), int_pair(fn, "dilation", dilation)
         self._weights = TransposedWeights(fn, weight, bias, groups, layout,
                                           resolve_threads(fn, None), winograd_now=True,
@@ -61,10 +62,9 @@ class ConvTranspose2d(Layer):
         self.padding, self.output_padding = padding, output_padding
         activation_spec(fn, activation)
         self.activation = activation
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"{fn}: name must be None or a non-empty str; got {name!r}")
-        self.name = name
         self._plans: dict = {}
+
+    takes_list = None  # x, or [x, like]
 
     @property
     def stride(self) -> Tuple[int, int]:
@@ -169,10 +169,6 @@ class ConvTranspose2d(Layer):
         if out is not None:
             out = check_out(fn, out, plan.result, weights.dtype, {"x": (x, xa)})
         return weights.execute(plan, xa, out, nthreads)
-
-    def __call__(self, x: Any, out: Optional[np.ndarray] = None,
-                 num_threads: Optional[int] = None, output_size: Any = None) -> np.ndarray:
-        return self.forward(x, out, num_threads, output_size)
 
     def output_shape(self, shape: Any) -> Shape:
         """The output's shape for an input of `shape` (no batch axis), or for

@@ -1,5 +1,6 @@
 """The layers of fastconv.nn: each maps a batch to a batch and reports the
-shape it produces (Layer). Conv2d and Linear, also fastconv.Conv2d and
+shape it produces (Layer), and applied to symbolic tensors records itself in
+a graph (see Layer). Conv2d and Linear, also fastconv.Conv2d and
 fastconv.Linear, pack their weights once, at construction."""
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fastconv._conv import ConvWeights, GemmWeights, IntPair, Padding, input_arr
 from fastconv._validate import (INT64_MAX, activation_spec, check_nbytes, check_ndim,
                                 check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts)
+from fastconv.nn.symbolic import (SymbolicTensor, check_name, infer_shape, is_symbolic,
+                                  layer_label)
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
            "Flatten", "Softmax", "Dropout"]
@@ -48,22 +51,107 @@ def _read_only(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return a
 
 
+def _map_dims(fn: str, shape: Shape) -> None:
+    """A map's shape (no batch axis) must be 3-D."""
+    if len(shape) != 3:
+        raise ValueError(f"{fn}: input must be a 3-D map (no batch axis); got {tuple(shape)}")
+
+
 def _map_shape(layout: str, h: int, w: int, c: int) -> Shape:
     return (h, w, c) if layout == "NHWC" else (c, h, w)
 
 
 class Layer:
-    """Base class: a layer maps a batch to a batch, ``layer(x, num_threads=None)``
-    (num_threads by keyword: Conv2d and Linear take ``out`` second)."""
+    """Base class: a layer maps a batch to a batch and reports the shape it
+    produces for an input shape without the batch axis.
+
+    Calling a layer, ``layer(x, ...)``, runs ``layer.forward(x, ...)`` on
+    arrays (``forward(x, *, num_threads=None)``; Conv2d and Linear take
+    ``out`` second); on a symbolic tensor (nn.Input, or another layer's
+    output), or a list of them, it records the layer in the graph a Model is
+    built from and returns its symbolic output, whose shape comes from
+    ``output_shape`` (a shape the layer refuses is a ValueError there and
+    then). A layer that takes several inputs (``takes_list``: Add,
+    Concatenate, ...) takes a list of arrays in forward and a list of
+    shapes in output_shape.
+
+    Every layer takes ``name=None``: None or a non-empty str. A layer
+    without one is named by the first Model built with it ("conv2d",
+    "conv2d_1", ..., unique in that model): see Model for names in a model.
+    """
 
     layout: Optional[str] = None  # None: works in either layout
+    takes_list: Optional[bool] = False  # forward takes a list of arrays (None: either)
+    _name: Optional[str] = None   # (a subclass that never calls __init__ has no name)
+    _name_given = False           # given by the caller, not by a model
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def __init__(self, name: Optional[str] = None) -> None:
+        self._name = check_name(type(self).__name__, name)
+        self._name_given = self._name is not None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass that defines __call__ would skip the graph recording
+        # below: refused where it is defined rather than failing later.
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: a fastconv.nn layer defines forward(x, ...), "
+                            f"not __call__ (Layer.__call__ runs forward on arrays and records "
+                            f"the layer on symbolic tensors)")
+
+    @property
+    def name(self) -> Optional[str]:
+        """The layer's name: the one given, or the one the first model built
+        with it gave it (None before)."""
+        return self._name
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if is_symbolic(x):
+            if args or kwargs:
+                raise TypeError(f"{type(self).__name__}: a layer applied to symbolic tensors "
+                                f"takes no other arguments (num_threads is given when the "
+                                f"model runs); got {len(args)} more positional and keywords "
+                                f"{sorted(kwargs)}")
+            return self._apply(x)
+        return self.forward(x, *args, **kwargs)
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         raise NotImplementedError
 
     def output_shape(self, shape: Shape) -> Shape:
         """The shape this layer produces for an input of `shape` (no batch axis)."""
         raise NotImplementedError
+
+    @property
+    def num_params(self) -> int:
+        """The number of values in the layer's weights (what summary() counts)."""
+        return sum(a.size for a in self._describe()[1].values() if a is not None)
+
+    def _apply(self, x: Any) -> SymbolicTensor:
+        """The symbolic output of this layer applied to x, a symbolic tensor
+        (or a list of them for a layer that takes a list)."""
+        fn = type(self).__name__
+        many = isinstance(x, (list, tuple))
+        tensors = tuple(x) if many else (x,)
+        for i, t in enumerate(tensors):
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"{fn}: a layer applied to symbolic tensors takes symbolic "
+                                f"tensors only (nn.Input or a layer's output); got "
+                                f"{type(t).__name__} at position {i}")
+        if self.takes_list is not None and many != self.takes_list:
+            if self.takes_list:
+                raise TypeError(f"{fn}: takes a list of tensors; got one tensor")
+            raise TypeError(f"{fn}: takes one tensor; got a {type(x).__name__} of "
+                            f"{len(tensors)}")
+        dtypes = {t.dtype: "its input" for t in tensors if t.dtype is not None}
+        own = getattr(self, "dtype", None)  # a layer with weights: theirs
+        if own is not None:
+            dtypes.setdefault(np.dtype(own), "its weights")
+        if len(dtypes) > 1:
+            listing = ", ".join(f"{what} {dt}" for dt, what in dtypes.items())
+            raise TypeError(f"layer {layer_label(self)}: its inputs and weights must share one "
+                            f"dtype; got {listing}")
+        shape = infer_shape(self, [t.shape for t in tensors], many)
+        return SymbolicTensor(shape, next(iter(dtypes), None), self, tensors)
 
     def _describe(self):
         """(JSON-able constructor keywords, named arrays) for save()."""
@@ -71,6 +159,13 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def list_input(layer: Layer, n: int) -> bool:
+    """Whether `layer` applied to `n` tensors takes them as a list: a layer
+    with takes_list None (ConvTranspose2d: x, or [x, like]) takes a list of
+    two or more."""
+    return layer.takes_list if layer.takes_list is not None else n > 1
 
 
 class Conv2d(Layer):
@@ -94,8 +189,10 @@ class Conv2d(Layer):
 
     def __init__(self, weight: Any, bias: Any = None, *, stride: IntPair = 1,
                  padding: Padding = 0, dilation: IntPair = 1, groups: int = 1,
-                 activation: Optional[str] = None, layout: str = "NHWC") -> None:
+                 activation: Optional[str] = None, layout: str = "NHWC",
+                 name: Optional[str] = None) -> None:
         fn = "Conv2d"
+        super().__init__(name)
         # Packing copies the weights: the layer keeps only the packed ones
         # (so a huge layer, VGG's fc6, takes its weights' size once), and
         # changing the caller's arrays later changes nothing.
@@ -167,7 +264,7 @@ class Conv2d(Layer):
         """A new, read-only array of the bias, or None."""
         return _read_only(self._weights.bias)
 
-    def __call__(self, x: Any, out: Optional[np.ndarray] = None,
+    def forward(self, x: Any, out: Optional[np.ndarray] = None,
                  num_threads: Optional[int] = None) -> np.ndarray:
         """Run the layer on x ((N, H, W, C) or (N, C, H, W) by layout, or 3-D).
 
@@ -216,6 +313,11 @@ class Conv2d(Layer):
     def output_shape(self, shape: Shape) -> Shape:
         return tuple(self._plan((1,) + tuple(shape)).result[1:])
 
+    @property
+    def num_params(self) -> int:
+        w = self._weights  # (counted, not read back from the packed weights)
+        return w.kh * w.kw * w.cg * w.k + (w.k if w.has_bias else 0)
+
     def _describe(self):
         params = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                       groups=self.groups, activation=self.activation, layout=self.layout)
@@ -256,8 +358,9 @@ class Linear(Layer):
     """
 
     def __init__(self, weight: Any, bias: Any = None, *, activation: Optional[str] = None,
-                 weight_layout: str = "IO") -> None:
+                 weight_layout: str = "IO", name: Optional[str] = None) -> None:
         fn = "Linear"
+        super().__init__(name)
         self.dtype, arr = float_arrays(fn, weight=weight, bias=bias)
         w = arr["weight"]
         check_ndim(fn, "weight", w, (2,), "2-D (in_features, out_features) for 'IO' or "
@@ -308,7 +411,7 @@ class Linear(Layer):
         return {"algorithm": algorithm, "macs": macs, "direct_macs": macs,
                 "output_shape": tuple(input_shape)[:-1] + (self.out_features,)}
 
-    def __call__(self, x: Any, out: Optional[np.ndarray] = None,
+    def forward(self, x: Any, out: Optional[np.ndarray] = None,
                  num_threads: Optional[int] = None) -> np.ndarray:
         """y = activation(x @ W + b) for x of shape (N, in_features) or (in_features,).
 
@@ -343,6 +446,10 @@ class Linear(Layer):
                              f"got {tuple(shape)}")
         return (self.out_features,)
 
+    @property
+    def num_params(self) -> int:
+        return (self.in_features + self._weights.has_bias) * self.out_features
+
     def _describe(self):
         return (dict(activation=self.activation, weight_layout=self.weight_layout),
                 {"weight": self.weight, "bias": self.bias})
@@ -357,7 +464,7 @@ class ReLU(Layer):
     """max(x, 0) as torch.relu computes it: values below zero become +0.0;
     NaN and -0.0 stay (np.maximum(-0.0, 0) would give +0.0)."""
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         _, arr = float_arrays("ReLU", x=x)
         x = arr["x"]
         return np.where(x < 0, x.dtype.type(0), x)
@@ -369,12 +476,13 @@ class ReLU(Layer):
 class Dropout(Layer):
     """Identity at inference (p is kept for the record)."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, *, name: Optional[str] = None) -> None:
+        super().__init__(name)
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1); got {p!r}")
         self.p = float(p)
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         _, arr = float_arrays("Dropout", x=x)
         return arr["x"]
 
@@ -399,8 +507,9 @@ class _Pool2d(Layer):
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True,
-                 layout: str = "NHWC") -> None:
+                 layout: str = "NHWC", *, name: Optional[str] = None) -> None:
         fn = type(self).__name__
+        super().__init__(name)
         self.kernel_size = int_pair(fn, "kernel_size", kernel_size)
         self.stride = self.kernel_size if stride is None else int_pair(fn, "stride", stride)
         self.padding = int_pair(fn, "padding", padding, minimum=0)
@@ -431,15 +540,13 @@ class _Pool2d(Layer):
         return out
 
     def output_shape(self, shape: Shape) -> Shape:
-        fn = type(self).__name__
-        if len(shape) != 3:
-            raise ValueError(f"{fn}: input must be a 3-D map (no batch axis); got {tuple(shape)}")
+        _map_dims(type(self).__name__, shape)
         h, w, c = _spatial(self.layout, shape)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return _map_shape(self.layout, self._out_size(h, kh, sh, ph),
                           self._out_size(w, kw, sw, pw), c)
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         fn = type(self).__name__
         xa = _batch(fn, x, 4, "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)")
         nhwc = xa if self.layout == "NHWC" else xa.transpose(0, 2, 3, 1)
@@ -472,8 +579,9 @@ class MaxPool2d(_Pool2d):
     is_max = True
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 ceil_mode: bool = False, layout: str = "NHWC") -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, True, layout)
+                 ceil_mode: bool = False, layout: str = "NHWC", *,
+                 name: Optional[str] = None) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, True, layout, name=name)
 
 
 class AvgPool2d(_Pool2d):
@@ -485,15 +593,17 @@ class AvgPool2d(_Pool2d):
 class GlobalAvgPool2d(Layer):
     """The mean over height and width: (N, H, W, C) -> (N, C)."""
 
-    def __init__(self, layout: str = "NHWC") -> None:
+    def __init__(self, layout: str = "NHWC", *, name: Optional[str] = None) -> None:
+        super().__init__(name)
         self.layout = layout_name("GlobalAvgPool2d", layout)
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         xa = _batch("GlobalAvgPool2d", x, 4, "(N, H, W, C)")
         axes = (1, 2) if self.layout == "NHWC" else (2, 3)
         return xa.mean(axis=axes, dtype=xa.dtype)
 
     def output_shape(self, shape: Shape) -> Shape:
+        _map_dims("GlobalAvgPool2d", shape)
         return (_spatial(self.layout, shape)[2],)
 
     def _describe(self):
@@ -505,21 +615,24 @@ class Flatten(Layer):
     of "H", "W", "C": "HWC" as Keras flattens NHWC, "CHW" as PyTorch flattens
     NCHW)."""
 
-    def __init__(self, order: str = "HWC", layout: str = "NHWC") -> None:
+    def __init__(self, order: str = "HWC", layout: str = "NHWC", *,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name)
         if not isinstance(order, str) or sorted(order.upper()) != ["C", "H", "W"]:
             raise ValueError(f"Flatten: order must be a permutation of 'H', 'W', 'C'; "
                              f"got {order!r}")
         self.order = order.upper()
         self.layout = layout_name("Flatten", layout)
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         xa = _batch("Flatten", x, 4, "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)")
         axis = {a: i + 1 for i, a in enumerate("HWC" if self.layout == "NHWC" else "CHW")}
         return np.ascontiguousarray(
             xa.transpose(0, *(axis[a] for a in self.order))).reshape(xa.shape[0], -1)
 
     def output_shape(self, shape: Shape) -> Shape:
-        return (int(np.prod(shape)),)
+        _map_dims("Flatten", shape)
+        return (math.prod(shape),)  # (not np.prod: it wraps around past 2**63)
 
     def _describe(self):
         return dict(order=self.order, layout=self.layout), {}
@@ -531,18 +644,23 @@ class Flatten(Layer):
 class Softmax(Layer):
     """exp(x) / sum(exp(x)) along `axis` (computed stably)."""
 
-    def __init__(self, axis: int = -1) -> None:
+    def __init__(self, axis: int = -1, *, name: Optional[str] = None) -> None:
+        super().__init__(name)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"Softmax: axis must be an int; got {axis!r}")
         self.axis = int(axis)
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         _, arr = float_arrays("Softmax", x=x)
         xa = arr["x"]
         e = np.exp(xa - xa.max(axis=self.axis, keepdims=True))
         return e / e.sum(axis=self.axis, keepdims=True)
 
     def output_shape(self, shape: Shape) -> Shape:
+        ndim = len(shape) + 1  # the axis counts the batch axis
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"Softmax: axis {self.axis} is out of range for an input of shape "
+                             f"{tuple(shape)} (with the batch axis, {ndim}-D)")
         return tuple(shape)
 
     def _describe(self):

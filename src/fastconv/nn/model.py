@@ -1,27 +1,504 @@
-"""Sequential models, and the conversion of a classifier into a fully
-convolutional network."""
+"""Models: graphs of layers built from symbolic tensors (Model, Keras's
+functional style), Sequential (a Model whose layers run in turn), and the
+conversion of a classifier into a fully convolutional network."""
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
-
-import numpy as np
+import difflib
+import re
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from fastconv._fc import fc_to_conv
-from fastconv._validate import layout_name
+from fastconv._validate import _is_int, float_arrays, layout_name
 from fastconv.nn.layers import (Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear, ReLU,
-                                Shape, Softmax, _spatial)
+                                Softmax, _spatial, list_input)
+from fastconv.nn.symbolic import (SymbolicShape, SymbolicTensor, infer_shape, input_label,
+                                  layer_label, unknown_input)
 
-__all__ = ["Sequential", "to_fully_convolutional"]
+__all__ = ["Model", "Node", "Sequential", "to_fully_convolutional"]
 
 
-class Sequential(Layer):
-    """Layers applied in turn.
+class Node(NamedTuple):
+    """One layer application in a Model: `layer` reads the tensors whose ids
+    are `inputs` and writes the tensor `output`. The model's inputs are ids
+    0 to n-1 (in order); node k of ``model.nodes`` writes id n + k, and
+    reads only ids below it (the nodes are in topological order). A layer
+    applied twice (shared weights) is the layer of two nodes."""
+    layer: Layer
+    inputs: Tuple[int, ...]
+    output: int
+
+
+def _automatic_name(kind: str) -> str:
+    """Keras's style: "Conv2d" -> "conv2d", "MaxPool2d" -> "max_pool2d",
+    "ReLU" -> "relu" (a run of capitals is one word)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", kind).lower()
+
+
+def _what(obj: Any) -> str:
+    if isinstance(obj, SymbolicTensor):
+        return "an Input"
+    kind = type(obj).__name__
+    return f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} layer"
+
+
+def _tensors(fn: str, what: str, value: Any) -> List[SymbolicTensor]:
+    """A tensor, or a non-empty list or tuple of them, as a list."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(t, SymbolicTensor) for t in items):
+        raise TypeError(f"{fn}: {what} must be a symbolic tensor (nn.Input or a layer's "
+                        f"output) or a non-empty list of them; got {value!r}")
+    return items
+
+
+def _topological(fn: str, inputs: List[SymbolicTensor], outputs: List[SymbolicTensor]
+                 ) -> List[SymbolicTensor]:
+    """The layer outputs the outputs depend on, each after those it reads
+    (a depth-first walk from the outputs, without recursion: a chain of
+    thousands of layers is fine). Every Input reached must be among
+    `inputs`; a cycle (which only a hand-made tensor can hold) is refused."""
+    given = {id(t) for t in inputs}
+    visiting, done = 1, 2
+    state: Dict[int, int] = {}
+    order: List[SymbolicTensor] = []
+
+    def reached_input(t: SymbolicTensor, reader: str) -> None:
+        if id(t) not in given:
+            names = ", ".join(input_label(i) for i in inputs)
+            raise ValueError(f"{fn}: {reader} {input_label(t)}, which is not among the model's "
+                             f"inputs ({names}): the outputs are not reachable from the given "
+                             f"inputs alone")
+        state[id(t)] = done
+
+    for out in outputs:
+        if state.get(id(out)) == done:
+            continue
+        if out.is_input:
+            reached_input(out, "an output is")
+            continue
+        state[id(out)] = visiting
+        stack = [(out, iter(out.inputs))]
+        while stack:
+            t, parents = stack[-1]
+            p = next(parents, None)
+            if p is None:
+                stack.pop()
+                state[id(t)] = done
+                order.append(t)
+                continue
+            seen = state.get(id(p))
+            if seen == done:
+                continue
+            if seen == visiting:
+                raise ValueError(f"{fn}: the graph has a cycle through layer "
+                                 f"{layer_label(p.layer)}")
+            if p.is_input:
+                reached_input(p, f"layer {layer_label(t.layer)} reads")
+                continue
+            state[id(p)] = visiting
+            stack.append((p, iter(p.inputs)))
+    return order
+
+
+def _shape_text(shape: Optional[SymbolicShape]) -> str:
+    return "?" if shape is None else str(tuple(shape))
+
+
+class Model(Layer):
+    """A graph of layers, from its inputs to its outputs (Keras's
+    functional API).
+
+    Parameters
+    ----------
+    inputs : nn.Input tensor, or a list of them
+    outputs : symbolic tensor, or a list of them
+        What layers applied to the inputs returned. Every output must be
+        computed from the given inputs alone, and every input used.
+    layout : "NHWC" or "NCHW"
+        The layout of the model's maps; every layer that has one must agree.
+    name : str, optional
+
+    Calling it runs the nodes in topological order, freeing each
+    intermediate result as soon as its last reader has run:
+    ``model(x)`` for one input, ``model([x1, x2])`` or ``model({"a": x1,
+    "b": x2})`` (keyed by input name) for several, each with its batch axis
+    (N, ...), or without it where every layer takes that (as in Sequential:
+    Conv2d takes a 3-D map, the pools do not). It returns an array for one
+    output, a list for several; ``num_threads=`` reaches every layer. An
+    input is checked against its nn.Input's shape (None axes: any size) and
+    dtype; shapes inside the graph were checked when it was built.
+
+    A Model is a layer: applied to a symbolic tensor (or a list, for several
+    inputs) it becomes one node of another model (a model with several
+    outputs cannot be).
+
+    Names: every layer and Input in a model has a unique name there, which
+    get_layer, summary, the input dict and save use. A given name is that
+    name (two objects given one name are refused); one without is named by
+    the first model built with it ("conv2d", "conv2d_1", ..., "input", ...)
+    and keeps that name, except in a model where it is taken (layers of
+    two separately built models, both "conv2d"): that model names it anew.
+    A layer applied twice (shared weights) is one layer with one name; its
+    applications are told apart as "name[0]", "name[1]", ... where
+    summary() lists what each node reads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> x = nn.Input((8, 8, 4))
+    >>> y = nn.Conv2d(np.zeros((3, 3, 4, 4), np.float32), padding=1)(x)
+    >>> model = nn.Model(x, nn.ReLU()(nn.Add()([y, x])))
+    >>> model(np.ones((2, 8, 8, 4), np.float32)).shape
+    (2, 8, 8, 4)
+    """
+
+    def __init__(self, inputs: Any, outputs: Any, layout: str = "NHWC",
+                 name: Optional[str] = None) -> None:
+        super().__init__(name)
+        self.layout = layout_name("Model", layout)
+        self._build(inputs, outputs)
+
+    # -- the graph ---------------------------------------------------------
+    def _label(self) -> str:
+        kind = type(self).__name__
+        return kind if self.name is None else f"{kind} {self.name!r}"
+
+    def _build(self, inputs: Any, outputs: Any) -> None:
+        """Check the graph from `inputs` to `outputs` and make its nodes."""
+        fn = self._label()
+        ins, outs = _tensors(fn, "inputs", inputs), _tensors(fn, "outputs", outputs)
+        ids: Dict[int, int] = {}  # tensor -> its id
+        for i, t in enumerate(ins):
+            if not t.is_input:
+                raise ValueError(f"{fn}: inputs must be nn.Input tensors; input {i} is the "
+                                 f"output of layer {layer_label(t.layer)}")
+            if ids.setdefault(id(t), i) != i:
+                raise ValueError(f"{fn}: {input_label(t)} is given twice among the inputs")
+        nodes = []
+        for t in _topological(fn, ins, outs):
+            ids[id(t)] = len(ids)
+            nodes.append(Node(t.layer, tuple(ids[id(u)] for u in t.inputs), ids[id(t)]))
+        output_ids = tuple(ids[id(t)] for t in outs)
+        read = {i for node in nodes for i in node.inputs} | set(output_ids)
+        for i, t in enumerate(ins):
+            if i not in read:
+                # (refused rather than warned about: an input that changes
+                # nothing is most likely a wiring mistake)
+                raise ValueError(f"{fn}: {input_label(t)} is used by no output; every input "
+                                 f"of a model must be")
+        layers = list({id(node.layer): node.layer for node in nodes}.values())
+        for layer in layers:
+            if layer.layout is not None and layer.layout != self.layout:
+                raise ValueError(f"{fn}: layer {layer_label(layer)} is {layer.layout} but the "
+                                 f"model is {self.layout}")
+        names = self._name_all(fn, ins, layers)
+        # The ids each node is the last to read, which are freed once it ran.
+        last_reader = {i: k for k, node in enumerate(nodes) for i in node.inputs}
+        free_after: List[List[int]] = [[] for _ in nodes]
+        for i, k in last_reader.items():
+            if i not in output_ids:
+                free_after[k].append(i)
+        self._inputs, self._outputs, self._nodes = ins, outs, nodes
+        self._graph_layers, self._output_ids, self._free_after = layers, output_ids, free_after
+        self._names = names
+
+    @staticmethod
+    def _name_all(fn: str, inputs: List[SymbolicTensor], layers: List[Layer]) -> Dict[int, str]:
+        """The name of each input and layer in this model (by id): a given
+        name (unique, or a ValueError); else the automatic name an earlier
+        model gave it, where no given name nor an earlier one takes it; else
+        a new one ("conv2d", "conv2d_1", ...), which a still unnamed object
+        keeps. So layers of separately built models combine without a
+        clash, and no given name ever changes."""
+        objects = (*inputs, *layers)
+        names: Dict[int, str] = {}
+        owners: Dict[str, Any] = {}
+        for obj in objects:
+            if obj._name_given:
+                if owners.setdefault(obj.name, obj) is not obj:
+                    raise ValueError(
+                        f"{fn}: {_what(owners[obj.name])} and {_what(obj)} are both named "
+                        f"{obj.name!r}; the names given to the layers and inputs of a model "
+                        f"must be unique")
+                names[id(obj)] = obj.name
+        for obj in objects:
+            if not obj._name_given and obj.name is not None and obj.name not in owners:
+                owners[obj.name] = obj
+                names[id(obj)] = obj.name
+        suffix: Dict[str, int] = {}  # (per base: where the search goes on, not from 1)
+        for obj in objects:
+            if id(obj) not in names:
+                base = "input" if isinstance(obj, SymbolicTensor) else \
+                    _automatic_name(type(obj).__name__)
+                k = suffix.get(base, 0)
+                name = base if k == 0 else f"{base}_{k}"
+                while name in owners:
+                    k += 1
+                    name = f"{base}_{k}"
+                suffix[base] = k + 1
+                owners[name] = obj
+                names[id(obj)] = name
+                if obj.name is None:
+                    obj._name = name
+        return names
+
+    def _current(self) -> None:
+        """Bring the graph up to date (a Sequential's list of layers may
+        have changed)."""
+
+    def _tensor_names(self) -> List[str]:
+        """The name of each tensor id: an input's, or its layer's (with the
+        application's index, [0], [1], ..., for a layer applied twice)."""
+        names = [self._names[id(t)] for t in self._inputs]
+        uses: Dict[int, int] = {}
+        for node in self._nodes:
+            uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
+        seen: Dict[int, int] = {}
+        for node in self._nodes:
+            name = self._names[id(node.layer)]
+            k = seen[id(node.layer)] = seen.get(id(node.layer), -1) + 1
+            names.append(name if uses[id(node.layer)] == 1 else f"{name}[{k}]")
+        return names
+
+    def _name_of(self, obj: Any) -> str:
+        """The name of one of its layers or inputs in this model (the graph
+        being current)."""
+        return self._names[id(obj)]
+
+    # -- what it is ----------------------------------------------------------
+    @property
+    def inputs(self) -> List[SymbolicTensor]:
+        self._current()
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> List[SymbolicTensor]:
+        self._current()
+        return list(self._outputs)
+
+    @property
+    def input_names(self) -> List[str]:
+        self._current()
+        return [self._names[id(t)] for t in self._inputs]
+
+    @property
+    def output_names(self) -> List[str]:
+        self._current()
+        names = self._tensor_names()
+        return [names[i] for i in self._output_ids]
+
+    @property
+    def layers(self) -> List[Layer]:
+        """The layers, each once, in topological order (a nested model is
+        one layer)."""
+        self._current()
+        return list(self._graph_layers)
+
+    @property
+    def nodes(self) -> List[Node]:
+        """The layer applications in topological order (see Node): applying
+        their layers in turn to new nn.Inputs rebuilds the model."""
+        self._current()
+        return list(self._nodes)
+
+    @property
+    def takes_list(self) -> bool:  # type: ignore[override]
+        self._current()
+        return len(self._inputs) > 1
+
+    @property
+    def num_params(self) -> int:
+        return sum(layer.num_params for layer in self.layers)
+
+    def get_layer(self, name: str) -> Layer:
+        """The layer called `name` (a ValueError naming the closest names
+        if there is none)."""
+        self._current()
+        for layer in self._graph_layers:
+            if self._names[id(layer)] == name:
+                return layer
+        fn = self._label()
+        if name in self.input_names:
+            raise ValueError(f"{fn}: {name!r} is an Input, not a layer")
+        names = [self._names[id(layer)] for layer in self._graph_layers]
+        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
+        hint = (f"close names: {', '.join(map(repr, close))}" if close else
+                f"its layers are {', '.join(map(repr, names[:20]))}"
+                + (f" and {len(names) - 20} more" if len(names) > 20 else ""))
+        raise ValueError(f"{fn}: no layer named {name!r}; {hint}")
+
+    # -- shapes ----------------------------------------------------------------
+    def _matches(self, t: SymbolicTensor, shape: Tuple[int, ...]) -> bool:
+        return t.shape is None or (len(shape) == len(t.shape) and all(
+            d is None or d == g for d, g in zip(t.shape, shape)))
+
+    def _given_shapes(self, shape: Any) -> List[Tuple[int, ...]]:
+        """One shape per input, from output_shape's or summary's argument:
+        a shape for one input, a list of them for several."""
+        fn = self._label()
+        n = len(self._inputs)
+        shapes = [shape] if n == 1 else shape
+        if n > 1 and (not isinstance(shape, (list, tuple)) or len(shape) != n):
+            raise ValueError(f"{fn}: takes {n} inputs ({', '.join(self.input_names)}): give a "
+                             f"list of {n} shapes; got {shape!r}")
+        result = []
+        for t, name, s in zip(self._inputs, self.input_names, shapes):
+            if not isinstance(s, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in s):
+                raise TypeError(f"{fn}: the shape of input {name!r} must be a tuple of ints "
+                                f">= 0 (without the batch axis); got {s!r}")
+            s = tuple(int(d) for d in s)
+            if not self._matches(t, s):
+                raise ValueError(f"{fn}: input {name!r} has shape {t.shape}; got {s}")
+            result.append(s)
+        return result
+
+    def _propagate(self, shapes: Sequence[Optional[SymbolicShape]]
+                   ) -> List[Optional[SymbolicShape]]:
+        """The shape of every tensor id for these input shapes (None where
+        not known), each layer's refusal a ValueError naming it."""
+        known: List[Optional[SymbolicShape]] = list(shapes)
+        for node in self._nodes:
+            try:
+                known.append(infer_shape(node.layer, [known[i] for i in node.inputs],
+                                         list_input(node.layer, len(node.inputs))))
+            except ValueError as exc:
+                raise ValueError(f"{self._label()}: {exc}") from None
+        return known
+
+    def output_shape(self, shape: Any) -> Any:
+        """The output shape for an input of `shape` (no batch axis; a list of
+        shapes for several inputs): a shape for one output, a list for
+        several."""
+        self._current()
+        known = self._propagate(self._given_shapes(shape))
+        out = [tuple(known[i]) for i in self._output_ids]
+        return out[0] if len(out) == 1 else out
+
+    def summary(self, input_shape: Any = None) -> str:
+        """A table of the model's nodes: name, type, output shape, parameter
+        count and the tensors each reads, for `input_shape` (no batch axis;
+        a list for several inputs), by default the nn.Input shapes ("?":
+        known only when the model runs)."""
+        self._current()
+        shapes = ([t.shape for t in self._inputs] if input_shape is None
+                  else self._given_shapes(input_shape))
+        known = self._propagate(shapes)
+        names = self._tensor_names()
+        rows = [("name", "type", "output shape", "params", "reads")]
+        rows += [(names[i], "Input", _shape_text(known[i]), "0", "")
+                 for i in range(len(self._inputs))]
+        counted = set()
+        for node in self._nodes:
+            layer = node.layer
+            params = "shared" if id(layer) in counted else f"{layer.num_params:,}"
+            counted.add(id(layer))
+            rows.append((names[node.output], type(layer).__name__,
+                         _shape_text(known[node.output]), params,
+                         ", ".join(names[i] for i in node.inputs)))
+        widths = [max(len(row[c]) for row in rows) for c in range(4)]
+        lines = [f"{self._label()} ({self.layout})"]
+        for row in rows:
+            lines.append(f"  {row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]:{widths[2]}}  "
+                         f"{row[3]:>{widths[3]}}  {row[4]}".rstrip())
+        lines.append(f"outputs: {', '.join(names[i] for i in self._output_ids)}")
+        lines.append(f"total params: {self.num_params:,}")
+        return "\n".join(lines)
+
+    # -- running -------------------------------------------------------------
+    def _input_arrays(self, x: Any) -> List[Any]:
+        """One value per input from model(x)'s argument, each checked
+        against its nn.Input."""
+        fn = self._label()
+        names = self.input_names
+        n = len(names)
+        if isinstance(x, dict):
+            missing = [k for k in names if k not in x]
+            given = set(names)
+            unknown = [k for k in x if k not in given]
+            if missing or unknown:
+                raise ValueError(f"{fn}: the inputs are keyed by name ({', '.join(names)}); "
+                                 f"missing {missing}, unknown {unknown}")
+            values = [x[k] for k in names]
+        elif n == 1:
+            values = [x]
+        elif not isinstance(x, (list, tuple)):
+            raise TypeError(f"{fn}: takes {n} inputs ({', '.join(names)}): a list or tuple of "
+                            f"{n} arrays, or a dict keyed by name; got {type(x).__name__}")
+        elif len(x) != n:
+            raise ValueError(f"{fn}: takes {n} inputs ({', '.join(names)}); got {len(x)}")
+        else:
+            values = list(x)
+        return [self._input_array(fn, t, name, v)
+                for t, name, v in zip(self._inputs, names, values)]
+
+    def _input_array(self, fn: str, t: SymbolicTensor, name: str, value: Any) -> Any:
+        if t.shape is None and t.dtype is None:
+            return value  # (a Sequential's input: its first layer checks it, as it always did)
+        key = f"input {name!r}"
+        _, converted = float_arrays(fn, **{key: value})
+        a = converted[key]
+        if t.dtype is not None and a.dtype != t.dtype:
+            raise TypeError(f"{fn}: input {name!r} must have dtype {t.dtype}; got {a.dtype}")
+        if t.shape is not None and not (self._matches(t, a.shape[1:])
+                                        or self._matches(t, a.shape)):
+            dims = ", ".join(map(str, t.shape))
+            raise ValueError(f"{fn}: input {name!r} must have shape (N, {dims}), or "
+                             f"{t.shape} without the batch axis; got {a.shape}")
+        return a
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> Any:
+        """Run the model: see the class's docstring."""
+        self._current()
+        values = dict(enumerate(self._input_arrays(x)))
+        for node, free in zip(self._nodes, self._free_after):
+            args = [values[i] for i in node.inputs]
+            values[node.output] = node.layer.forward(
+                args if list_input(node.layer, len(args)) else args[0], num_threads=num_threads)
+            del args
+            for i in free:  # (its last reader has run)
+                del values[i]
+        out = [values[i] for i in self._output_ids]
+        return out[0] if len(out) == 1 else out
+
+    def _apply(self, x: Any) -> SymbolicTensor:
+        self._current()
+        if len(self._outputs) > 1:
+            raise ValueError(f"{self._label()}: a model with {len(self._outputs)} outputs "
+                             f"cannot be applied as a layer; only one with one output can")
+        return super()._apply(x)
+
+    def save(self, path: Any) -> None:
+        """Write the model to `path` as a plain .npz: one array per weight and
+        a JSON description of the graph (no pickle; nn.load reads it)."""
+        # (imported here: serialize builds models, so it imports this module)
+        from fastconv.nn import serialize
+        serialize.save(self, path)
+
+    def __repr__(self) -> str:
+        self._current()
+        names = self._tensor_names()
+        lines = [f"Model(name={self.name!r}, layout={self.layout!r})"]
+        lines += [f"  {name}: Input(shape={t.shape}, dtype={t.dtype})"
+                  for t, name in zip(self._inputs, names)]
+        lines += [f"  {names[node.output]}: {node.layer!r} <- "
+                  f"{', '.join(names[i] for i in node.inputs)}" for node in self._nodes]
+        lines.append(f"  -> {', '.join(names[i] for i in self._output_ids)}")
+        return "\n".join(lines)
+
+
+class Sequential(Model):
+    """Layers applied in turn: a Model with one input (of any shape its
+    first layer takes) whose layers are a list.
 
     Parameters
     ----------
     *layers : Layer
+        The same layer may appear twice (shared weights).
     layout : "NHWC" or "NCHW"
         The layout of the model's maps; every layer that has one must agree.
+    name : str, optional
+
+    ``model.layers`` is the list itself: changing it changes the model.
 
     Examples
     --------
@@ -33,7 +510,8 @@ class Sequential(Layer):
     (1, 4, 4, 4)
     """
 
-    def __init__(self, *layers: Layer, layout: str = "NHWC") -> None:
+    def __init__(self, *layers: Layer, layout: str = "NHWC", name: Optional[str] = None) -> None:
+        Layer.__init__(self, name)
         self.layout = layout_name("Sequential", layout)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -42,47 +520,43 @@ class Sequential(Layer):
             if layer.layout is not None and layer.layout != self.layout:
                 raise ValueError(f"Sequential: layer {i} ({layer!r}) is {layer.layout} but "
                                  f"the model is {self.layout}")
-        self.layers: List[Layer] = list(layers)
+            if layer.takes_list:
+                raise ValueError(f"Sequential: layer {i} ({layer!r}) takes several inputs; "
+                                 f"each layer of a Sequential reads the one before it")
+        self._sequence: List[Layer] = list(layers)
+        self._built_from: Optional[List[int]] = None
+        self._current()
 
-    def __call__(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
-        for layer in self.layers:
-            x = layer(x, num_threads=num_threads)
-        return x
+    def _current(self) -> None:
+        """The graph of the list as it is now: rebuilt when it changed (the
+        graph holds the layers it was built from, so their ids stay theirs)."""
+        key = [id(layer) for layer in self._sequence]
+        if key == self._built_from:
+            return
+        x = first = unknown_input()
+        for layer in self._sequence:
+            x = layer._apply(x)
+        self._build([first], [x])
+        self._built_from = key
+
+    @property
+    def layers(self) -> List[Layer]:  # type: ignore[override]
+        """The list of layers, in order: changing it changes the model."""
+        return self._sequence
 
     def __len__(self) -> int:
-        return len(self.layers)
+        return len(self._sequence)
 
     def __iter__(self) -> Iterator[Layer]:
-        return iter(self.layers)
+        return iter(self._sequence)
 
     def __getitem__(self, index: Union[int, slice]) -> Union[Layer, "Sequential"]:
         if isinstance(index, slice):
-            return Sequential(*self.layers[index], layout=self.layout)
-        return self.layers[index]
-
-    def output_shape(self, shape: Shape) -> Shape:
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-        return tuple(shape)
-
-    def summary(self, input_shape: Sequence[int]) -> str:
-        """Each layer with the shape it produces for `input_shape` (no batch axis)."""
-        shape = tuple(input_shape)
-        lines = [f"Sequential ({self.layout}), input {shape}"]
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
-            lines.append(f"  {i:2d}  {layer!r:70s} -> {shape}")
-        return "\n".join(lines)
-
-    def save(self, path: Any) -> None:
-        """Write the model to `path` as a plain .npz: one array per weight and
-        a JSON description of the layers (no pickle; nn.load reads it)."""
-        # (imported here: serialize builds Sequentials, so it imports this module)
-        from fastconv.nn import serialize
-        serialize.save(self, path)
+            return Sequential(*self._sequence[index], layout=self.layout)
+        return self._sequence[index]
 
     def __repr__(self) -> str:
-        inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
+        inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self._sequence))
         return f"Sequential(layout={self.layout!r}){inner}"
 
 

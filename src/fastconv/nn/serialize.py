@@ -1,5 +1,17 @@
 """Saving and loading models: a plain .npz, one array per weight plus a JSON
-description of the layers, never a pickle."""
+description of the graph, never a pickle.
+
+Format version 2 (what save writes) describes a model as a record:
+``{"type": "Sequential", "name", "layout", "layers": [...], "order": [...]}``
+("order", the layer indices in turn, only where a layer repeats), or
+``{"type": "Model", "name", "layout", "inputs": [{"name", "shape",
+"dtype"}], "layers": [...], "nodes": [{"layer": i, "inputs": [ids]}],
+"outputs": [ids]}`` (ids as in model.Node: the inputs, then each node's
+output in turn). Each layer is ``{"type", "name", "params", "arrays"}``, or
+a nested model's record. The arrays are members ``layer{i}.{name}``, a
+nested model's ``layer{i}.layer{j}.{name}``. Version 1 (fastconv before
+graph models) is the top record of a Sequential without names.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,22 +21,107 @@ import math
 import os
 import zipfile
 import zlib
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 import fastconv
 from fastconv._validate import LAYOUTS, clip, short_repr
-from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
-                                MaxPool2d, ReLU, Softmax)
-from fastconv.nn.model import Sequential
+from fastconv.nn.activations import (Activation, Clip, HardSigmoid, HardSwish, LeakyReLU,
+                                     ReLU6, SiLU, Sigmoid, Tanh)
+from fastconv.nn.conv_transpose import ConvTranspose2d
+from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
+                                Linear, MaxPool2d, ReLU, Softmax, list_input)
+from fastconv.nn.model import Model, Sequential
+from fastconv.nn.structural import Add, Concatenate, Cropping2d, Identity, Multiply, ZeroPad2d
+from fastconv.nn.symbolic import Input, SymbolicTensor
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "register_layer_type"]
 
 FORMAT = "fastconv.nn"
-FORMAT_VERSION = 1
-_LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d,
-                                              GlobalAvgPool2d, Flatten, Softmax, Dropout)}
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+
+
+class LayerType(NamedTuple):
+    """How save and load handle one layer class (see register_layer_type)."""
+    cls: type
+    arrays: Dict[str, int]     # the arrays it saves, by name: their ndim
+    required: Tuple[str, ...]  # those it cannot be built without
+    # (what, params, {name: header}) -> None: the arrays' shapes against
+    # each other and the parameters, a ValueError where they disagree
+    check: Optional[Callable[[str, dict, Dict[str, "_Npy"]], None]]
+
+
+# The layer types load builds, by class name (a file names no other). The
+# two graph types, Model and Sequential, are records of their own.
+LAYER_TYPES: Dict[str, LayerType] = {}
+
+
+def register_layer_type(cls: type, arrays: Optional[Dict[str, int]] = None,
+                        required: Tuple[str, ...] = (),
+                        check: Optional[Callable[[str, dict, Dict[str, "_Npy"]], None]] = None
+                        ) -> None:
+    """Let save write and load build layers of class `cls`.
+
+    The layer's ``_describe()`` returns (constructor keywords, {array name:
+    array or None}); load calls ``cls(**arrays, **keywords, name=name)``.
+    `arrays` gives the ndim of each array it may save (float32 or float64,
+    checked from the .npy headers before anything is read), `required`
+    those it always saves, and `check` compares their shapes with each
+    other and the keywords (a ValueError: see _check_conv below).
+    """
+    LAYER_TYPES[cls.__name__] = LayerType(cls, dict(arrays or {}), tuple(required), check)
+
+
+def _check_conv(what: str, params: dict, arrays: Dict[str, "_Npy"]) -> None:
+    layout = params.get("layout", "NHWC")
+    if not (isinstance(layout, str) and layout.upper() in LAYOUTS):
+        raise ValueError(f"{what} has layout {short_repr(layout)}; expected 'NHWC' or 'NCHW'")
+    _check_bias(what, arrays, 3 if layout.upper() == "NHWC" else 0)
+
+
+def _check_linear(what: str, params: dict, arrays: Dict[str, "_Npy"]) -> None:
+    weight_layout = params.get("weight_layout", "IO")
+    if weight_layout not in ("IO", "OI"):
+        raise ValueError(f"{what} has weight_layout {short_repr(weight_layout)}; expected "
+                         f"'IO' or 'OI'")
+    _check_bias(what, arrays, 1 if weight_layout == "IO" else 0)
+
+
+def _check_bias(what: str, arrays: Dict[str, "_Npy"], axis: int) -> None:
+    """A bias of one value per output, the weight's axis `axis`."""
+    weight, bias = arrays["weight"], arrays.get("bias")
+    if bias is not None and bias.shape != (weight.shape[axis],):
+        raise ValueError(f"{what}: {bias.info.filename} has shape {short_repr(bias.shape)}; the "
+                         f"weight's shape {weight.shape} makes the bias ({weight.shape[axis]},)")
+
+
+def _check_conv_transpose(what: str, params: dict, arrays: Dict[str, "_Npy"]) -> None:
+    """A bias of one value per output: K/groups, the weight's axis 2 (NHWC,
+    TensorFlow's filter) or 1 (NCHW, PyTorch's), times groups."""
+    layout, groups = params.get("layout", "NHWC"), params.get("groups", 1)
+    if not (isinstance(layout, str) and layout.upper() in LAYOUTS):
+        raise ValueError(f"{what} has layout {short_repr(layout)}; expected 'NHWC' or 'NCHW'")
+    if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups < 2**62:
+        raise ValueError(f"{what} has groups {short_repr(groups)}; expected a positive int")
+    weight, bias = arrays["weight"], arrays.get("bias")
+    k = weight.shape[2 if layout.upper() == "NHWC" else 1] * groups
+    if bias is not None and bias.shape != (k,):
+        raise ValueError(f"{what}: {bias.info.filename} has shape {short_repr(bias.shape)}; the "
+                         f"weight's shape {weight.shape} and groups={groups} make the bias "
+                         f"({k},)")
+
+
+for _cls in (ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Softmax, Dropout, Add,
+             Multiply, Concatenate, Identity, ZeroPad2d, Cropping2d, Activation, ReLU6, Sigmoid,
+             Tanh, SiLU, HardSwish, HardSigmoid, LeakyReLU, Clip):
+    register_layer_type(_cls)
+register_layer_type(Conv2d, {"weight": 4, "bias": 1}, ("weight",), _check_conv)
+register_layer_type(Linear, {"weight": 2, "bias": 1}, ("weight",), _check_linear)
+register_layer_type(ConvTranspose2d, {"weight": 4, "bias": 1}, ("weight",),
+                    _check_conv_transpose)
+_GRAPH_TYPES = {"Model": Model, "Sequential": Sequential}
 
 
 # What load reads at most (SECURITY.md, "Model files"). A file of S bytes
@@ -42,9 +139,9 @@ MAX_DESCRIPTION_BYTES = 2 * 2**20  # the JSON description (thousands of layers)
 MAX_HEADER_BYTES = 10_000          # one .npy header: numpy's own limit
 MAX_PARAM_DEPTH = 4                # lists in a layer parameter: save writes 2
 MAX_OTHER_MEMBERS = 1000           # members the description does not name
+MAX_MODEL_DEPTH = 16               # models nested in models
 _CHUNK = 2**20
 _NPY_MAGIC = b"\x93NUMPY"
-_WEIGHTS = {Conv2d: 4, Linear: 2}  # the layers with arrays, and their weight's ndim
 
 
 def _param(value: Any, depth: int = 0) -> Any:
@@ -59,23 +156,67 @@ def _param(value: Any, depth: int = 0) -> Any:
     raise ValueError(f"a {type(value).__name__}")
 
 
-def save(model: Sequential, path: Any) -> None:
-    """Write `model` to `path` as a plain .npz: one array per weight and
-    a JSON description of the layers (no pickle; load reads it)."""
-    layers, arrays = [], {}
-    for i, layer in enumerate(model.layers):
-        params, named = layer._describe()
-        stored = []
-        for name, value in named.items():
-            if value is not None:
-                arrays[f"layer{i}.{name}"] = np.asarray(value)
-                stored.append(name)
-        layers.append({"type": type(layer).__name__, "params": params, "arrays": stored})
+def save(model: Model, path: Any) -> None:
+    """Write `model` (a Model or Sequential) to `path` as a plain .npz: one
+    array per weight and a JSON description of the graph (no pickle; load
+    reads it). A layer of a type load does not know is refused here."""
+    arrays: Dict[str, np.ndarray] = {}
     description = {"format": FORMAT, "version": FORMAT_VERSION,
-                   "fastconv": fastconv.__version__, "layout": model.layout,
-                   "layers": layers}
+                   "fastconv": fastconv.__version__,
+                   **_graph_record(model, model.name, "", arrays, 0)}
     arrays["__model__"] = np.frombuffer(json.dumps(description).encode(), np.uint8)
     np.savez(path, **arrays)
+
+
+def _graph_record(model: Model, name: Optional[str], member: str,
+                  arrays: Dict[str, np.ndarray], depth: int) -> Dict[str, Any]:
+    """The record of a model called `name` whose arrays are members
+    `member`layer{i}.* (every name written is the one the model uses)."""
+    kind = type(model).__name__
+    if _GRAPH_TYPES.get(kind) is not type(model):
+        raise ValueError(f"save: {kind} {model.name!r} is a subclass of Model, which nn.load "
+                         f"cannot build")
+    if depth > MAX_MODEL_DEPTH:
+        raise ValueError(f"save: models nested deeper than {MAX_MODEL_DEPTH}, which nn.load "
+                         f"refuses")
+    model._current()  # (a Sequential's list may have changed since its last call)
+    sequence = model.layers  # (a Sequential's in turn, with repeats; a Model's once each)
+    layers = list({id(layer): layer for layer in sequence}.values())
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    record: Dict[str, Any] = {"type": kind, "name": name, "layout": model.layout,
+                              "layers": [_layer_record(layer, model._name_of(layer),
+                                                       f"{member}layer{i}.", arrays, depth)
+                                         for i, layer in enumerate(layers)]}
+    if isinstance(model, Sequential):
+        order = [index[id(layer)] for layer in sequence]
+        if order != list(range(len(layers))):
+            record["order"] = order
+        return record
+    record["inputs"] = [{"name": model._name_of(t), "shape": list(t.shape),
+                         "dtype": None if t.dtype is None else t.dtype.name}
+                        for t in model.inputs]
+    record["nodes"] = [{"layer": index[id(node.layer)], "inputs": list(node.inputs)}
+                       for node in model.nodes]
+    record["outputs"] = list(model._output_ids)
+    return record
+
+
+def _layer_record(layer: Layer, name: str, member: str, arrays: Dict[str, np.ndarray],
+                  depth: int) -> Dict[str, Any]:
+    if isinstance(layer, Model):
+        return _graph_record(layer, name, member, arrays, depth + 1)
+    kind = type(layer).__name__
+    known = LAYER_TYPES.get(kind)
+    if known is None or known.cls is not type(layer):
+        raise ValueError(f"save: layer {name!r} is a {kind}, which nn.load does not "
+                         f"know (serialize.register_layer_type adds a type)")
+    params, named = layer._describe()
+    stored = []
+    for array, value in named.items():
+        if value is not None:
+            arrays[f"{member}{array}"] = np.asarray(value)
+            stored.append(array)
+    return {"type": kind, "name": name, "params": params, "arrays": stored}
 
 
 class _Unreadable(Exception):
@@ -180,79 +321,189 @@ def _check_size(member: _Npy) -> None:
                          f"bytes but declares {info.file_size}")
 
 
-def _layer_records(description: Dict[str, Any]) -> Tuple[str, List[Tuple[Any, dict, list]]]:
-    """The model's layout and, for each layer, (class, parameters, names of
-    its arrays), every field checked for its type."""
-    layout = description.get("layout")
+class _LayerRecord(NamedTuple):
+    """A layer record of the description, every field checked for its type."""
+    at: str                       # "layer 2", within its model's `where`
+    what: str                     # "layer 2 (Conv2d)"
+    kind: LayerType
+    params: dict
+    arrays: List[str]             # the names of its arrays
+    member: str                   # its arrays are members `member`{name}
+    name: Optional[str]
+
+
+class _GraphRecord(NamedTuple):
+    """A model's record (the description's top, or a nested model)."""
+    where: str                    # "" for the top, "layer 3 (Model): " within it
+    cls: type                     # Model or Sequential
+    layout: str
+    name: Optional[str]
+    layers: List[Any]             # _LayerRecord or _GraphRecord
+    order: List[int]              # Sequential: its layers in turn
+    inputs: List[SymbolicTensor]  # Model: its nn.Inputs (checked by nn.Input)
+    nodes: List[Tuple[int, List[int]]]  # Model: (layer index, tensor ids read)
+    outputs: List[int]            # Model: tensor ids
+
+
+def _name_field(what: str, record: dict) -> Optional[str]:
+    name = record.get("name")
+    if name is not None and not (isinstance(name, str) and name):
+        raise ValueError(f"{what} has name {short_repr(name)}; expected a non-empty string "
+                         f"or null")
+    return name
+
+
+def _index_list(what: str, value: Any, stop: int, empty: bool = False) -> List[int]:
+    """A list of ints in range(stop)."""
+    if (not isinstance(value, list) or (not value and not empty)
+            or not all(type(i) is int and 0 <= i < stop for i in value)):
+        raise ValueError(f"{what} is {short_repr(value)}; expected a list of indices from 0 "
+                         f"to {stop - 1}")
+    return value
+
+
+def _graph(record: Any, where: str, member: str, depth: int, kind: Optional[str] = None
+           ) -> _GraphRecord:
+    """The model record `record` checked, its nested models too (`kind`:
+    the top record of a version-1 file is a Sequential whatever it says)."""
+    if depth > MAX_MODEL_DEPTH:
+        # (the nesting first: `where` is as long as the nesting is deep)
+        raise ValueError(f"models nested deeper than {MAX_MODEL_DEPTH}: {where}")
+    kind = record.get("type", "Sequential") if kind is None else kind
+    cls = _GRAPH_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"{where}the model has type {short_repr(kind)}; expected 'Model' or "
+                         f"'Sequential'")
+    name = _name_field(f"{where}the model", record)
+    layout = record.get("layout")
     if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
-        raise ValueError(f"the model has layout {short_repr(layout)}; expected 'NHWC' or "
+        raise ValueError(f"{where}the model has layout {short_repr(layout)}; expected 'NHWC' or "
                          f"'NCHW'")
-    records = description.get("layers")
+    records = record.get("layers")
     if not isinstance(records, list):
-        raise ValueError(f"'layers' is {short_repr(records)}; expected a list of layers")
-    layers = []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"layer {i} is {short_repr(record)}; expected a "
-                             f"{{'type': ..., 'params': {{...}}, 'arrays': [...]}} record")
-        kind = record.get("type")
-        cls = _LAYER_TYPES.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise ValueError(f"layer {i} has unknown type {short_repr(kind)}")
-        what = f"layer {i} ({kind})"
-        params, names = record.get("params"), record.get("arrays")
-        if not isinstance(params, dict):
-            raise ValueError(f"{what} has params {short_repr(params)}; expected a dict of "
-                             f"keyword arguments")
-        converted = {}
-        for key, value in params.items():
+        raise ValueError(f"{where}'layers' is {short_repr(records)}; expected a list of layers")
+    layers = [_layer(r, i, where, f"{member}layer{i}.", depth) for i, r in enumerate(records)]
+    n = len(layers)
+    if cls is Sequential:
+        order = (_index_list(f"{where}'order'", record["order"], n, empty=True)
+                 if "order" in record else list(range(n)))
+        used, inputs, nodes, outputs = set(order), [], [], []
+    else:
+        specs = record.get("inputs")
+        if not isinstance(specs, list) or not specs:
+            raise ValueError(f"{where}'inputs' is {short_repr(specs)}; expected a non-empty "
+                             f"list of inputs")
+        inputs = []
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict):
+                raise ValueError(f"{where}input {i} is {short_repr(spec)}; expected a "
+                                 f"{{'name': ..., 'shape': [...], 'dtype': ...}} record")
             try:
-                converted[key] = _param(value)
-            except ValueError as exc:
-                raise ValueError(f"{what} has parameter {short_repr(key)} = "
-                                 f"{short_repr(value)}: {exc}, which no layer takes") from None
-        allowed = ("weight", "bias") if cls in _WEIGHTS else ()
-        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-                or len(set(names)) != len(names) or any(n not in allowed for n in names)
-                or (allowed and "weight" not in names)):
-            raise ValueError(f"{what} has arrays {short_repr(names)}; expected "
-                             + ("['weight'] or ['weight', 'bias']" if allowed else "[]"))
-        # (what _check_arrays needs to find a weight's output channels)
-        conv_layout = converted.get("layout", "NHWC")
-        if cls is Conv2d and not (isinstance(conv_layout, str)
-                                  and conv_layout.upper() in LAYOUTS):
-            raise ValueError(f"{what} has layout {short_repr(conv_layout)}; expected "
-                             f"'NHWC' or 'NCHW'")
-        weight_layout = converted.get("weight_layout", "IO")
-        if cls is Linear and weight_layout not in ("IO", "OI"):
-            raise ValueError(f"{what} has weight_layout {short_repr(weight_layout)}; "
-                             f"expected 'IO' or 'OI'")
-        layers.append((cls, converted, names))
-    return layout, layers
+                inputs.append(Input(spec.get("shape"), _name_field(f"{where}input {i}", spec),
+                                    spec.get("dtype")))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}input {i}: {exc}") from None
+        nodes_list = record.get("nodes")
+        if not isinstance(nodes_list, list):
+            raise ValueError(f"{where}'nodes' is {short_repr(nodes_list)}; expected a list of "
+                             f"nodes")
+        nodes = []
+        for k, node in enumerate(nodes_list):
+            if not isinstance(node, dict):
+                raise ValueError(f"{where}node {k} is {short_repr(node)}; expected a "
+                                 f"{{'layer': ..., 'inputs': [...]}} record")
+            layer = node.get("layer")
+            if type(layer) is not int or not 0 <= layer < n:
+                raise ValueError(f"{where}node {k} has layer {short_repr(layer)}; expected an "
+                                 f"index from 0 to {n - 1}")
+            # Only the inputs and earlier nodes' outputs: no reference to an
+            # unknown tensor, and no cycle.
+            nodes.append((layer, _index_list(f"{where}node {k}'s 'inputs'", node.get("inputs"),
+                                             len(inputs) + k)))
+        outputs = _index_list(f"{where}'outputs'", record.get("outputs"),
+                              len(inputs) + len(nodes))
+        # What the outputs need: every node, input and layer must be.
+        needed = [False] * (len(inputs) + len(nodes))
+        for i in outputs:
+            needed[i] = True
+        for k in range(len(nodes) - 1, -1, -1):
+            if needed[len(inputs) + k]:
+                for i in nodes[k][1]:
+                    needed[i] = True
+            else:
+                raise ValueError(f"{where}node {k} is used by no output")
+        for i in range(len(inputs)):
+            if not needed[i]:
+                raise ValueError(f"{where}input {i} is used by no output")
+        used, order = {layer for layer, _ in nodes}, []
+    for i in range(n):
+        if i not in used:
+            raise ValueError(f"{where}layer {i} is used by no node")
+    return _GraphRecord(where, cls, layout, name, layers, order, inputs, nodes, outputs)
 
 
-def _check_arrays(i: int, cls: Any, params: dict, arrays: Dict[str, _Npy]) -> None:
-    """The headers of a layer's members against what the layer takes: float32
-    or float64, a 4-D (Conv2d) or 2-D (Linear) weight, a bias of one value
-    per output channel."""
-    what = f"layer {i} ({cls.__name__})"
+def _layer(record: Any, i: int, where: str, member: str, depth: int) -> Any:
+    """Layer record i of a model (a _LayerRecord, or a nested model's
+    _GraphRecord)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}layer {i} is {short_repr(record)}; expected a "
+                         f"{{'type': ..., 'params': {{...}}, 'arrays': [...]}} record")
+    kind = record.get("type")
+    if isinstance(kind, str) and kind in _GRAPH_TYPES:
+        return _graph(record, f"{where}layer {i} ({kind}): ", member, depth + 1)
+    known = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+    if known is None:
+        raise ValueError(f"{where}layer {i} has unknown type {short_repr(kind)}")
+    what = f"{where}layer {i} ({kind})"
+    params, names = record.get("params"), record.get("arrays")
+    if not isinstance(params, dict):
+        raise ValueError(f"{what} has params {short_repr(params)}; expected a dict of "
+                         f"keyword arguments")
+    converted = {}
+    for key, value in params.items():
+        try:
+            converted[key] = _param(value)
+        except ValueError as exc:
+            raise ValueError(f"{what} has parameter {short_repr(key)} = "
+                             f"{short_repr(value)}: {exc}, which no layer takes") from None
+    required = list(known.required)
+    optional = [a for a in known.arrays if a not in known.required]
+    if (not isinstance(names, list) or not all(isinstance(a, str) for a in names)
+            or len(set(names)) != len(names) or any(a not in known.arrays for a in names)
+            or any(a not in names for a in required)):
+        expected = (f"{required}" if not optional else
+                    f"{required} or {required + optional}" if len(optional) == 1 else
+                    f"{required} with any of {optional}")
+        raise ValueError(f"{what} has arrays {short_repr(names)}; expected {expected}")
+    return _LayerRecord(f"{where}layer {i}", what, known, converted, names, member,
+                        _name_field(what, record))
+
+
+def _check_arrays(layer: _LayerRecord, arrays: Dict[str, _Npy]) -> None:
+    """The headers of a layer's members against what the layer takes:
+    float32 or float64, of its ndim, and its own check (a bias of one value
+    per output channel)."""
+    what, kind = layer.what, layer.kind
     for member in arrays.values():
         if member.dtype.kind != "f" or member.dtype.itemsize not in (4, 8):
             raise ValueError(f"{what}: {member.info.filename} is {clip(str(member.dtype), 80)}; "
                              f"weights are float32 or float64")
-    weight = arrays["weight"]
-    if len(weight.shape) != _WEIGHTS[cls]:
-        raise ValueError(f"{what}: {weight.info.filename} has shape {short_repr(weight.shape)}; "
-                         f"the weight of a {cls.__name__} is {_WEIGHTS[cls]}-D")
-    if "bias" in arrays:
-        if cls is Conv2d:
-            outputs = weight.shape[3 if params.get("layout", "NHWC").upper() == "NHWC" else 0]
+    for name, member in arrays.items():
+        if len(member.shape) != kind.arrays[name]:
+            raise ValueError(f"{what}: {member.info.filename} has shape "
+                             f"{short_repr(member.shape)}; the {name} of a {kind.cls.__name__} "
+                             f"is {kind.arrays[name]}-D")
+    if kind.check is not None:
+        kind.check(what, layer.params, arrays)
+
+
+def _walk(graph: _GraphRecord):
+    """Every layer record of a model, nested models' too."""
+    for layer in graph.layers:
+        if isinstance(layer, _GraphRecord):
+            yield from _walk(layer)
         else:
-            outputs = weight.shape[1 if params.get("weight_layout", "IO") == "IO" else 0]
-        bias = arrays["bias"]
-        if bias.shape != (outputs,):
-            raise ValueError(f"{what}: {bias.info.filename} has shape {short_repr(bias.shape)}; "
-                             f"the weight's shape {weight.shape} makes the bias ({outputs},)")
+            yield layer
 
 
 @contextlib.contextmanager
@@ -273,8 +524,14 @@ def _archive(path: Any):
         yield zf, size
 
 
-def load(path: Any) -> Sequential:
-    """Read a model written by Sequential.save.
+class _Unbuildable(Exception):
+    """A layer or model that the checked description names cannot be built
+    (load's message says so)."""
+
+
+def load(path: Any) -> Model:
+    """Read a model written by Model.save or Sequential.save (format
+    version 2, or version 1: a Sequential).
 
     `path` is a file name or a binary file opened for reading. Never executes
     code from the file and reads only what its description names, each
@@ -283,9 +540,12 @@ def load(path: Any) -> Sequential:
     - every member of the archive must be stored or deflated, unencrypted,
       as numpy.savez and savez_compressed write them;
     - the description (``__model__``, at most MAX_DESCRIPTION_BYTES, 2 MiB,
-      of JSON) is read and checked first, then the .npy header of each array
-      it names: float32 or float64, of the shape its layer takes, and of
-      exactly the size the zip records for it;
+      of JSON) is read and checked first: its layer types among
+      LAYER_TYPES, a graph whose nodes read only the inputs and earlier
+      nodes (so no cycle) and whose every node, input and layer some
+      output needs, models nested at most MAX_MODEL_DEPTH (16) deep; then
+      the .npy header of each array it names: float32 or float64, of the
+      shape its layer takes, and of exactly the size the zip records for it;
     - the arrays together may declare at most max(64 MiB, 5 times the
       file's size) bytes (MIN_ARRAY_BYTES, ARRAY_BYTES_PER_FILE_BYTE): a file
       save wrote, uncompressed, always can; no array is read beyond what its
@@ -299,7 +559,9 @@ def load(path: Any) -> Sequential:
     ------
     ValueError
         The file is not a fastconv.nn model, is corrupt, breaks one of the
-        limits above, or was written in another format version.
+        limits above, describes a graph that cannot be built (shapes,
+        names, layouts: as nn.Model checks them), or was written in another
+        format version.
     """
     try:
         with _archive(path) as (zf, file_size):
@@ -312,9 +574,12 @@ def load(path: Any) -> Sequential:
     except _Unreadable as exc:
         raise ValueError(f"nn.load: {path!s} is not a readable .npz model file ({exc})"
                          ) from None
+    except _Unbuildable as exc:
+        raise ValueError(f"nn.load: {path!s} describes a model that cannot be built ({exc})"
+                         ) from None
 
 
-def _load(path: Any, zf: zipfile.ZipFile, file_size: int) -> Sequential:
+def _load(path: Any, zf: zipfile.ZipFile, file_size: int) -> Model:
     infos = zf.infolist()
     for info in infos:
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
@@ -359,35 +624,36 @@ def _load(path: Any, zf: zipfile.ZipFile, file_size: int) -> Sequential:
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise ValueError(f"nn.load: {path!s} is not a fastconv.nn model file")
     version = description.get("version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
+    if type(version) is not int or version not in READ_VERSIONS:
         raise ValueError(f"nn.load: {path!s} is format version {short_repr(version)} "
                          f"(written by fastconv {short_repr(description.get('fastconv'))}); "
-                         f"this fastconv {fastconv.__version__} reads version {FORMAT_VERSION}")
-    # 2. The headers of the arrays it names, against their layers.
+                         f"this fastconv {fastconv.__version__} reads versions "
+                         f"{' and '.join(map(str, READ_VERSIONS))}")
+    # 2. The graph, then the headers of the arrays it names, against their
+    # layers.
     try:
-        layout, records = _layer_records(description)
-        arrays: List[Dict[str, _Npy]] = []
-        for i, (cls, params, names) in enumerate(records):
+        graph = _graph(description, "", "", 0, "Sequential" if version == 1 else None)
+        headers: Dict[str, Dict[str, _Npy]] = {}
+        for layer in _walk(graph):
             found = {}
-            for name in names:
-                found[name] = member(f"layer{i}.{name}")
+            for name in layer.arrays:
+                found[name] = member(f"{layer.member}{name}")
                 if found[name] is None:
-                    raise ValueError(f"layer {i} ({cls.__name__}) names array {name!r}, but "
-                                     f"the file has no member layer{i}.{name}.npy")
-            if found:
-                _check_arrays(i, cls, params, found)
-            arrays.append(found)
+                    raise ValueError(f"{layer.what} names array {name!r}, but the file has no "
+                                     f"member {layer.member}{name}.npy")
+            _check_arrays(layer, found)
+            headers[layer.member] = found
     except ValueError as exc:
         raise ValueError(f"nn.load: {path!s} describes a model that cannot be built "
                          f"(ValueError: {clip(str(exc))})") from None
     # 3. Their sizes, against the zip's records and the file's size.
     try:
-        for found in arrays:
+        for found in headers.values():
             for npy in found.values():
                 _check_size(npy)
     except ValueError as exc:
         raise _Unreadable(str(exc)) from None
-    total = sum(npy.nbytes for found in arrays for npy in found.values())
+    total = sum(npy.nbytes for found in headers.values() for npy in found.values())
     limit = max(MIN_ARRAY_BYTES, ARRAY_BYTES_PER_FILE_BYTE * file_size)
     if total > limit:
         raise _Unreadable(f"its arrays declare {total} bytes in all; a file of {file_size} "
@@ -401,21 +667,37 @@ def _load(path: Any, zf: zipfile.ZipFile, file_size: int) -> Sequential:
                           f"at most {MAX_OTHER_MEMBERS} are accepted")
     for info in others:
         _npy_header(zf, info)
+
     # 5. The layers, each layer's arrays read just before it is built (it
     # packs a copy): no more than one layer's are held besides the layers.
-    layers = []
-    for i, ((cls, params, _), found) in enumerate(zip(records, arrays)):
-        data = {name: _read_npy(zf, npy) for name, npy in found.items()}
+    def build_layer(layer: _LayerRecord) -> Layer:
+        data = {name: _read_npy(zf, npy) for name, npy in headers[layer.member].items()}
         try:
-            if cls in _WEIGHTS:
-                layers.append(cls(data["weight"], data.get("bias"), **params))
-            else:
-                layers.append(cls(**params))
+            return layer.kind.cls(**data, **layer.params, name=layer.name)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"nn.load: {path!s} describes a model that cannot be built "
-                             f"(layer {i}: {type(exc).__name__}: {clip(str(exc))})") from None
+            raise _Unbuildable(f"{layer.at}: {type(exc).__name__}: {clip(str(exc))}") from None
+
+    return _build(graph, build_layer)
+
+
+def _build(graph: _GraphRecord, build_layer: Callable[[_LayerRecord], Layer]) -> Model:
+    """The model of a checked record, its layers made by build_layer; the
+    graph is rebuilt through the public API (layers applied to nn.Inputs),
+    which checks its shapes, names and layouts."""
+    layers = [_build(r, build_layer) if isinstance(r, _GraphRecord) else build_layer(r)
+              for r in graph.layers]
     try:
-        return Sequential(*layers, layout=layout)
+        if graph.cls is Sequential:
+            return Sequential(*(layers[i] for i in graph.order), layout=graph.layout,
+                              name=graph.name)
+        tensors = list(graph.inputs)
+        for k, (index, ids) in enumerate(graph.nodes):
+            layer, args = layers[index], [tensors[i] for i in ids]
+            if layer.takes_list is False and len(args) != 1:
+                raise ValueError(f"node {k} gives {len(args)} inputs to layer {index} "
+                                 f"({type(layer).__name__}), which takes one")
+            tensors.append(layer(args if list_input(layer, len(args)) else args[0]))
+        return Model(graph.inputs, [tensors[i] for i in graph.outputs], layout=graph.layout,
+                     name=graph.name)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"nn.load: {path!s} describes a model that cannot be built "
-                         f"({type(exc).__name__}: {clip(str(exc))})") from None
+        raise _Unbuildable(f"{graph.where}{type(exc).__name__}: {clip(str(exc))}") from None
