@@ -19,6 +19,7 @@ applied in turn.
 
 The modules: layers (the layers with weights, activations and pools),
 conv_transpose (ConvTranspose2d), activations (the activation layers),
+resize (Upsample), normalization (BatchNorm2d, PReLU and fold_batchnorm),
 structural (Add, Multiply, Concatenate, Identity, ZeroPad2d, Cropping2d),
 symbolic (Input and symbolic tensors), model (Model, Sequential and
 to_fully_convolutional), serialize (save and load), torch_import and
@@ -31,6 +32,8 @@ from fastconv.nn.activations import (Activation, Clip, HardSigmoid, HardSwish, L
 from fastconv.nn.conv_transpose import ConvTranspose2d, bilinear_kernel
 from fastconv.nn.structural import Add, Concatenate, Cropping2d, Identity, Multiply, ZeroPad2d
 from fastconv.nn.symbolic import Input, SymbolicTensor
+from fastconv.nn.normalization import BatchNorm2d, PReLU, fold_batchnorm
+from fastconv.nn.resize import Upsample
 from fastconv.nn.model import Model, Node, Sequential, to_fully_convolutional
 from fastconv.nn.serialize import load
 from fastconv.nn.torch_import import from_torch
@@ -41,4 +44,5 @@ __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "Globa
            "ZeroPad2d", "Cropping2d", "Input", "SymbolicTensor", "Model", "Node", "Sequential",
            "to_fully_convolutional", "load", "from_torch", "from_keras", "ConvTranspose2d",
            "bilinear_kernel", "Activation", "ReLU6", "Sigmoid", "Tanh", "SiLU", "HardSigmoid",
-           "HardSwish", "LeakyReLU", "Clip"]
+           "HardSwish", "LeakyReLU", "Clip", "Upsample", "BatchNorm2d", "PReLU",
+           "fold_batchnorm"]

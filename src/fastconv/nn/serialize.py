@@ -33,6 +33,8 @@ from fastconv.nn.conv_transpose import ConvTranspose2d
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax, list_input)
 from fastconv.nn.model import Model, Sequential
+from fastconv.nn.normalization import BatchNorm2d, PReLU
+from fastconv.nn.resize import Upsample
 from fastconv.nn.structural import Add, Concatenate, Cropping2d, Identity, Multiply, ZeroPad2d
 from fastconv.nn.symbolic import Input, SymbolicTensor
 
@@ -97,6 +99,14 @@ def _check_bias(what: str, arrays: Dict[str, "_Npy"], axis: int) -> None:
                          f"weight's shape {weight.shape} makes the bias ({weight.shape[axis]},)")
 
 
+def _check_batchnorm(what: str, params: dict, arrays: Dict[str, "_Npy"]) -> None:
+    """gamma, beta, mean and var: one value per channel each."""
+    shapes = {name: arrays[name].shape for name in ("gamma", "beta", "mean", "var")}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"{what}: gamma, beta, mean and var must have one shape; got "
+                         f"{short_repr(shapes)}")
+
+
 def _check_conv_transpose(what: str, params: dict, arrays: Dict[str, "_Npy"]) -> None:
     """A bias of one value per output: K/groups, the weight's axis 2 (NHWC,
     TensorFlow's filter) or 1 (NCHW, PyTorch's), times groups."""
@@ -115,12 +125,15 @@ def _check_conv_transpose(what: str, params: dict, arrays: Dict[str, "_Npy"]) ->
 
 for _cls in (ReLU, MaxPool2d, AvgPool2d, GlobalAvgPool2d, Flatten, Softmax, Dropout, Add,
              Multiply, Concatenate, Identity, ZeroPad2d, Cropping2d, Activation, ReLU6, Sigmoid,
-             Tanh, SiLU, HardSwish, HardSigmoid, LeakyReLU, Clip):
+             Tanh, SiLU, HardSwish, HardSigmoid, LeakyReLU, Clip, Upsample):
     register_layer_type(_cls)
 register_layer_type(Conv2d, {"weight": 4, "bias": 1}, ("weight",), _check_conv)
 register_layer_type(Linear, {"weight": 2, "bias": 1}, ("weight",), _check_linear)
 register_layer_type(ConvTranspose2d, {"weight": 4, "bias": 1}, ("weight",),
                     _check_conv_transpose)
+register_layer_type(BatchNorm2d, {"gamma": 1, "beta": 1, "mean": 1, "var": 1},
+                    ("gamma", "beta", "mean", "var"), _check_batchnorm)
+register_layer_type(PReLU, {"weight": 1}, ("weight",))
 _GRAPH_TYPES = {"Model": Model, "Sequential": Sequential}
 
 
