@@ -104,10 +104,13 @@ def isa(request):
 
 @pytest.fixture(autouse=True)
 def _restore_process_state():
-    """No test may leak a changed ISA or thread count into the next one."""
+    """No test may leak a changed ISA or thread count into the next one; the
+    denormal flushing a test sets is put back after it."""
     isa = fastconv.config()["isa"]
     threads = fastconv.get_num_threads()
+    flush = fastconv.get_flush_denormals()
     yield
+    fastconv.set_flush_denormals(flush)
     assert fastconv.get_num_threads() == threads, "test leaked set_num_threads"
     assert fastconv.config()["isa"] == isa, "test leaked set_isa"
 

@@ -22,7 +22,8 @@ conv_transpose (ConvTranspose2d), activations (the activation layers),
 resize (Upsample), normalization (BatchNorm2d, PReLU and fold_batchnorm),
 structural (Add, Multiply, Concatenate, Identity, ZeroPad2d, Cropping2d),
 symbolic (Input and symbolic tensors), model (Model, Sequential and
-to_fully_convolutional), serialize (save and load), torch_import and
+to_fully_convolutional), fcn (nn.fcn, the FCN-32s/16s/8s segmentation
+networks), serialize (save and load), torch_import and
 keras_import (the importers from_torch and from_keras).
 """
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
@@ -35,6 +36,7 @@ from fastconv.nn.symbolic import Input, SymbolicTensor
 from fastconv.nn.normalization import BatchNorm2d, PReLU, fold_batchnorm
 from fastconv.nn.resize import Upsample
 from fastconv.nn.model import Model, Node, Sequential, to_fully_convolutional
+from fastconv.nn.fcn import fcn, predict_labels
 from fastconv.nn.serialize import load
 from fastconv.nn.torch_import import from_torch
 from fastconv.nn.keras_import import from_keras
@@ -45,4 +47,4 @@ __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "Globa
            "to_fully_convolutional", "load", "from_torch", "from_keras", "ConvTranspose2d",
            "bilinear_kernel", "Activation", "ReLU6", "Sigmoid", "Tanh", "SiLU", "HardSigmoid",
            "HardSwish", "LeakyReLU", "Clip", "Upsample", "BatchNorm2d", "PReLU",
-           "fold_batchnorm"]
+           "fold_batchnorm", "fcn", "predict_labels"]
