@@ -144,3 +144,35 @@ def test_bad_arguments_are_named():
     overlapping = nn.Sequential(nn.MaxPool2d(3, 2), nn.Flatten(), nn.Linear(np.ones((12, 2))))
     with pytest.raises(ValueError, match="kernel == stride"):
         nn.fcn(overlapping, (5, 5, 3), variant="32s")
+
+
+def test_to_fully_convolutional_converts_a_global_pool_head_of_a_graph():
+    """A residual classifier ending in GlobalAvgPool2d + Linear (ResNet's
+    head): an AvgPool2d over the pooled map's size at stride 1 and a 1x1
+    Conv2d, whose score map holds the classifier's answer at every window."""
+    rng = np.random.default_rng(8)
+    r = lambda *s: rng.standard_normal(s)  # noqa: E731
+    x = nn.Input((8, 8, 3))
+    a = nn.Conv2d(r(3, 3, 3, 6), r(6), activation="relu")(x)        # 6x6 (no padding)
+    b = nn.Conv2d(r(1, 1, 6, 6), r(6))(a)
+    res = nn.Activation("relu")(nn.Add()([a, b]))
+    pooled = nn.GlobalAvgPool2d()(res)
+    logits = nn.Linear(r(6, 5), r(5), activation="tanh")(pooled)
+    probs = nn.Softmax()(nn.Linear(r(5, 4), r(4))(logits))
+    model = nn.Model(x, probs)
+    dense = nn.to_fully_convolutional(model, (8, 8, 3))
+    assert isinstance(dense, nn.Model) and not isinstance(dense, nn.Sequential)
+    img = rng.standard_normal((2, 8, 8, 3))
+    np.testing.assert_allclose(dense(img)[:, 0, 0], model(img), rtol=1e-12, atol=1e-12)
+    big = rng.standard_normal((1, 11, 13, 3))
+    scores = dense(big)
+    assert scores.shape == (1, 4, 6, 4)
+    for i in range(4):
+        for j in range(6):
+            np.testing.assert_allclose(scores[0, i, j], model(big[:, i:i + 8, j:j + 8])[0],
+                                       rtol=1e-12, atol=1e-12)
+    seq = nn.Sequential(nn.Conv2d(r(3, 3, 3, 4)), nn.ReLU(), nn.GlobalAvgPool2d(),
+                        nn.Linear(r(4, 3)))
+    dense_seq = nn.to_fully_convolutional(seq, (8, 8, 3))
+    assert isinstance(dense_seq, nn.Sequential)
+    np.testing.assert_allclose(dense_seq(img)[:, 0, 0], seq(img), rtol=1e-12, atol=1e-12)

@@ -9,9 +9,11 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 from fastconv._fc import fc_to_conv
 from fastconv._validate import _is_int, float_arrays, layout_name
-from fastconv.nn.layers import (Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear, ReLU,
-                                Softmax, _spatial, list_input)
-from fastconv.nn.symbolic import (SymbolicShape, SymbolicTensor, infer_shape, input_label,
+from fastconv.nn.activations import Activation
+from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
+                                Linear, ReLU, Softmax, _spatial, list_input)
+from fastconv.nn.structural import Identity
+from fastconv.nn.symbolic import (Input, SymbolicShape, SymbolicTensor, infer_shape, input_label,
                                   layer_label, unknown_input)
 
 __all__ = ["Model", "Node", "Sequential", "to_fully_convolutional"]
@@ -560,72 +562,110 @@ class Sequential(Model):
         return f"Sequential(layout={self.layout!r}){inner}"
 
 
-def to_fully_convolutional(model: Sequential, input_shape: Sequence[int]) -> Sequential:
-    """The classifier `model` as a fully convolutional network.
+def to_fully_convolutional(model: Model, input_shape: Sequence[int]) -> Model:
+    """The classifier `model` (a Sequential or a one-input Model) as a fully
+    convolutional network.
 
     Flatten and the first Linear after it become one Conv2d whose kernel
     covers the map that reaches the Flatten at `input_shape` (through
-    fastconv.fc_to_conv, honouring the Flatten's order); every later Linear
-    becomes a 1x1 Conv2d and a Softmax acts on the channel axis. On an input
-    of exactly `input_shape` the result equals the original model's, as an
-    (N, 1, 1, classes) map (NHWC); on a larger input it is a score map whose
-    entry (i, j) is the original model applied to the window at
-    (i * S, j * S), S being the product of the strides before the Flatten.
+    fastconv.fc_to_conv, honouring the Flatten's order); a GlobalAvgPool2d
+    (ResNet's, MobileNet's head) becomes an AvgPool2d over that map's size
+    at stride 1, so the Linear after it becomes a 1x1 Conv2d; every later
+    Linear becomes a 1x1 Conv2d, and a Softmax acts on the channel axis.
+    Elementwise layers (ReLU, Dropout, the activations) between them are
+    kept. On an input of exactly `input_shape` the result equals the
+    original model's, as an (N, 1, 1, classes) map (NHWC); on a larger
+    input it is a score map whose entry (i, j) is the original model
+    applied to the window at (i * S, j * S), S being the product of the
+    strides before the Flatten (or the pool).
 
     Parameters
     ----------
-    model : Sequential
+    model : Sequential or Model (one input, one output)
     input_shape : the input the classifier was built for, without batch axis
+
+    Returns
+    -------
+    Sequential for a Sequential, else a Model.
 
     Raises
     ------
     ValueError
-        A layer that cannot be converted (anything but Linear, ReLU, Dropout
-        or Softmax after the Flatten; no Flatten followed by a Linear), named
-        with its index.
+        A layer that cannot be converted (after the Flatten or the global
+        pool, anything but Linear, elementwise layers or Softmax; a Linear
+        before any; no Flatten or global pool followed by a Linear), named.
     """
-    if not isinstance(model, Sequential):
-        raise TypeError(f"to_fully_convolutional: model must be a fastconv.nn.Sequential; "
+    fn = "to_fully_convolutional"
+    if not isinstance(model, Model):
+        raise TypeError(f"{fn}: model must be a fastconv.nn.Model or Sequential; "
                         f"got {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"{fn}: the model must have one input and one output; it has "
+                         f"{len(model.inputs)} and {len(model.outputs)}")
     layout = model.layout
     shape = tuple(input_shape)
+    shapes = model._propagate([shape])
+    h, w, c = _spatial(layout, shape) if len(shape) == 3 else (None, None, None)
+    x = Input((None, None, c) if layout == "NHWC" else (c, None, None), dtype=model.inputs[0].dtype)
+    tensors: Dict[int, Any] = {0: x}
+    # Tensor id -> (map (H, W, C) a Linear reading it covers, flatten order):
+    # the ids past a Flatten or a global pool.
+    flat: Dict[int, Tuple[Tuple[int, int, int], str]] = {}
     layers: List[Layer] = []
-    flatten: Optional[Flatten] = None
-    map_shape: Tuple[int, int, int] = (0, 0, 0)  # (H, W, C) the next Linear reads
     converted = 0
-    for i, layer in enumerate(model.layers):
-        if flatten is None:
-            if isinstance(layer, Flatten):
-                if len(shape) != 3:
-                    raise ValueError(f"to_fully_convolutional: layer {i} (Flatten) receives "
-                                     f"shape {shape}, not a 3-D map")
-                flatten, map_shape = layer, _spatial(layout, shape)
-            elif isinstance(layer, (Linear, GlobalAvgPool2d)):
-                raise ValueError(f"to_fully_convolutional: layer {i} ({layer!r}) mixes every "
-                                 f"spatial position before any Flatten; nothing to convert")
-            else:
-                layers.append(layer)
-            shape = layer.output_shape(shape)
+    elementwise = (ReLU, Dropout, Activation, Identity)
+
+    def label(k: int, layer: Layer) -> str:
+        return f"layer {k} ({layer!r})"
+
+    for k, node in enumerate(model.nodes):
+        layer, src = node.layer, node.inputs
+        args = [tensors[i] for i in src]
+        past = [i for i in src if i in flat]
+        if past and len(src) > 1:
+            raise ValueError(f"{fn}: {label(k, layer)} combines features past the Flatten")
+        if isinstance(layer, Flatten) and not past:
+            in_shape = shapes[src[0]]
+            if in_shape is None or len(in_shape) != 3:
+                raise ValueError(f"{fn}: {label(k, layer)} (Flatten) receives shape {in_shape}, "
+                                 f"not a 3-D map")
+            flat[node.output] = (_spatial(layout, in_shape), layer.order)
+            tensors[node.output] = args[0]  # (no layer: the Linear covers the map)
             continue
-        if isinstance(layer, Linear):
-            h, w, c = map_shape
-            kernel, bias = fc_to_conv(layer.weight, (h, w, c), layer.bias,
-                                      weight_layout=layer.weight_layout,
-                                      flatten_order=flatten.order, layout=layout)
-            layers.append(Conv2d(kernel, bias, activation=layer.activation, layout=layout))
-            map_shape = (1, 1, layer.out_features)
+        if isinstance(layer, GlobalAvgPool2d) and not past:
+            in_shape = shapes[src[0]]
+            ph, pw, pc = _spatial(layout, in_shape)
+            new = AvgPool2d((ph, pw), stride=1, layout=layout)
+            flat[node.output] = ((1, 1, pc), "HWC")
+        elif isinstance(layer, Linear):
+            if not past:
+                raise ValueError(f"{fn}: {label(k, layer)} mixes every spatial position before "
+                                 f"any Flatten or global pool; nothing to convert")
+            (mh, mw, mc), order = flat[src[0]]
+            kernel, bias = fc_to_conv(layer.weight, (mh, mw, mc), layer.bias,
+                                      weight_layout=layer.weight_layout, flatten_order=order,
+                                      layout=layout)
+            new = Conv2d(kernel, bias, activation=layer.activation, layout=layout)
+            flat[node.output] = ((1, 1, layer.out_features), "HWC")
             converted += 1
-        elif isinstance(layer, (ReLU, Dropout)):
-            layers.append(layer)
-        elif isinstance(layer, Softmax):
+        elif past and isinstance(layer, elementwise):
+            new = layer
+            flat[node.output] = flat[src[0]]
+        elif past and isinstance(layer, Softmax):
             if layer.axis not in (1, -1):
-                raise ValueError(f"to_fully_convolutional: layer {i} ({layer!r}) after the "
-                                 f"Flatten acts on axis {layer.axis}, not the features")
-            layers.append(Softmax(axis=-1 if layout == "NHWC" else 1))
+                raise ValueError(f"{fn}: {label(k, layer)} after the Flatten acts on axis "
+                                 f"{layer.axis}, not the features")
+            new = Softmax(axis=-1 if layout == "NHWC" else 1)
+            flat[node.output] = flat[src[0]]
+        elif past:
+            raise ValueError(f"{fn}: {label(k, layer)} after the Flatten cannot be written as a "
+                             f"convolution")
         else:
-            raise ValueError(f"to_fully_convolutional: layer {i} ({layer!r}) after the Flatten "
-                             f"cannot be written as a convolution")
-        shape = layer.output_shape(shape)
+            new = layer
+        layers.append(new)
+        tensors[node.output] = new(args if list_input(new, len(args)) else args[0])
     if not converted:
-        raise ValueError("to_fully_convolutional: the model has no Flatten followed by a Linear")
-    return Sequential(*layers, layout=layout)
+        raise ValueError(f"{fn}: the model has no Flatten or global pool followed by a Linear")
+    if isinstance(model, Sequential):
+        return Sequential(*layers, layout=layout)
+    return Model(x, tensors[model._output_ids[0]], layout=layout)
