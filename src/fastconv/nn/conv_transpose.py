@@ -126,11 +126,13 @@ class ConvTranspose2d(Layer):
             return xa, (h, w)
         return x, None
 
-    def _plan(self, shape: Tuple[int, ...], output_size: Any):
-        key = (tuple(shape), output_size, get_flush_denormals(), get_winograd())
+    def _plan(self, shape: Tuple[int, ...], output_size: Any, activation: Any = None):
+        activation = self.activation if activation is None else activation
+        key = (tuple(shape), output_size, repr(activation), get_flush_denormals(),
+               get_winograd())
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._weights.plan(tuple(shape), self.padding, self.activation,
+            plan = self._weights.plan(tuple(shape), self.padding, activation,
                                       output_padding=self.output_padding,
                                       output_size=output_size)
             if len(self._plans) >= PLAN_CACHE_SIZE:
@@ -153,6 +155,13 @@ class ConvTranspose2d(Layer):
     def forward(self, x: Any, out: Optional[np.ndarray] = None,
                 num_threads: Optional[int] = None, output_size: Any = None) -> np.ndarray:
         """Run the layer on x (or [x, like]: see the class)."""
+        return self._forward_activation(x, None, num_threads, out, output_size)
+
+    def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
+                            out: Optional[np.ndarray] = None,
+                            output_size: Any = None) -> np.ndarray:
+        """forward with `activation` in the store instead of the layer's own
+        (None: its own)."""
         fn = "ConvTranspose2d"
         x, like_size = self._split(x)
         if like_size is not None:
@@ -164,7 +173,7 @@ class ConvTranspose2d(Layer):
         xa = input_array(fn, x, weights.dtype)
         if output_size is not None:
             output_size = int_pair(fn, "output_size", output_size)
-        plan = self._plan(xa.shape, output_size)
+        plan = self._plan(xa.shape, output_size, activation)
         nthreads = resolve_threads(fn, num_threads)
         if out is not None:
             out = check_out(fn, out, plan.result, weights.dtype, {"x": (x, xa)})

@@ -279,22 +279,29 @@ class Conv2d(Layer):
         -------
         numpy.ndarray
         """
+        return self._forward_activation(x, self.activation, num_threads, out)
+
+    def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
+                            out: Optional[np.ndarray] = None) -> np.ndarray:
+        """forward with `activation` in the store instead of the layer's own
+        (a Model fusing the activation layer after it)."""
         weights = self._weights
         xa = input_array("Conv2d", x, weights.dtype)
-        plan = self._plan(xa.shape)
+        plan = self._plan(xa.shape, activation)
         nthreads = resolve_threads("Conv2d", num_threads)
         if out is not None:
             out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": (x, xa)})
         return weights.execute(plan, xa, out, nthreads)
 
-    def _plan(self, shape: Tuple[int, ...]):
-        """The checked plan of an input shape, kept: a network sees few (the
-        flush and Winograd settings are part of the key: the plan holds
-        them)."""
-        key = (tuple(shape), get_flush_denormals(), get_winograd())
+    def _plan(self, shape: Tuple[int, ...], activation: Any = None):
+        """The checked plan of an input shape (with `activation`, else the
+        layer's), kept: a network sees few (the flush and Winograd settings
+        are part of the key: the plan holds them)."""
+        activation = self.activation if activation is None else activation
+        key = (tuple(shape), repr(activation), get_flush_denormals(), get_winograd())
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._weights.plan(tuple(shape), self.padding, self.activation)
+            plan = self._weights.plan(tuple(shape), self.padding, activation)
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[key] = plan
@@ -426,7 +433,14 @@ class Linear(Layer):
         -------
         numpy.ndarray, shape (N, out_features) or (out_features,)
         """
+        return self._forward_activation(x, None, num_threads, out)
+
+    def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
+                            out: Optional[np.ndarray] = None) -> np.ndarray:
+        """forward with `activation` in the store instead of the layer's own
+        (None: its own)."""
         fn = "Linear"
+        act = self._act if activation is None else activation_spec(fn, activation)
         xa = input_array(fn, x, self.dtype)
         check_ndim(fn, "x", xa, (1, 2), "2-D (N, in_features) or 1-D (in_features,)")
         if xa.shape[-1] != self.in_features:
@@ -436,7 +450,7 @@ class Linear(Layer):
         nthreads = resolve_threads(fn, num_threads)
         shape = xa.shape[:-1] + (self.out_features,)
         out = check_out(fn, out, shape, self.dtype, {"x": (x, xa)})
-        y = self._weights.run(x2, self._act, None if out is None else out.reshape(
+        y = self._weights.run(x2, act, None if out is None else out.reshape(
             x2.shape[0], self.out_features), nthreads)
         return out if out is not None else y.reshape(shape)
 

@@ -105,6 +105,90 @@ def _shape_text(shape: Optional[SymbolicShape]) -> str:
     return "?" if shape is None else str(tuple(shape))
 
 
+class _Fused(Layer):
+    """A Model's step that runs several of its layers as one: a layer with
+    weights (Conv2d, ConvTranspose2d, Linear, with no activation of its own)
+    with the activation layer after it in its store, and a Conv2d with the
+    BatchNorm2d after it folded into its weights (fold_batchnorm)."""
+
+    def __init__(self, layer: Layer, activation: Any) -> None:
+        super().__init__()
+        self.layer, self.activation = layer, activation
+        self.takes_list = layer.takes_list
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> Any:
+        return self.layer._forward_activation(x, self.activation, num_threads)
+
+
+def _activation_of(layer: Layer) -> Any:
+    """The activation an elementwise layer applies (as activation= takes it), or None."""
+    if isinstance(layer, ReLU):
+        return "relu"
+    if isinstance(layer, Activation):
+        return layer.activation if not isinstance(layer.activation, list) else \
+            tuple(layer.activation)
+    return None
+
+
+def _fused_steps(nodes: List[Node], output_ids: Tuple[int, ...]
+                 ) -> Tuple[List[Node], List[Tuple[Layer, ...]]]:
+    """The steps a model runs, and the layers fused in them: a Conv2d with
+    no activation whose only reader is a BatchNorm2d runs with it folded in;
+    a Conv2d, ConvTranspose2d or Linear with no activation (or that fold)
+    whose only reader is an activation layer runs it in its store. The
+    tensors in between are never made. A tensor that is a model output, or
+    read twice, is not fused away. (The fused activation is the kernels'
+    own code, bitwise the layer's; the fold changes results by rounding.)"""
+    from fastconv.nn.conv_transpose import ConvTranspose2d
+    from fastconv.nn.normalization import BatchNorm2d, fold_batchnorm
+
+    readers: Dict[int, List[int]] = {}
+    for k, node in enumerate(nodes):
+        for i in node.inputs:
+            readers.setdefault(i, []).append(k)
+
+    def sole_reader(tensor: int) -> Optional[int]:
+        """The node that alone reads `tensor`, as its one input."""
+        ks = readers.get(tensor, [])
+        if tensor in output_ids or len(ks) != 1 or nodes[ks[0]].inputs != (tensor,):
+            return None
+        return ks[0]
+
+    steps: List[Node] = []
+    fusions: List[Tuple[Layer, ...]] = []
+    consumed = set()
+    for k, node in enumerate(nodes):
+        if k in consumed:
+            continue
+        run, out, group = node.layer, node.output, [node.layer]
+        j = sole_reader(out)
+        if (j is not None and isinstance(run, Conv2d) and run.activation is None
+                and isinstance(nodes[j].layer, BatchNorm2d)):
+            try:
+                run = fold_batchnorm(run, nodes[j].layer)
+            except (TypeError, ValueError):  # (a mismatch the graph let through)
+                j = None
+            if j is not None:
+                consumed.add(j)
+                out = nodes[j].output
+                group.append(nodes[j].layer)
+        activation = None
+        j = sole_reader(out)
+        if (j is not None and isinstance(run, (Conv2d, ConvTranspose2d, Linear))
+                and run.activation is None and _activation_of(nodes[j].layer) is not None):
+            activation = _activation_of(nodes[j].layer)
+            consumed.add(j)
+            out = nodes[j].output
+            group.append(nodes[j].layer)
+        if len(group) == 1:
+            steps.append(node)
+            continue
+        steps.append(Node(_Fused(run, activation) if activation is not None else run,
+                          node.inputs, out))
+        fusions.append(tuple(group))
+    return steps, fusions
+
+
 class Model(Layer):
     """A graph of layers, from its inputs to its outputs (Keras's
     functional API).
@@ -120,7 +204,9 @@ class Model(Layer):
     name : str, optional
 
     Calling it runs the nodes in topological order, freeing each
-    intermediate result as soon as its last reader has run:
+    intermediate result as soon as its last reader has run, with a
+    convolution (or Linear) and the BatchNorm2d and activation layer that
+    alone read it run as one (``fusions`` lists them; see _fused_steps):
     ``model(x)`` for one input, ``model([x1, x2])`` or ``model({"a": x1,
     "b": x2})`` (keyed by input name) for several, each with its batch axis
     (N, ...), or without it where every layer takes that (as in Sequential:
@@ -194,14 +280,16 @@ class Model(Layer):
                 raise ValueError(f"{fn}: layer {layer_label(layer)} is {layer.layout} but the "
                                  f"model is {self.layout}")
         names = self._name_all(fn, ins, layers)
-        # The ids each node is the last to read, which are freed once it ran.
-        last_reader = {i: k for k, node in enumerate(nodes) for i in node.inputs}
-        free_after: List[List[int]] = [[] for _ in nodes]
+        steps, fusions = _fused_steps(nodes, output_ids)
+        # The ids each step is the last to read, which are freed once it ran.
+        last_reader = {i: k for k, step in enumerate(steps) for i in step.inputs}
+        free_after: List[List[int]] = [[] for _ in steps]
         for i, k in last_reader.items():
             if i not in output_ids:
                 free_after[k].append(i)
         self._inputs, self._outputs, self._nodes = ins, outs, nodes
         self._graph_layers, self._output_ids, self._free_after = layers, output_ids, free_after
+        self._steps, self._fusions = steps, fusions
         self._names = names
 
     @staticmethod
@@ -302,6 +390,15 @@ class Model(Layer):
         their layers in turn to new nn.Inputs rebuilds the model."""
         self._current()
         return list(self._nodes)
+
+    @property
+    def fusions(self) -> List[Tuple[str, ...]]:
+        """The layers the model runs as one (see _fused_steps): each a tuple
+        of names, e.g. ("conv1", "bn1", "relu1") for a convolution with the
+        batch normalization folded into its weights and the ReLU in its
+        store. model.layers, summary() and save() show the layers as given."""
+        self._current()
+        return [tuple(self._names[id(layer)] for layer in group) for group in self._fusions]
 
     @property
     def takes_list(self) -> bool:  # type: ignore[override]
@@ -452,10 +549,10 @@ class Model(Layer):
         """Run the model: see the class's docstring."""
         self._current()
         values = dict(enumerate(self._input_arrays(x)))
-        for node, free in zip(self._nodes, self._free_after):
-            args = [values[i] for i in node.inputs]
-            values[node.output] = node.layer.forward(
-                args if list_input(node.layer, len(args)) else args[0], num_threads=num_threads)
+        for step, free in zip(self._steps, self._free_after):
+            args = [values[i] for i in step.inputs]
+            values[step.output] = step.layer.forward(
+                args if list_input(step.layer, len(args)) else args[0], num_threads=num_threads)
             del args
             for i in free:  # (its last reader has run)
                 del values[i]
