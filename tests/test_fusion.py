@@ -71,3 +71,49 @@ def test_a_tensor_read_twice_or_returned_is_not_fused_away():
     with_act = nn.Conv2d(r(3, 3, 2, 2), activation="relu")
     b = nn.Sigmoid()(with_act(x))     # the conv has its own activation: kept apart
     assert nn.Model(x, b).fusions == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_residual_add_runs_in_the_convolution_store(isa, dtype):
+    """A ResNet block: the second convolution adds the block's input and
+    applies the ReLU in its store, bitwise the unfused Add and ReLU, on
+    every algorithm that can run it (Winograd, igemm, GEMM, depthwise,
+    the transposed convolution's phases)."""
+    rng = np.random.default_rng(4)
+    r = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
+    x = nn.Input((None, None, 64))
+    h = nn.Conv2d(r(3, 3, 64, 64) / 24, r(64), padding=1, activation="relu")(x)
+    y = nn.Conv2d(r(3, 3, 64, 64) / 24, r(64), padding=1, name="c2")(h)    # Winograd
+    y = nn.ReLU(name="r2")(nn.Add(name="add")([x, y]))
+    z = nn.Conv2d(r(1, 1, 64, 64) / 8, name="c3")(y)                        # GEMM
+    z = nn.Add(name="add3")([z, y])
+    d = nn.Conv2d(r(3, 3, 1, 64), padding=1, groups=64, name="dw")(z)       # depthwise
+    d = nn.Activation("relu6", name="r6")(nn.Add(name="add_dw")([d, z]))
+    s = nn.Conv2d(r(3, 3, 64, 8), stride=2, padding=1, name="down")(d)       # igemm
+    u = nn.ConvTranspose2d(r(4, 4, 8, 8), stride=2, padding="same", name="up")([s, x])
+    skip = nn.Conv2d(r(1, 1, 64, 8), name="skip")(d)
+    out = nn.Add(name="fuse")([u, skip])
+    model = nn.Model(x, out)
+    assert ("c2", "add", "r2") in model.fusions and ("c3", "add3") in model.fusions
+    assert ("dw", "add_dw", "r6") in model.fusions
+    assert any(group[-1] == "fuse" for group in model.fusions)
+    img = r(2, 20, 18, 64)
+    assert np.array_equal(model(img), layer_by_layer(model, img))
+    assert model.get_layer("c2").plan(img.shape)["algorithm"] == "winograd-f2x2-3x3"
+
+
+@pytest.mark.parametrize("groups,k", [(1, 3), (1, 1), (5, 3)], ids=["igemm", "gemm", "depthwise"])
+def test_residual_on_small_odd_maps(groups, k):
+    """Tiles that straddle output rows and channel tails (the per-thread
+    buffer's path) add the residual as the direct stores do."""
+    rng = np.random.default_rng(6)
+    x = nn.Input((None, None, 5))
+    c = nn.Conv2d(rng.standard_normal((k, k, 5 // groups, 5)), rng.standard_normal(5),
+                  padding=k // 2, groups=groups)(x)
+    y = nn.Activation("silu")(nn.Add()([x, c]))
+    model = nn.Model(x, y)
+    assert len(model.fusions) == 1
+    for shape in [(1, 7, 3, 5), (3, 5, 11, 5), (1, 1, 1, 5)]:
+        img = rng.standard_normal(shape)
+        assert np.array_equal(model(img), layer_by_layer(model, img))
+        assert np.array_equal(model(img, num_threads=2), model(img, num_threads=1))

@@ -258,31 +258,44 @@ class ConvWeights:
                         act, flush, name, macs, direct_macs)
 
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
-                nthreads: int) -> np.ndarray:
-        """Run a plan on xa (checked to have the plan's shape and the dtype)."""
-        return self.execute_algorithm(plan, xa, out, nthreads)[0]
+                nthreads: int, residual: Optional[np.ndarray] = None) -> np.ndarray:
+        """Run a plan on xa (checked to have the plan's shape and the dtype),
+        adding residual (an array of the result's shape and dtype, or None)
+        in the store, before the activation."""
+        return self.execute_algorithm(plan, xa, out, nthreads, residual)[0]
 
     def execute_algorithm(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
-                          nthreads: int) -> Tuple[np.ndarray, str]:
+                          nthreads: int, residual: Optional[np.ndarray] = None
+                          ) -> Tuple[np.ndarray, str]:
         """execute, and the name of the algorithm that computed the result."""
         # The operators work in NHWC; an NCHW input is transposed once on the
         # way in and the result once on the way out.
         if self.layout == "NHWC":
             y = out if out is not None else np.empty(plan.result, self.dtype)
-            ran = self._run(plan, np.ascontiguousarray(xa), y, nthreads)
+            if residual is not None:
+                residual = np.ascontiguousarray(residual).reshape(plan.nhwc)
+                if np.shares_memory(residual, y):
+                    residual = residual.copy()
+            ran = self._run(plan, np.ascontiguousarray(xa), y, nthreads, residual)
             return y, ran
         x4 = xa.reshape((1,) + xa.shape) if xa.ndim == 3 else xa
         y = np.empty(plan.nhwc, self.dtype)
-        ran = self._run(plan, np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), y, nthreads)
+        if residual is not None:
+            r4 = residual.reshape((1,) + residual.shape) if residual.ndim == 3 else residual
+            residual = np.ascontiguousarray(r4.transpose(0, 2, 3, 1))
+        ran = self._run(plan, np.ascontiguousarray(x4.transpose(0, 2, 3, 1)), y, nthreads,
+                        residual)
         y = y.transpose(0, 3, 1, 2).reshape(plan.result)
         if out is not None:
             np.copyto(out, y)
             return out, ran
         return np.ascontiguousarray(y), ran
 
-    def _run(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray, nthreads: int) -> str:
+    def _run(self, plan: "ConvPlan", x: np.ndarray, y: np.ndarray, nthreads: int,
+             residual: Optional[np.ndarray] = None) -> str:
         """y = the convolution of x (both contiguous NHWC, of the plan's
-        shapes); returns the algorithm that ran.
+        shapes), plus residual (the same, or None); returns the algorithm
+        that ran.
 
         A tap in the padding adds nothing to an output (as if it were not
         there), so an Inf or NaN weight reaches exactly the outputs that see
@@ -300,10 +313,10 @@ class ConvWeights:
         values of a tile.
         """
         if not self._nonfinite:
-            return self._op.run(plan.call, x, y, nthreads)
+            return self._op.run(plan.call, x, y, nthreads, residual)
         plain = _core.ConvCall(*plan.sizes, None, plan.flush, False, plan.algorithm,
                                self.dtype.itemsize, self.transposed)
-        ran = self._nonfinite["finite"].run(plain, x, y, nthreads)
+        ran = self._nonfinite["finite"].run(plain, x, y, nthreads, residual)
         counting = _core.ConvCall(*plan.sizes, None, False, False, plan.algorithm,
                                   self.dtype.itemsize, self.transposed)
 

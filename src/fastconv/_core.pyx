@@ -332,19 +332,26 @@ cdef class ConvOp:
         _check_status(fc_conv_plan_call(self.op, &call.c, &plan))
         return fc_algorithm_name(plan.algorithm).decode(), plan.macs, plan.direct_macs
 
-    def run(self, ConvCall call, cnp.ndarray x, cnp.ndarray y, int nthreads):
-        """y = conv(x) (both contiguous NHWC of the call's sizes); returns the
-        name of the algorithm that produced y."""
+    def run(self, ConvCall call, cnp.ndarray x, cnp.ndarray y, int nthreads,
+            cnp.ndarray residual=None):
+        """y = conv(x) (+ residual) (all contiguous NHWC of the call's sizes;
+        residual not y); returns the name of the algorithm that produced y."""
         cdef const void *xp = _buffer(x, _count(call.c.N, call.c.H, call.c.W, self.C),
                                       self.dtype, "x")
         cdef void *yp = _buffer(y, _count(call.c.N, call.c.Ho, call.c.Wo, self.K),
                                 self.dtype, "out")
+        cdef const void *rp = NULL
+        if residual is not None:
+            rp = _buffer(residual, _count(call.c.N, call.c.Ho, call.c.Wo, self.K), self.dtype,
+                         "residual")
+            if rp == yp:
+                raise ValueError("internal: the residual is the output")
         cdef int status, ran = 0
         cdef fc_interrupt it
         raised = []
         cdef fc_interrupt *itp = _interrupt(&it, raised)
         with nogil:
-            status = fc_conv_run(self.op, &call.c, xp, yp, nthreads, itp, &ran)
+            status = fc_conv_run(self.op, &call.c, xp, rp, yp, nthreads, itp, &ran)
         _check_status(status, raised)
         return fc_algorithm_name(ran).decode()
 

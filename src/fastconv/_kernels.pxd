@@ -63,8 +63,9 @@ cdef extern from "fastconv.h" nogil:
         unsigned checks
         double next
 
-    int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
-                    int nthreads, fc_interrupt *interrupt, int *ran)
+    int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x,
+                    const void *residual, void *y, int nthreads, fc_interrupt *interrupt,
+                    int *ran)
     int fc_conv_algorithm(const fc_conv_op *op)
     int fc_conv_unpack(fc_conv_op *op, void *w, fc_weight_strides ws)
     const char *fc_conv_isa(const fc_conv_op *op)

@@ -162,11 +162,13 @@ typedef struct fc_conv_plan {
 
 int fc_conv_plan_call(fc_conv_op *op, const fc_conv_call *call, fc_conv_plan *plan);
 /* y (N, Ho, Wo, K) = the convolution of x (N, H, W, C), both contiguous
- * NHWC. *ran (if not NULL) gets the algorithm that produced y: Winograd
+ * NHWC, plus the bias, plus residual (NULL, or contiguous (N, Ho, Wo, K):
+ * a residual connection, added in the store before the activation; not y
+ * itself). *ran (if not NULL) gets the algorithm that produced y: Winograd
  * falls back to the direct convolution when an input, a transformed value
  * or an output is Inf or NaN. `interrupt` may be NULL (see fc_interrupt). */
-int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, void *y,
-                int nthreads, fc_interrupt *interrupt, int *ran);
+int fc_conv_run(fc_conv_op *op, const fc_conv_call *call, const void *x, const void *residual,
+                void *y, int nthreads, fc_interrupt *interrupt, int *ran);
 /* The algorithm the operator prepared its weights for at creation. */
 int fc_conv_algorithm(const fc_conv_op *op);
 /* The weights back, exactly, written through ws (the bias is not). */

@@ -158,10 +158,11 @@ class ConvTranspose2d(Layer):
         return self._forward_activation(x, None, num_threads, out, output_size)
 
     def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
-                            out: Optional[np.ndarray] = None,
-                            output_size: Any = None) -> np.ndarray:
+                            out: Optional[np.ndarray] = None, output_size: Any = None,
+                            residual: Optional[np.ndarray] = None) -> np.ndarray:
         """forward with `activation` in the store instead of the layer's own
-        (None: its own)."""
+        (None: its own), and `residual` (of the result's shape and dtype)
+        added before it."""
         fn = "ConvTranspose2d"
         x, like_size = self._split(x)
         if like_size is not None:
@@ -177,7 +178,12 @@ class ConvTranspose2d(Layer):
         nthreads = resolve_threads(fn, num_threads)
         if out is not None:
             out = check_out(fn, out, plan.result, weights.dtype, {"x": (x, xa)})
-        return weights.execute(plan, xa, out, nthreads)
+        if residual is not None:
+            residual = input_array(fn, residual, weights.dtype)
+            if residual.shape != plan.result:
+                raise ValueError(f"{fn}: the residual must have the result's shape "
+                                 f"{plan.result}; got {residual.shape}")
+        return weights.execute(plan, xa, out, nthreads, residual)
 
     def output_shape(self, shape: Any) -> Shape:
         """The output's shape for an input of `shape` (no batch axis), or for

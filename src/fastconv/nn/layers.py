@@ -282,16 +282,23 @@ class Conv2d(Layer):
         return self._forward_activation(x, self.activation, num_threads, out)
 
     def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
-                            out: Optional[np.ndarray] = None) -> np.ndarray:
+                            out: Optional[np.ndarray] = None,
+                            residual: Optional[np.ndarray] = None) -> np.ndarray:
         """forward with `activation` in the store instead of the layer's own
-        (a Model fusing the activation layer after it)."""
+        (None: its own), and `residual` (an array of the result's shape and
+        dtype) added before it: a Model fusing the layers after it."""
         weights = self._weights
         xa = input_array("Conv2d", x, weights.dtype)
         plan = self._plan(xa.shape, activation)
         nthreads = resolve_threads("Conv2d", num_threads)
         if out is not None:
             out = check_out("Conv2d", out, plan.result, weights.dtype, {"x": (x, xa)})
-        return weights.execute(plan, xa, out, nthreads)
+        if residual is not None:
+            residual = input_array("Conv2d", residual, weights.dtype)
+            if residual.shape != plan.result:
+                raise ValueError(f"Conv2d: the residual must have the result's shape "
+                                 f"{plan.result}; got {residual.shape}")
+        return weights.execute(plan, xa, out, nthreads, residual)
 
     def _plan(self, shape: Tuple[int, ...], activation: Any = None):
         """The checked plan of an input shape (with `activation`, else the

@@ -12,7 +12,7 @@ from fastconv._validate import _is_int, float_arrays, layout_name
 from fastconv.nn.activations import Activation
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, ReLU, Softmax, _spatial, list_input)
-from fastconv.nn.structural import Identity
+from fastconv.nn.structural import Add, Identity
 from fastconv.nn.symbolic import (Input, SymbolicShape, SymbolicTensor, infer_shape, input_label,
                                   layer_label, unknown_input)
 
@@ -106,18 +106,22 @@ def _shape_text(shape: Optional[SymbolicShape]) -> str:
 
 
 class _Fused(Layer):
-    """A Model's step that runs several of its layers as one: a layer with
-    weights (Conv2d, ConvTranspose2d, Linear, with no activation of its own)
-    with the activation layer after it in its store, and a Conv2d with the
-    BatchNorm2d after it folded into its weights (fold_batchnorm)."""
+    """A Model's step that runs several of its layers as one (see
+    _fused_steps): a layer with weights with the activation layer after it
+    in its store, and, with `residual`, the other input of the Add after it
+    added there too (the step's last input)."""
 
-    def __init__(self, layer: Layer, activation: Any) -> None:
+    def __init__(self, layer: Layer, activation: Any, residual: bool) -> None:
         super().__init__()
-        self.layer, self.activation = layer, activation
-        self.takes_list = layer.takes_list
+        self.layer, self.activation, self.residual = layer, activation, residual
+        self.takes_list = True if residual else layer.takes_list
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> Any:
-        return self.layer._forward_activation(x, self.activation, num_threads)
+        if not self.residual:
+            return self.layer._forward_activation(x, self.activation, num_threads)
+        *args, residual = x
+        return self.layer._forward_activation(args if len(args) > 1 else args[0],
+                                              self.activation, num_threads, residual=residual)
 
 
 def _activation_of(layer: Layer) -> Any:
@@ -132,13 +136,18 @@ def _activation_of(layer: Layer) -> Any:
 
 def _fused_steps(nodes: List[Node], output_ids: Tuple[int, ...]
                  ) -> Tuple[List[Node], List[Tuple[Layer, ...]]]:
-    """The steps a model runs, and the layers fused in them: a Conv2d with
-    no activation whose only reader is a BatchNorm2d runs with it folded in;
-    a Conv2d, ConvTranspose2d or Linear with no activation (or that fold)
-    whose only reader is an activation layer runs it in its store. The
-    tensors in between are never made. A tensor that is a model output, or
-    read twice, is not fused away. (The fused activation is the kernels'
-    own code, bitwise the layer's; the fold changes results by rounding.)"""
+    """The steps a model runs, and the layers fused in them. From a Conv2d
+    (or ConvTranspose2d, or Linear) with no activation of its own, each
+    layer that alone reads the one before it joins it: a BatchNorm2d right
+    after a Conv2d is folded into its weights (fold_batchnorm); a two-input
+    Add after a Conv2d or ConvTranspose2d adds its other input in the store
+    (a residual connection); an activation layer runs in the store. The
+    tensors in between are never made; the step runs where the last layer
+    it replaces would. A tensor that is a model output, or read twice, is
+    not fused away. The fused activation and residual are bitwise the
+    layers' (the kernels' own code, the same additions); the fold changes
+    results by rounding (and keeps a folded copy of the convolution's
+    packed weights beside the original)."""
     from fastconv.nn.conv_transpose import ConvTranspose2d
     from fastconv.nn.normalization import BatchNorm2d, fold_batchnorm
 
@@ -147,45 +156,64 @@ def _fused_steps(nodes: List[Node], output_ids: Tuple[int, ...]
         for i in node.inputs:
             readers.setdefault(i, []).append(k)
 
-    def sole_reader(tensor: int) -> Optional[int]:
-        """The node that alone reads `tensor`, as its one input."""
+    def sole_reader(tensor: int, arity: int = 1) -> Optional[int]:
+        """The node that alone reads `tensor`, once, among `arity` inputs (and
+        that no earlier step took: an Add of two convolutions goes to the
+        first)."""
         ks = readers.get(tensor, [])
-        if tensor in output_ids or len(ks) != 1 or nodes[ks[0]].inputs != (tensor,):
+        if tensor in output_ids or len(ks) != 1 or len(nodes[ks[0]].inputs) != arity \
+                or nodes[ks[0]].inputs.count(tensor) != 1 or ks[0] in consumed:
             return None
         return ks[0]
 
-    steps: List[Node] = []
-    fusions: List[Tuple[Layer, ...]] = []
+    pending: Dict[int, Tuple[Node, Tuple[Layer, ...]]] = {}  # last node -> fused step
     consumed = set()
     for k, node in enumerate(nodes):
-        if k in consumed:
+        run = node.layer
+        if k in consumed or not isinstance(run, (Conv2d, ConvTranspose2d, Linear)) \
+                or run.activation is not None:
             continue
-        run, out, group = node.layer, node.output, [node.layer]
+        out, group, chain, inputs = node.output, [run], [k], tuple(node.inputs)
         j = sole_reader(out)
-        if (j is not None and isinstance(run, Conv2d) and run.activation is None
-                and isinstance(nodes[j].layer, BatchNorm2d)):
+        if j is not None and isinstance(run, Conv2d) and isinstance(nodes[j].layer, BatchNorm2d):
             try:
                 run = fold_batchnorm(run, nodes[j].layer)
             except (TypeError, ValueError):  # (a mismatch the graph let through)
                 j = None
             if j is not None:
-                consumed.add(j)
                 out = nodes[j].output
+                chain.append(j)
                 group.append(nodes[j].layer)
+        residual = False
+        j = sole_reader(out, 2)
+        if j is not None and isinstance(run, (Conv2d, ConvTranspose2d)) \
+                and type(nodes[j].layer) is Add:
+            other = [i for i in nodes[j].inputs if i != out][0]
+            inputs, residual = inputs + (other,), True
+            out = nodes[j].output
+            chain.append(j)
+            group.append(nodes[j].layer)
         activation = None
         j = sole_reader(out)
-        if (j is not None and isinstance(run, (Conv2d, ConvTranspose2d, Linear))
-                and run.activation is None and _activation_of(nodes[j].layer) is not None):
+        if j is not None and _activation_of(nodes[j].layer) is not None:
             activation = _activation_of(nodes[j].layer)
-            consumed.add(j)
             out = nodes[j].output
+            chain.append(j)
             group.append(nodes[j].layer)
         if len(group) == 1:
-            steps.append(node)
             continue
-        steps.append(Node(_Fused(run, activation) if activation is not None else run,
-                          node.inputs, out))
-        fusions.append(tuple(group))
+        consumed.update(chain)
+        step_layer = run if activation is None and not residual else \
+            _Fused(run, activation, residual)
+        pending[chain[-1]] = (Node(step_layer, inputs, out), tuple(group))
+    steps: List[Node] = []
+    fusions: List[Tuple[Layer, ...]] = []
+    for k, node in enumerate(nodes):
+        if k in pending:
+            steps.append(pending[k][0])
+            fusions.append(pending[k][1])
+        elif k not in consumed:
+            steps.append(node)
     return steps, fusions
 
 

@@ -32,10 +32,15 @@
 #define DENSE_CHUNK 1024
 #define DENSE_PREFETCH 16
 
-static inline real finish(real v, const real *bias, int64_t k, const act_vec *act)
+/* Output (m, k): the sum v, its bias, its residual (the desc's, at m * K +
+ * k), the activation. */
+static inline real finish(const fc_dense_desc *d, real v, const real *bias, int64_t m, int64_t k,
+                          const act_vec *act)
 {
     if (bias)
         v += bias[k];
+    if (d->residual)
+        v += ((const real *)d->residual)[m * d->K + k];
     return activate1(v, act);
 }
 
@@ -130,7 +135,7 @@ static void dense_out_in(const fc_dense_desc *d, const real *x, const real *w,
                 for (int64_t r = R2; r < R; r++)
                     tail += xm[r] * wq[r];
                 y[m * K + k + q] =
-                    finish(lane_sum(acc[q][0] + acc[q][1]) + tail, bias, k + q, &act);
+                    finish(d, lane_sum(acc[q][0] + acc[q][1]) + tail, bias, m, k + q, &act);
             }
         }
     }
@@ -193,7 +198,7 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
                 real v = part[m * K + k];
                 for (int64_t c = 1; c < nchunks; c++)
                     v += part[(c * M + m) * K + k];
-                y[m * K + k] = finish(v, bias, k, &act);
+                y[m * K + k] = finish(d, v, bias, m, k, &act);
             }
         fp_leave(fp);
     }

@@ -15,7 +15,7 @@
 static inline __attribute__((always_inline)) void dw_tile(
     const fc_conv_desc *d, const real *img, const real *w, const real *bias, int64_t oy,
     int64_t ox0, int64_t c0, const int nox, const int checked, const int k3_stride,
-    real *out_row)
+    real *out_row, const real *res_row)
 {
     const int64_t C = d->C;
     vec acc[DW_OX];
@@ -65,6 +65,8 @@ static inline __attribute__((always_inline)) void dw_tile(
 #pragma GCC unroll 16
     for (int i = 0; i < nox; i++) {
         vec v = bias ? acc[i] + b : acc[i];
+        if (res_row)
+            v += load(res_row + (ox0 + i) * C + c0);
         v = activate(v, &act);
         store(out_row + (ox0 + i) * C + c0, v);
     }
@@ -73,7 +75,8 @@ static inline __attribute__((always_inline)) void dw_tile(
 /* One output value the plain way: the channel tail (C not a multiple of
  * VLEN). */
 static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real *w,
-                             const real *bias, int64_t oy, int64_t ox, int64_t c, real *out_row)
+                             const real *bias, int64_t oy, int64_t ox, int64_t c, real *out_row,
+                             const real *res_row)
 {
     const int64_t C = d->C;
     real acc = 0;
@@ -89,6 +92,8 @@ static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real 
     }
     if (bias)
         acc += bias[c];
+    if (res_row)
+        acc += res_row[ox * C + c];
     const act_vec act = act_prepare(d->act);
     out_row[ox * C + c] = activate1(acc, &act);
 }
@@ -116,6 +121,8 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
             const int64_t n = row / d->Ho, oy = row % d->Ho;
             const real *img = x + n * d->H * d->W * C;
             real *out_row = y + row * d->Wo * C;
+            const real *res_row =
+                d->residual ? (const real *)d->residual + row * d->Wo * C : NULL;
             /* Pixels outer, channels inner: a tile's input window (kh rows
              * of DW_OX * sw + kw pixels, all channels) stays in L1. */
             for (int64_t ox = 0; ox < d->Wo; ox += DW_OX) {
@@ -123,21 +130,21 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
                 const int inside = nox == DW_OX && ox >= ox_lo && ox + DW_OX <= ox_hi;
                 for (int64_t c0 = 0; c0 < cvec; c0 += VLEN) {
                     if (k3 == 1 && inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row, res_row);
                     else if (k3 == 1)
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 1, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 1, out_row, res_row);
                     else if (k3 == 2 && inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 2, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 2, out_row, res_row);
                     else if (k3 == 2)
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 2, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 2, out_row, res_row);
                     else if (inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row, res_row);
                     else
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 0, out_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 0, out_row, res_row);
                 }
                 for (int64_t o = ox; o < ox + nox; o++)
                     for (int64_t c = cvec; c < C; c++)
-                        dw_scalar(d, img, w, bias, oy, o, c, out_row);
+                        dw_scalar(d, img, w, bias, oy, o, c, out_row, res_row);
             }
         }
         fp_leave(fp);

@@ -42,7 +42,7 @@ static const real zero_row[KC > KC_GEMM ? KC : KC_GEMM] __attribute__((aligned(6
 static inline __attribute__((always_inline)) void ukernel(
     const int rows, const int nv, int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
     int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
-    const real *restrict bias, int flags, const act_vec *act)
+    const real *restrict bias, const real *restrict res, int flags, const act_vec *act)
 {
     vec acc[MR][NV];
     if (flags & F_ACCUMULATE) {
@@ -88,6 +88,13 @@ static inline __attribute__((always_inline)) void ukernel(
                 for (int v = 0; v < nv; v++)
                     acc[i][v] += load(bias + v * VLEN);
         }
+        if (res) { /* a residual connection, laid out as c */
+#pragma GCC unroll 16
+            for (int i = 0; i < rows; i++)
+#pragma GCC unroll 4
+                for (int v = 0; v < nv; v++)
+                    acc[i][v] += load(res + i * ldc + v * VLEN);
+        }
         if (act->kind == FC_ACT_RELU) { /* (the common case, kept inline) */
 #pragma GCC unroll 16
             for (int i = 0; i < rows; i++)
@@ -109,25 +116,27 @@ static inline __attribute__((always_inline)) void ukernel(
 
 typedef void (*ukernel_fn)(int64_t kc, int64_t ntaps, const real *const *a, int64_t a_off,
                            int64_t tap_step, const real *restrict w, int64_t ldw, real *restrict c, int64_t ldc,
-                           const real *restrict bias, int flags, const act_vec *act);
+                           const real *restrict bias, const real *restrict res, int flags,
+                           const act_vec *act);
 #define UKERNEL_NV(n)                                                                   \
     static void ukernel_##n(int64_t kc, int64_t ntaps, const real *const *a,           \
                             int64_t a_off, int64_t tap_step, const real *restrict w,   \
                             int64_t ldw,                                               \
                             real *restrict c, int64_t ldc, const real *restrict bias,  \
-                            int flags, const act_vec *act)                            \
+                            const real *restrict res, int flags, const act_vec *act)   \
     {                                                                                  \
-        ukernel(MR, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,     \
-                act);                                                              \
+        ukernel(MR, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, res, flags,\
+                act);                                                                  \
     }                                                                                  \
     static void ukernel_1row_##n(int64_t kc, int64_t ntaps, const real *const *a,      \
                                  int64_t a_off, int64_t tap_step,                      \
                                  const real *restrict w, int64_t ldw,                  \
                                  real *restrict c, int64_t ldc,                        \
-                                 const real *restrict bias, int flags, const act_vec *act) \
+                                 const real *restrict bias, const real *restrict res,  \
+                                 int flags, const act_vec *act)                        \
     {                                                                                  \
-        ukernel(1, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, flags,      \
-                act);                                                              \
+        ukernel(1, n, kc, ntaps, a, a_off, tap_step, w, ldw, c, ldc, bias, res, flags, \
+                act);                                                                  \
     }
 UKERNEL_NV(1)
 #if NV >= 2
@@ -409,6 +418,8 @@ static void run_task(const igemm_loop *g, int64_t task, char *work, int64_t *bui
      * ROWS_MERGED, C * kw <= KC makes that [ty][tx * C + c]). At least one
      * block, so that C == 0 still stores bias/zeros. */
     const int64_t ldy = d->y_col ? d->y_col : d->K, cofs = grp * Kg + b * NR;
+    const real *res = d->residual;
+    static const act_vec no_act; /* (FC_ACT_NONE) */
     int64_t c0 = 0;
     do {
         const int64_t kc = MIN(kc_block(d), g->run - c0);
@@ -417,8 +428,12 @@ static void run_task(const igemm_loop *g, int64_t task, char *work, int64_t *bui
             const int64_t p0 = (t0 + t) * MR;
             const int direct = stores_direct(d, p0, M, nr, width);
             real *c = direct ? y + y_offset(d, p0) + cofs : tiles + t * MR * NR;
+            /* a buffered tile gets its residual and activation when copied
+             * out, in the same order of operations */
             uk(kc, g->rows_per_tile, a + t * MR * g->ntaps, c0, g->tap_step,
-               wb + c0 * block_step, ldw, c, direct ? ldy : NR, bias, flags, &g->act);
+               wb + c0 * block_step, ldw, c, direct ? ldy : NR, bias,
+               direct && res ? res + (c - y) : NULL, flags,
+               direct || !res ? &g->act : &no_act);
         }
         c0 += kc;
     } while (c0 < g->run);
@@ -426,9 +441,19 @@ static void run_task(const igemm_loop *g, int64_t task, char *work, int64_t *bui
         const int64_t p0 = (t0 + t) * MR, mr = MIN(MR, M - p0);
         if (stores_direct(d, p0, M, nr, width))
             continue;
-        for (int64_t i = 0; i < mr; i++)
-            memcpy(y + y_offset(d, p0 + i) + cofs, tiles + (t * MR + i) * NR,
-                   sizeof(real) * (size_t)nr);
+        for (int64_t i = 0; i < mr; i++) {
+            const int64_t at = y_offset(d, p0 + i) + cofs;
+            const real *src = tiles + (t * MR + i) * NR;
+            if (!res) {
+                memcpy(y + at, src, sizeof(real) * (size_t)nr);
+                continue;
+            }
+            for (int64_t j = 0; j < nr; j += VLEN) {
+                const int64_t lanes = MIN(VLEN, nr - j);
+                const vec v = load_lanes(src + j, lanes) + load_lanes(res + at + j, lanes);
+                store_lanes(y + at + j, activate(v, &g->act), lanes);
+            }
+        }
     }
 }
 

@@ -23,6 +23,9 @@ typedef struct fc_conv_desc {
      * ox * y_col elements into y (igemm only: a phase of a transposed
      * convolution); y_col == 0: y is contiguous (N, Ho, Wo, K). */
     int64_t y_off, y_img, y_row, y_col;
+    /* NULL, or values added to each output before the activation (a
+     * residual connection), addressed exactly as y is; never y itself. */
+    const void *residual;
     fc_activation act;       /* applied before storing (kernels/activation.h) */
     int has_bias;            /* the packed weights carry a bias to add */
     int flush_denormals;     /* run with FTZ/DAZ set (restored afterwards) */
@@ -35,6 +38,7 @@ typedef struct fc_dense_desc {
     int64_t M, R, K;
     int w_out_in;            /* 0: W is (R, K) (HWIO flattened, numpy's b);
                                 1: W is (K, R) (OIHW flattened, PyTorch's Linear) */
+    const void *residual;    /* NULL, or (M, K) values added before the activation */
     fc_activation act;
     int flush_denormals;
     fc_interrupt *interrupt;

@@ -165,10 +165,13 @@ static int output_transform(const fc_conv_desc *d, const real *m, int64_t t0, in
             for (int i = 0; i < rows; i++) { /* (A^T m) A, bias, ReLU */
                 const vec r[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
                 for (int j = 0; j < cols; j++) {
+                    const int64_t at = ((img * d->Ho + oy + i) * d->Wo + ox + j) * K + k;
                     vec o = r[j] + b;
                     check += o * 0;
+                    if (d->residual)
+                        o += load_lanes((const real *)d->residual + at, lanes);
                     o = activate(o, &act);
-                    store_lanes(y + ((img * d->Ho + oy + i) * d->Wo + ox + j) * K + k, o, lanes);
+                    store_lanes(y + at, o, lanes);
                 }
             }
         }

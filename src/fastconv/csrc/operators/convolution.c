@@ -109,9 +109,10 @@ static fc_conv_desc weights_desc(const fc_conv_op *op)
 }
 
 static fc_conv_desc call_desc(const fc_conv_op *op, const fc_conv_call *c,
-                              fc_interrupt *interrupt)
+                              const void *residual, fc_interrupt *interrupt)
 {
     fc_conv_desc d = weights_desc(op);
+    d.residual = residual;
     d.interrupt = interrupt;
     d.N = c->N;
     d.H = c->H;
@@ -444,11 +445,11 @@ static int pack_phases(fc_conv_op *op, const void *w, fc_weight_strides ws, int 
 /* The descriptor of phase (ry, rx) of a call, and the packed weights it
  * reads. */
 static fc_conv_desc phase_desc(const fc_conv_op *op, const fc_conv_call *c,
-                               fc_interrupt *interrupt, int64_t ry, int64_t rx,
-                               const void **packed)
+                               const void *residual, fc_interrupt *interrupt, int64_t ry,
+                               int64_t rx, const void **packed)
 {
     const fc_conv_params *p = &op->p;
-    fc_conv_desc d = call_desc(op, c, interrupt);
+    fc_conv_desc d = call_desc(op, c, residual, interrupt);
     int64_t ty0 = 0, tx0 = 0, off_y = 0, off_x = 0;
     const int hit =
         phase_class(ry + c->pad_top - (p->kh - 1) * p->dh, p->sh, p->dh, op->step_y, p->kh,
@@ -475,8 +476,8 @@ static fc_conv_desc phase_desc(const fc_conv_op *op, const fc_conv_call *c,
     return d;
 }
 
-static int run_phases(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y,
-                      int nthreads, fc_interrupt *interrupt)
+static int run_phases(fc_conv_op *op, const fc_conv_call *c, const void *x,
+                      const void *residual, void *y, int nthreads, fc_interrupt *interrupt)
 {
     /* (the phases with outputs: a stride larger than the output has fewer) */
     const int64_t ny = MIN_OF(op->p.sh, c->Ho), nx = MIN_OF(op->p.sw, c->Wo), n = ny * nx;
@@ -485,7 +486,7 @@ static int run_phases(fc_conv_op *op, const fc_conv_call *c, const void *x, void
     int status = FC_ENOMEM;
     if (descs && packed) {
         for (int64_t i = 0; i < n; i++)
-            descs[i] = phase_desc(op, c, interrupt, i / nx, i % nx, &packed[i]);
+            descs[i] = phase_desc(op, c, residual, interrupt, i / nx, i % nx, &packed[i]);
         status = op->ks->igemm_phases(descs, packed, n, x, y, nthreads);
     }
     free(descs);
@@ -501,7 +502,7 @@ static double phase_macs(const fc_conv_op *op, const fc_conv_call *c)
     double macs = 0;
     for (int64_t i = 0; i < ny * nx; i++) {
         const void *packed;
-        const fc_conv_desc d = phase_desc(op, c, NULL, i / nx, i % nx, &packed);
+        const fc_conv_desc d = phase_desc(op, c, NULL, NULL, i / nx, i % nx, &packed);
         macs += (double)c->N * d.Ho * d.Wo * d.kh * d.kw * (p->C / p->groups) * p->K;
     }
     return macs;
@@ -677,7 +678,7 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
     const int64_t R = p->kh * p->kw * p->C;
     const size_t item = op->itemsize;
     const fc_dense_desc dd = {.M = d->N, .R = R, .K = p->K, .w_out_in = !op->w_hwio,
-                              .act = d->act, .flush_denormals = d->flush_denormals,
+                              .residual = d->residual, .act = d->act, .flush_denormals = d->flush_denormals,
                               .interrupt = d->interrupt};
     if (op->w_hwio && d->pad_top == 0 && d->pad_left == 0 && d->H == p->kh && d->W == p->kw)
         return op->ks->dense(&dd, x, op->w, op->bias, y, nthreads);
@@ -708,14 +709,15 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
 }
 
 /* A direct convolution's call (or a stride-1 transposed one's, translated). */
-static int run_direct(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y,
-                      int nthreads, fc_interrupt *interrupt, int *ran)
+static int run_direct(fc_conv_op *op, const fc_conv_call *c, const void *x,
+                      const void *residual, void *y, int nthreads, fc_interrupt *interrupt,
+                      int *ran)
 {
     fc_conv_plan plan;
     int status = plan_direct(op, c, &plan);
     if (status != FC_OK)
         return status;
-    const fc_conv_desc d = call_desc(op, c, interrupt);
+    const fc_conv_desc d = call_desc(op, c, residual, interrupt);
     int algorithm = plan.algorithm;
     switch (algorithm) {
     case FC_ALGO_DEPTHWISE:
@@ -754,24 +756,24 @@ static int run_direct(fc_conv_op *op, const fc_conv_call *c, const void *x, void
     return status;
 }
 
-int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, int nthreads,
-                fc_interrupt *interrupt, int *ran)
+int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, const void *residual,
+                void *y, int nthreads, fc_interrupt *interrupt, int *ran)
 {
-    if (!valid_call(c))
+    if (!valid_call(c) || (residual && residual == y))
         return FC_EINVAL;
     if (op->phases) {
         if (c->algorithm != FC_ALGO_AUTO && c->algorithm != FC_ALGO_IGEMM)
             return FC_EINVAL;
         if (ran)
             *ran = FC_ALGO_IGEMM;
-        return run_phases(op, c, x, y, nthreads, interrupt);
+        return run_phases(op, c, x, residual, y, nthreads, interrupt);
     }
     if (!op->transposed)
-        return run_direct(op, c, x, y, nthreads, interrupt, ran);
+        return run_direct(op, c, x, residual, y, nthreads, interrupt, ran);
     int64_t crop_top, crop_left;
     const fc_conv_call d = direct_call(op, c, &crop_top, &crop_left);
     if (!crop_top && !crop_left)
-        return run_direct(op, &d, x, y, nthreads, interrupt, ran);
+        return run_direct(op, &d, x, residual, y, nthreads, interrupt, ran);
     /* a padding larger than the kernel's reach: its direct convolution
      * starts inside x, whose rows and columns before that are copied out */
     const int64_t row = d.W * op->p.C * (int64_t)op->itemsize;
@@ -786,7 +788,7 @@ int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, void *y, i
                    (const char *)x + (((img * c->H + iy + crop_top) * c->W + crop_left) * op->p.C) *
                                          (int64_t)op->itemsize,
                    (size_t)row);
-    const int status = run_direct(op, &d, xc, y, nthreads, interrupt, ran);
+    const int status = run_direct(op, &d, xc, residual, y, nthreads, interrupt, ran);
     free(xc);
     return status;
 }
