@@ -147,8 +147,8 @@ def fcn(classifier, input_shape, num_classes=None, variant="8s", **skips):
     return StandinFCN(classifier, input_shape, num_classes, variant, **skips)
 
 
-def predict_labels(model, x):
-    return np.argmax(model(x), axis=-1)
+def predict_labels(model, x, num_threads=None):
+    return np.argmax(model(x, num_threads=num_threads), axis=-1)
 
 
 def install(monkeypatch):

@@ -428,7 +428,8 @@ def label_map(segmenter, page: np.ndarray) -> np.ndarray:
     """The per-pixel classes (H, W) the segmenter gives a (H, W) page."""
     from fastconv import nn
 
-    return np.asarray(nn.predict_labels(segmenter, page[None, :, :, None]))[0]
+    return np.asarray(nn.predict_labels(segmenter, page[None, :, :, None],
+                                        num_threads=THREADS))[0]
 
 
 def _upsampling(n_in: int, n_out: int, stride: int = 2, size: int = 4) -> np.ndarray:
@@ -661,13 +662,14 @@ def run_demo(quick: bool, seed: int = 0, plot: Optional[str] = None) -> dict:
         agreement and n_checked (the float32 Sequential vs the NumPy model,
         argmax, on the held-out digits and windows); for the page and each
         method ("fcn": the segmenter with its fitted skips, "fcn_zero_skips",
-        "windows": the classifier on every window): pixel accuracy,
+        "windows": the classifier on every window): pixel_accuracy,
         mean_iou, iou (per class); fcn_seconds, windows_seconds, speedup;
         skip_check (largest |segmenter - (zero-skip segmenter + skip_scores)|);
         for the report: n_test, n_windows_train, n_windows_test, train_seconds,
         skip_seconds, page_shape, n_digits, ink_fraction, n_windows (of the
-        baseline), calls, summary, plot;
-        and the classifier, segmenter, page, truth and the label maps.
+        baseline), calls, summary, plot; and the classifier (the float32
+        Sequential), segmenter, skips (fit_skips' result), page, truth,
+        boxes (make_page's) and maps (the three label maps, by method).
 
     Raises
     ------
