@@ -1,6 +1,7 @@
-"""A plain-NumPy stand-in for ``fastconv.nn.fcn`` (variant "8s") and
-``fastconv.nn.predict_labels``, for the tests of the segmentation demo
-(tests/test_demo_segment.py) until the real builder lands.
+"""A plain-NumPy FCN-8s (``fastconv.nn.fcn``'s variant "8s" and
+``fastconv.nn.predict_labels``), which the tests of the segmentation demo
+(tests/test_demo_segment.py) check the real one against on the demo's own
+classifier and page.
 
 It follows the contract the demo is written against, with the ops of
 tests/tf_reference.py (TensorFlow's SAME conv2d, max_pool and
@@ -19,9 +20,6 @@ conv2d_transpose in float64):
     fuse_pool3 = upscore4 + score_pool3(that pool)
     upscore32 = conv2d_transpose(fuse_pool3, bilinear 2S, stride S) -> the
                 input's size, S the stride of "pool3".
-
-The real nn.fcn replaces this when it exists: ``install(monkeypatch)``
-puts the stand-in on fastconv.nn only where the real one is missing.
 """
 
 import math
@@ -31,7 +29,7 @@ import numpy as np
 from fastconv import nn
 from tf_reference import tf_conv2d, tf_conv2d_transpose, tf_max_pool
 
-__all__ = ["fcn", "predict_labels", "bilinear", "install", "StandinFCN"]
+__all__ = ["fcn", "predict_labels", "bilinear", "StandinFCN"]
 
 
 def bilinear(ksize, channels):
@@ -149,13 +147,3 @@ def fcn(classifier, input_shape, num_classes=None, variant="8s", **skips):
 
 def predict_labels(model, x, num_threads=None):
     return np.argmax(model(x, num_threads=num_threads), axis=-1)
-
-
-def install(monkeypatch):
-    """Put the stand-in on fastconv.nn where nn.fcn / nn.predict_labels are
-    missing (through `monkeypatch`, which undoes it); returns the names
-    replaced."""
-    missing = [name for name in ("fcn", "predict_labels") if not hasattr(nn, name)]
-    for name in missing:
-        monkeypatch.setattr(nn, name, globals()[name], raising=False)
-    return missing

@@ -3,10 +3,8 @@ NumPy, made an FCN-8s by fastconv.nn.fcn, labels every pixel of a page of
 unseen digits in one pass; scored against the page's truth and timed against
 the classifier run on every window. No speed is asserted.
 
-Until fastconv.nn.fcn exists, the module fixture runs the demo with the
-plain-NumPy stand-in of tests/segment_standin.py (installed only where nn.fcn
-is missing); the two tests marked NEEDS nn.fcn below use the real one and
-fail, with that message, while it is missing.
+tests/segment_standin.py is a plain-NumPy FCN-8s the real one is checked
+against on the demo's own classifier and page.
 """
 
 import math
@@ -32,18 +30,12 @@ try:
 except ImportError:
     HAVE_MATPLOTLIB = False
 
-NEEDS_FCN = ("fastconv.nn.fcn is missing: the FCN-8s builder this demo is written "
-             "against has not landed (see build_segmenter in src/fastconv/_demo_segment.py)")
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     """One run_demo(quick=True) for the module (with a plot if matplotlib is
-    here), on the stand-in of nn.fcn if the real one is missing."""
+    here)."""
     plot = str(tmp_path_factory.mktemp("segment") / "segment.png") if HAVE_MATPLOTLIB else None
-    with pytest.MonkeyPatch.context() as mp:   # (undone before any test runs)
-        segment_standin.install(mp)
-        return ds.run_demo(quick=True, plot=plot)
+    return ds.run_demo(quick=True, plot=plot)
 
 
 @pytest.fixture(scope="module")
@@ -380,25 +372,13 @@ def test_missing_matplotlib_with_plot_is_a_message_and_exit_code_2():
     assert not os.path.exists(path)
 
 
-def test_missing_nn_fcn_is_a_message_and_exit_code_2(monkeypatch, capsys):
-    # (what a fastconv without the FCN-8s builder says, before any training)
-    monkeypatch.delattr(nn, "fcn", raising=False)
-    assert main(["demo", "segment", "--quick"]) == 2
-    err = capsys.readouterr().err
-    assert "needs fastconv.nn.fcn" in err and "Traceback" not in err
-
-
 # --------------------------------------------------------------------------
-# NEEDS nn.fcn: these two run the real fastconv.nn.fcn / nn.predict_labels
-# and fail (NEEDS_FCN) until they exist. They are the ones to enable at the
-# merge: nothing to change but, if its signature differs, build_segmenter.
+# The real fastconv.nn.fcn / nn.predict_labels
 # --------------------------------------------------------------------------
 def test_nn_fcn_equals_the_standin(quick):
-    """NEEDS nn.fcn: the real FCN-8s of the trained classifier, with and
-    without the fitted skips, against the NumPy stand-in (float64) on the
-    odd-sized page, and nn.predict_labels against the argmax."""
-    if not hasattr(nn, "fcn") or not hasattr(nn, "predict_labels"):
-        pytest.fail(NEEDS_FCN)
+    """The real FCN-8s of the trained classifier, with and without the
+    fitted skips, against the NumPy stand-in (float64) on the odd-sized
+    page, and nn.predict_labels against the argmax."""
     x = quick["page"][None, :, :, None]
     for skips in (None, quick["skips"]):
         real = ds.build_segmenter(quick["classifier"], skips)
@@ -413,10 +393,8 @@ def test_nn_fcn_equals_the_standin(quick):
 
 
 def test_command_line_quick_run_end_to_end():
-    """NEEDS nn.fcn: `python -m fastconv demo segment --quick`, the real
-    segmenter, in a fresh process."""
-    if not hasattr(nn, "fcn"):
-        pytest.fail(NEEDS_FCN)
+    """`python -m fastconv demo segment --quick`, the real segmenter, in a
+    fresh process."""
     proc = _python(["-m", "fastconv", "demo", "segment", "--quick"])
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -409,19 +409,8 @@ def build_segmenter(classifier, skips: Optional[Dict[str, Tuple[np.ndarray, np.n
     """
     from fastconv import nn
 
-    _require_fcn()
     return nn.fcn(classifier, INPUT_SHAPE, num_classes=None, variant="8s",
                   **(skips or {}))
-
-
-def _require_fcn() -> None:
-    """MissingDependency unless fastconv.nn has fcn and predict_labels."""
-    from fastconv import nn
-
-    if not (hasattr(nn, "fcn") and hasattr(nn, "predict_labels")):
-        raise MissingDependency("the segmentation demo needs fastconv.nn.fcn and "
-                                "nn.predict_labels (the FCN-8s builder), which this "
-                                "fastconv does not have yet")
 
 
 def label_map(segmenter, page: np.ndarray) -> np.ndarray:
@@ -674,12 +663,10 @@ def run_demo(quick: bool, seed: int = 0, plot: Optional[str] = None) -> dict:
     Raises
     ------
     MissingDependency
-        scikit-learn (or, with plot, matplotlib) is not installed, or
-        fastconv.nn has no fcn.
+        scikit-learn (or, with plot, matplotlib) is not installed.
     """
     plt = _pyplot() if plot else None          # fail before any work is done
     images, labels = load_digits()
-    _require_fcn()
 
     shape, n_digits, fcn_repeats, window_repeats = PAGES[bool(quick)]
     rng = np.random.default_rng(seed)
