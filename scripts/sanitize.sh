@@ -38,7 +38,7 @@ TEST_FILES=(test_conv2d.py test_matmul.py test_dense.py test_winograd.py test_la
             test_microkernels.py test_core_bounds.py test_fc_to_conv.py
             test_errors.py test_inputs.py test_limits.py test_nn.py test_config.py
             test_threads.py test_security.py test_hypothesis.py test_fork.py
-            test_interrupt.py)
+            test_interrupt.py test_conv_transpose.py test_activations.py test_fusion.py)
 SELECT="not torch"
 SELECT_PER_ISA="not torch and not isa and not vgg16 and not info_command"
 

@@ -28,8 +28,9 @@ source "$(dirname "$0")/_build_copy.sh"
 # valgrind does not emulate the MXCSR's FTZ/DAZ modes, so subnormals stay
 # subnormal under it. About 4 minutes on 2 cores.
 TEST_FILES=(test_matmul.py test_dense.py test_layers.py test_conv2d.py test_winograd.py
-            test_microkernels.py test_core_bounds.py)
-SELECT="not torch and not flush and (matmul or dense or layer or microkernels or core_bounds or padding or stride or dilation or groups or depthwise or rgb or tile or (winograd and not f64))"
+            test_microkernels.py test_core_bounds.py test_conv_transpose.py test_fusion.py
+            test_activations.py)
+SELECT="not torch and not flush and (matmul or dense or layer or microkernels or core_bounds or padding or stride or dilation or groups or depthwise or rgb or tile or (winograd and not f64) or scatter or fusion or residual or fused_into)"
 
 if ! command -v valgrind >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

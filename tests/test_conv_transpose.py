@@ -182,7 +182,7 @@ def test_output_size_picks_output_padding_as_torch_does():
                                       layout="NCHW")
 
 
-def test_non_finite_weights_reach_only_the_outputs_they_touch():
+def test_non_finite_weights_reach_only_the_outputs_they_touch_as_in_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 2, 4, 5))

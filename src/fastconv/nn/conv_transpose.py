@@ -127,12 +127,12 @@ class ConvTranspose2d(Layer):
         return x, None
 
     def _plan(self, shape: Tuple[int, ...], output_size: Any, activation: Any = None):
-        activation = self.activation if activation is None else activation
-        key = (tuple(shape), output_size, repr(activation), get_flush_denormals(),
-               get_winograd())
+        # (activation: None for the layer's own, else a str or tuple, hashable)
+        key = (tuple(shape), output_size, activation, get_flush_denormals(), get_winograd())
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._weights.plan(tuple(shape), self.padding, activation,
+            plan = self._weights.plan(tuple(shape), self.padding,
+                                      self.activation if activation is None else activation,
                                       output_padding=self.output_padding,
                                       output_size=output_size)
             if len(self._plans) >= PLAN_CACHE_SIZE:

@@ -304,11 +304,12 @@ class Conv2d(Layer):
         """The checked plan of an input shape (with `activation`, else the
         layer's), kept: a network sees few (the flush and Winograd settings
         are part of the key: the plan holds them)."""
-        activation = self.activation if activation is None else activation
-        key = (tuple(shape), repr(activation), get_flush_denormals(), get_winograd())
+        # (activation: None for the layer's own, else a str or tuple, hashable)
+        key = (tuple(shape), activation, get_flush_denormals(), get_winograd())
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._weights.plan(tuple(shape), self.padding, activation)
+            plan = self._weights.plan(tuple(shape), self.padding,
+                                      self.activation if activation is None else activation)
             if len(self._plans) >= PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[key] = plan

@@ -15,7 +15,7 @@
 static inline __attribute__((always_inline)) void dw_tile(
     const fc_conv_desc *d, const real *img, const real *w, const real *bias, int64_t oy,
     int64_t ox0, int64_t c0, const int nox, const int checked, const int k3_stride,
-    real *out_row, const real *res_row)
+    real *out_row, const real *res_row, const act_vec *act)
 {
     const int64_t C = d->C;
     vec acc[DW_OX];
@@ -61,13 +61,13 @@ static inline __attribute__((always_inline)) void dw_tile(
         }
     }
     const vec b = bias ? load(bias + c0) : (vec){0};
-    const act_vec act = act_prepare(d->act);
 #pragma GCC unroll 16
     for (int i = 0; i < nox; i++) {
         vec v = bias ? acc[i] + b : acc[i];
         if (res_row)
             v += load(res_row + (ox0 + i) * C + c0);
-        v = activate(v, &act);
+        if (act->kind != FC_ACT_NONE)
+            v = activate(v, act);
         store(out_row + (ox0 + i) * C + c0, v);
     }
 }
@@ -76,7 +76,7 @@ static inline __attribute__((always_inline)) void dw_tile(
  * VLEN). */
 static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real *w,
                              const real *bias, int64_t oy, int64_t ox, int64_t c, real *out_row,
-                             const real *res_row)
+                             const real *res_row, const act_vec *act)
 {
     const int64_t C = d->C;
     real acc = 0;
@@ -94,8 +94,7 @@ static inline void dw_scalar(const fc_conv_desc *d, const real *img, const real 
         acc += bias[c];
     if (res_row)
         acc += res_row[ox * C + c];
-    const act_vec act = act_prepare(d->act);
-    out_row[ox * C + c] = activate1(acc, &act);
+    out_row[ox * C + c] = activate1(acc, act);
 }
 
 INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
@@ -114,6 +113,7 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
 #pragma omp parallel num_threads(nt)
     {
         const fp_mode fp = fp_enter(d->flush_denormals);
+        const act_vec act = act_prepare(d->act);
 #pragma omp for schedule(static)
         for (int64_t row = 0; row < rows; row++) {
             if (interrupted(d->interrupt))
@@ -130,21 +130,27 @@ INTERNAL int NAME(dwconv)(const fc_conv_desc *d, const void *xv, const void *wv,
                 const int inside = nox == DW_OX && ox >= ox_lo && ox + DW_OX <= ox_hi;
                 for (int64_t c0 = 0; c0 < cvec; c0 += VLEN) {
                     if (k3 == 1 && inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 1, out_row, res_row,
+                                &act);
                     else if (k3 == 1)
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 1, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 1, out_row, res_row,
+                                &act);
                     else if (k3 == 2 && inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 2, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 2, out_row, res_row,
+                                &act);
                     else if (k3 == 2)
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 2, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 2, out_row, res_row,
+                                &act);
                     else if (inside)
-                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, DW_OX, 0, 0, out_row, res_row,
+                                &act);
                     else
-                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 0, out_row, res_row);
+                        dw_tile(d, img, w, bias, oy, ox, c0, nox, 1, 0, out_row, res_row,
+                                &act);
                 }
                 for (int64_t o = ox; o < ox + nox; o++)
                     for (int64_t c = cvec; c < C; c++)
-                        dw_scalar(d, img, w, bias, oy, o, c, out_row, res_row);
+                        dw_scalar(d, img, w, bias, oy, o, c, out_row, res_row, &act);
             }
         }
         fp_leave(fp);

@@ -147,6 +147,7 @@ static int output_transform(const fc_conv_desc *d, const real *m, int64_t t0, in
 {
     const int64_t K = d->K;
     const act_vec act = act_prepare(d->act);
+    const real *res = d->residual;
     vec check = {0}; /* as in input_transform: an Inf or NaN output */
     for (int64_t t = 0; t < n; t++) {
         int64_t img, oy, ox;
@@ -168,9 +169,10 @@ static int output_transform(const fc_conv_desc *d, const real *m, int64_t t0, in
                     const int64_t at = ((img * d->Ho + oy + i) * d->Wo + ox + j) * K + k;
                     vec o = r[j] + b;
                     check += o * 0;
-                    if (d->residual)
-                        o += load_lanes((const real *)d->residual + at, lanes);
-                    o = activate(o, &act);
+                    if (res)
+                        o += load_lanes(res + at, lanes);
+                    if (act.kind != FC_ACT_NONE)
+                        o = activate(o, &act);
                     store_lanes(y + at, o, lanes);
                 }
             }
