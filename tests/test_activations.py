@@ -190,3 +190,18 @@ def test_bad_activations_are_named(activation, exc, words):
         with pytest.raises(exc):
             fastconv.conv2d(np.ones((1, 3, 3, 1), np.float32), np.ones((1, 1, 1, 1), np.float32),
                             activation=activation)
+
+
+def test_list_activations_and_signed_zero_of_tanh():
+    """Review findings: an activation given as a list works in a layer's
+    plan cache; tanh(-0.0) is -0.0 (as torch's); a hard_sigmoid alpha that
+    float32 cannot hold is refused."""
+    x = np.linspace(-9, 9, 19).reshape(1, 19, 1, 1).astype(np.float32)
+    conv = nn.Conv2d(np.ones((1, 1, 1, 1), np.float32), activation=["clip", 0, 6])
+    assert np.array_equal(conv(x), np.clip(x, 0, 6))
+    zeros = np.array([-0.0, 0.0], np.float32)
+    assert np.signbit(nn.Tanh()(zeros)).tolist() == [True, False]
+    assert np.signbit(nn.Tanh()(zeros.astype(np.float64))).tolist() == [True, False]
+    for alpha in (1e-39, 1e-46):
+        with pytest.raises(ValueError, match="alpha"):
+            nn.Activation(("hard_sigmoid", alpha, 0.5))

@@ -303,3 +303,37 @@ def test_huge_stride_with_a_small_output_is_quick():
     w = np.ones((3, 3, 1, 2), np.float32)
     y = fastconv.conv_transpose2d(x, w, stride=2**40)
     assert y.shape == (1, 3, 3, 1) and np.all(y == 2)
+
+
+def test_a_padding_near_int64_max_with_a_stride_to_match():
+    """The phases' offsets are computed past INT64_MAX (a review's finding):
+    an input of 3 rows, stride 2**62, padding 2**63 - 1 at the top leaves
+    rows 2**63 - 1 and 2**63 of the full output, the first reached by no
+    input, the second by input row 2."""
+    x = np.arange(1, 4, dtype=np.float64).reshape(1, 3, 1, 1)
+    w = np.full((1, 1, 1, 1), 10.0)
+    y = fastconv.conv_transpose2d(x, w, stride=(2**62, 1), padding=((2**63 - 1, 0), (0, 0)))
+    assert y.shape == (1, 2, 1, 1)
+    # full row 2**63 - 1 = 1 * 2**62 + (2**62 - 1): no input lands there;
+    # full row 2**63 = 2 * 2**62: input row 2
+    assert y[0, :, 0, 0].tolist() == [0.0, 30.0]
+
+
+def test_a_stride_near_int64_max():
+    """Phase sizes do not overflow with a stride near INT64_MAX (review
+    finding: rows left unwritten)."""
+    x = np.full((1, 1, 1, 1), 2.0, np.float32)
+    w = np.ones((2, 1, 1, 1), np.float32)
+    y = fastconv.conv_transpose2d(x, w, stride=(2**63 - 1, 1))
+    assert y.shape == (1, 2, 1, 1) and np.all(y == 2)
+    layer = nn.ConvTranspose2d(w, stride=(2**63 - 1, 1))
+    assert layer.plan((1, 1, 1, 1))["macs"] == 2
+
+
+def test_a_list_batch_of_two_is_a_batch_not_x_and_like():
+    w = np.ones((4, 4, 1, 1))
+    up = nn.ConvTranspose2d(w, stride=2, padding="same")
+    batch = np.ones((2, 3, 3, 1))
+    assert up(batch.tolist()).shape == (2, 6, 6, 1)
+    assert up([batch[0], batch[1]]).shape == (2, 6, 6, 1)  # same shapes: a batch
+    assert up([batch, np.zeros((2, 5, 5, 7))]).shape == (2, 5, 5, 1)  # [x, like]

@@ -161,8 +161,12 @@ def activation_spec(fn: str, activation: Any) -> Optional[Tuple[str, float, floa
             raise ValueError(f"{fn}: the parameters of activation {name!r} must be finite "
                              f"numbers; got {short_repr(activation)}")
         values.append(float(p))
-    if kind == "hard_sigmoid" and values[0] <= 0:
-        raise ValueError(f"{fn}: activation ('hard_sigmoid', alpha, beta) needs alpha > 0; got "
+    # (hard_sigmoid runs as clip((x + beta / alpha) * alpha, 0, 1): alpha and
+    # beta / alpha must be normal float32 numbers)
+    if kind == "hard_sigmoid" and not (values[0] >= 2.0**-100
+                                       and abs(values[1] / values[0]) <= 2.0**100):
+        raise ValueError(f"{fn}: activation ('hard_sigmoid', alpha, beta) needs alpha > 0 "
+                         f"(at least 2**-100, and |beta / alpha| at most 2**100); got "
                          f"{short_repr(activation)}")
     if kind == "clip" and values[0] > values[1]:
         raise ValueError(f"{fn}: activation ('clip', low, high) needs low <= high; got "

@@ -115,8 +115,11 @@ class ConvTranspose2d(Layer):
         return _read_only(self._weights.bias)
 
     def _split(self, x: Any) -> Tuple[Any, Optional[Tuple[int, int]]]:
-        """x, or [x, like]: the input and the output size `like` gives."""
-        if isinstance(x, (list, tuple)) and len(x) == 2 and not np.isscalar(x[0]):
+        """x, or [x, like]: the input and the output size `like` gives. A pair
+        is [x, like] when both are arrays of different shapes (what a graph
+        passes); otherwise it is x (a batch of two images as a list)."""
+        if (isinstance(x, (list, tuple)) and len(x) == 2
+                and all(isinstance(t, np.ndarray) for t in x) and x[0].shape != x[1].shape):
             xa, like = x
             like_shape = np.shape(like)
             if len(like_shape) not in (3, 4):

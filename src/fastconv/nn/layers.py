@@ -279,7 +279,7 @@ class Conv2d(Layer):
         -------
         numpy.ndarray
         """
-        return self._forward_activation(x, self.activation, num_threads, out)
+        return self._forward_activation(x, None, num_threads, out)
 
     def _forward_activation(self, x: Any, activation: Any, num_threads: Optional[int] = None,
                             out: Optional[np.ndarray] = None,

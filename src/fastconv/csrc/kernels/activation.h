@@ -116,7 +116,8 @@ static inline vec vtanh(vec x)
     p = p * z - 3.33332819422E-1f;
     const vec small = p * z * x + x;
 #endif
-    return vselect(ax >= (real)0.625, big, small);
+    /* (tanh(-0.0) is -0.0: x + x * z * ... would give +0.0) */
+    return vselect(x == zero, x, vselect(ax >= (real)0.625, big, small));
 }
 
 /* 1 / (1 + exp(-v)), as exp(v) / (1 + exp(v)) below 0: exp(-v) would

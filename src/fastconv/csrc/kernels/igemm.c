@@ -11,7 +11,7 @@
  *   - with few input channels (the RGB first layer), the kw taps of a kernel
  *     row are read as one run of kw * C values from a zero-padded copy of
  *     the input, instead of one pointer per 3-channel tap;
- *   - bias and ReLU are applied in the micro-kernel's store;
+ *   - bias, a residual and the activation are applied in the micro-kernel's store;
  *   - a single output pixel uses a one-row micro-kernel.
  * Every output tile is computed by exactly one thread with a fixed reduction
  * order, so results do not depend on the number of threads.
@@ -24,7 +24,7 @@
 #define MERGE_ROWS_BELOW_C 32
 
 #define F_ACCUMULATE 1 /* add to the tile already in c (later KC blocks) */
-#define F_LAST 2       /* last KC block: apply bias and ReLU */
+#define F_LAST 2       /* last KC block: apply bias, residual and activation */
 
 /* Reads of padding taps point here; it is never offset (see ukernel), and
  * holds a whole reduction block of either size. */
@@ -529,18 +529,23 @@ INTERNAL int NAME(igemm_phases)(const fc_conv_desc *descs, const void *const *pa
         work += (double)loops[i].M * d->K * loops[i].ntaps * (d->C / d->groups);
     }
     const int64_t ntasks = first[nphases];
-    fc_interrupt *it = nphases ? descs[0].interrupt : NULL;
+    if (ntasks == 0) { /* (no output, or no channels: nothing to write) */
+        free(loops);
+        free(first);
+        return FC_OK;
+    }
+    fc_interrupt *it = descs[0].interrupt;
     const int nt = clamp_threads(nthreads, ntasks, work);
     const size_t per_thread = workspace_bytes(max_taps);
-    char *work_mem = ntasks ? aligned_alloc(64, per_thread * (size_t)nt) : NULL;
-    if (ntasks && !work_mem) {
+    char *work_mem = aligned_alloc(64, per_thread * (size_t)nt);
+    if (!work_mem) {
         free(loops);
         free(first);
         return FC_ENOMEM;
     }
 #pragma omp parallel num_threads(nt)
     {
-        const fp_mode fp = fp_enter(nphases ? descs[0].flush_denormals : 0);
+        const fp_mode fp = fp_enter(descs[0].flush_denormals);
         char *mine = work_mem + per_thread * (size_t)thread_id();
         int64_t built = -1, phase = 0;
 #pragma omp for schedule(static)

@@ -10,7 +10,7 @@
  * One parallel region per call: each thread takes blocks of tiles, and for
  * each block transforms the input patches into V (16, tiles, C), runs the
  * 16 GEMMs V[i] @ U[i] into M (16, tiles, K) through igemm.c's micro-kernels
- * and transforms M back into the output with bias and ReLU, while V and M
+ * and transforms M back into the output with bias and activation, while V and M
  * are in its cache. Each output row of a GEMM is reduced in a fixed order
  * whatever the block, so the result does not depend on the thread count.
  */

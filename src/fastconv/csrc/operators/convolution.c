@@ -361,15 +361,19 @@ static int64_t class_taps(int64_t t0, int64_t step, int64_t k)
     return t0 < k ? (k - 1 - t0) / step + 1 : 0;
 }
 
-/* The class of taps (*t0) that reaches the phase with offset A on one axis,
- * and its input offset; 0 if none with a tap (t0 < k) does. */
-static int phase_class(int64_t A, int64_t s, int64_t d, int64_t step, int64_t k, int64_t *t0,
-                       int64_t *off)
+/* The class of taps (*t0) that reaches the phase r of one axis (stride s,
+ * dilation d, padding p, k taps), and its input offset; 0 if none with a
+ * tap (t0 < k) does. In 128 bits: r + p may pass INT64_MAX (a padding near
+ * it with a stride to match); the offset, within an input row's reach,
+ * fits 64 bits. */
+static int phase_class(int64_t r, int64_t p, int64_t k, int64_t s, int64_t d, int64_t step,
+                       int64_t *t0, int64_t *off)
 {
+    const __int128 A = (__int128)r + p - (__int128)(k - 1) * d;
     for (int64_t t = 0; t < MIN_OF(step, k); t++)
-        if ((A + t * d) % s == 0) {
+        if ((A + (__int128)t * d) % s == 0) {
             *t0 = t;
-            *off = (A + t * d) / s;
+            *off = (int64_t)((A + (__int128)t * d) / s);
             return 1;
         }
     return 0;
@@ -452,10 +456,8 @@ static fc_conv_desc phase_desc(const fc_conv_op *op, const fc_conv_call *c,
     fc_conv_desc d = call_desc(op, c, residual, interrupt);
     int64_t ty0 = 0, tx0 = 0, off_y = 0, off_x = 0;
     const int hit =
-        phase_class(ry + c->pad_top - (p->kh - 1) * p->dh, p->sh, p->dh, op->step_y, p->kh,
-                    &ty0, &off_y) &&
-        phase_class(rx + c->pad_left - (p->kw - 1) * p->dw, p->sw, p->dw, op->step_x, p->kw,
-                    &tx0, &off_x);
+        phase_class(ry, c->pad_top, p->kh, p->sh, p->dh, op->step_y, &ty0, &off_y) &&
+        phase_class(rx, c->pad_left, p->kw, p->sw, p->dw, op->step_x, &tx0, &off_x);
     const fc_conv_desc sd = sub_desc(op, hit ? ty0 : p->kh, hit ? tx0 : p->kw);
     d.kh = sd.kh;
     d.kw = sd.kw;
@@ -464,8 +466,10 @@ static fc_conv_desc phase_desc(const fc_conv_op *op, const fc_conv_call *c,
     d.dw = sd.dw;
     d.pad_top = -off_y;
     d.pad_left = -off_x;
-    d.Ho = ry < c->Ho ? (c->Ho - ry + p->sh - 1) / p->sh : 0;
-    d.Wo = rx < c->Wo ? (c->Wo - rx + p->sw - 1) / p->sw : 0;
+    /* (the rows q with q * sh + ry < Ho, written not to overflow with a
+     * stride near INT64_MAX) */
+    d.Ho = ry < c->Ho ? (c->Ho - 1 - ry) / p->sh + 1 : 0;
+    d.Wo = rx < c->Wo ? (c->Wo - 1 - rx) / p->sw + 1 : 0;
     d.y_off = (ry * c->Wo + rx) * p->K;
     d.y_img = c->Ho * c->Wo * p->K;
     /* (a phase of one row or column never steps: its step, a stride that
