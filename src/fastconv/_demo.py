@@ -380,6 +380,14 @@ def format_report(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """`python -m fastconv demo`: 0, 1 if the test accuracy is below 95%, 2 if a package
     is missing."""
+    return run_command(run_demo, format_report, args)
+
+
+def run_command(run_demo: Callable[..., dict], format_report: Callable[[dict], str],
+                args: argparse.Namespace) -> int:
+    """Run a demo's run_demo and print its report: the exit status of a demo
+    command (both demos share it), 0, 1 if the test accuracy is below
+    MIN_ACCURACY, 2 if a package is missing."""
     try:
         result = run_demo(args.quick, seed=args.seed, plot=args.plot)
     except MissingDependency as exc:

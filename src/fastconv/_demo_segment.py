@@ -52,18 +52,17 @@ scikit-learn (the data) is needed; matplotlib only for --plot.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastconv._demo import (MissingDependency, _ms, _pyplot, best_time, load_digits,
-                            make_strip, softmax, split)
+from fastconv._demo import (MIN_ACCURACY, MissingDependency, _ms, _pyplot, best_time,
+                            load_digits, make_strip, run_command, softmax, split)
 
 __all__ = ["run_demo", "run", "build_classifier", "build_segmenter", "make_page",
            "make_windows", "train", "forward", "window_scores", "fit_skips", "confusion",
-           "pixel_accuracy", "iou_per_class", "mean_iou", "MissingDependency"]
+           "pixel_accuracy", "iou_per_class", "mean_iou", "MissingDependency", "MIN_ACCURACY"]
 
 SIDE = 8                  # the digits are SIDE x SIDE images, the classifier's input
 INPUT_SHAPE = (SIDE, SIDE, 1)
@@ -73,7 +72,6 @@ CLASSES = DIGITS + 1
 CLASS_NAMES = [str(d) for d in range(DIGITS)] + ["bg"]
 CHANNELS = (16, 32, 32)   # the three conv blocks (3x3, pad 1, ReLU, 2x2 max-pool)
 HIDDEN = (64, 64)         # the two hidden Linear layers; the third gives CLASSES
-MIN_ACCURACY = 0.95       # the demo fails below this accuracy on the held-out digits
 INK = 0.25                # a digit's pixel is ink above this intensity
 NOISE_STD, NOISE_MAX = 0.03, 0.15   # the paper: |N(0, NOISE_STD)|, at most NOISE_MAX
 MIN_GAP = 2               # pixels between the 8x8 boxes of two digits on a page
@@ -821,15 +819,5 @@ def format_report(r: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """`python -m fastconv demo segment`: 0, 1 if the test accuracy is below 95%,
-    2 if a package (or nn.fcn) is missing."""
-    try:
-        result = run_demo(args.quick, seed=args.seed, plot=args.plot)
-    except MissingDependency as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(result))
-    if result["accuracy"] < MIN_ACCURACY:
-        print(f"error: the test accuracy, {100 * result['accuracy']:.2f}%, is below "
-              f"{100 * MIN_ACCURACY:.0f}%", file=sys.stderr)
-        return 1
-    return 0
+    2 if a package is missing."""
+    return run_command(run_demo, format_report, args)

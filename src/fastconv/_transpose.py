@@ -17,24 +17,10 @@ import numpy as np
 
 from fastconv._config import resolve_threads
 from fastconv._conv import ConvWeights, IntPair, Padding
-from fastconv._validate import (check_nbytes, check_out, float_arrays, int_pair,
-                                layout_name, positive_int)
+from fastconv._validate import (check_nbytes, check_out, explicit_padding, float_arrays,
+                                int_pair, layout_name)
 
 __all__ = ["conv_transpose2d"]
-
-
-def _pads(fn: str, padding: Any) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """Explicit padding: int, (ph, pw) or ((top, bottom), (left, right))."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
-            isinstance(p, (tuple, list)) for p in padding):
-        if all(len(p) == 2 for p in padding):
-            (t, b), (l, r) = ((positive_int(fn, "padding", q, 0) for q in p) for p in padding)
-            return (t, b), (l, r)
-    elif not isinstance(padding, (tuple, list)) or len(padding) == 2:
-        ph, pw = int_pair(fn, "padding", padding, minimum=0)
-        return (ph, ph), (pw, pw)
-    raise TypeError(f"{fn}: padding must be an int, a pair (ph, pw), ((top, bottom), "
-                    f"(left, right)), 'same' or 'valid'; got {padding!r}")
 
 
 def transposed_geometry(fn: str, in_hw: Tuple[int, int], k_hw: Tuple[int, int],
@@ -87,7 +73,7 @@ def transposed_geometry(fn: str, in_hw: Tuple[int, int], k_hw: Tuple[int, int],
             pads.append(total // 2)
             out.append(o)
         return (pads[0], pads[1]), (out[0], out[1])
-    (pt, pb), (pl, pr) = _pads(fn, padding)
+    (pt, pb), (pl, pr) = explicit_padding(fn, padding)
     op = int_pair(fn, "output_padding", output_padding, minimum=0)
     natural = [(n - 1) * s + span - a - b for n, s, span, (a, b) in
                zip(in_hw, stride, spans, ((pt, pb), (pl, pr)))]

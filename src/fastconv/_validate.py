@@ -94,6 +94,12 @@ def padding_amounts(fn: str, padding: Any, in_hw: Sequence[int], k_hw: Sequence[
             return amounts[0], amounts[1]
         raise ValueError(f"{fn}: padding must be an int, a pair, ((top, bottom), (left, right)), "
                          f"'valid' or 'same'; got {padding!r}")
+    return explicit_padding(fn, padding)
+
+
+def explicit_padding(fn: str, padding: Any) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """((top, bottom), (left, right)) from an int, (ph, pw) or ((top, bottom),
+    (left, right))."""
     if _is_int(padding):
         p = positive_int(fn, "padding", padding, 0)
         return (p, p), (p, p)
@@ -105,8 +111,8 @@ def padding_amounts(fn: str, padding: Any, in_hw: Sequence[int], k_hw: Sequence[
                for p in padding):
             (t, b), (l, r) = ((positive_int(fn, "padding", q, 0) for q in p) for p in padding)
             return (t, b), (l, r)
-    raise TypeError(f"{fn}: padding must be an int, a pair (ph, pw), ((top, bottom), (left, right)), "
-                    f"'valid' or 'same'; got {padding!r}")
+    raise TypeError(f"{fn}: padding must be an int, a pair (ph, pw), ((top, bottom), "
+                    f"(left, right)), 'valid' or 'same'; got {padding!r}")
 
 
 # The activations fused into a convolution's or a GEMM's store (and run by
