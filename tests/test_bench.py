@@ -25,7 +25,7 @@ TINY_SUITES = {
     "upsample": [Deconv("up", 5, 3, 4, 4, 2, 9, quick=True)],
 }
 JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
-             "peak_gflops", "memory_bandwidth", "results", "summary", "fcn"}
+             "peak_gflops", "memory_bandwidth", "results", "summary", "fcn", "networks"}
 RESULT_KEYS = {"suite", "layer", "shape", "count", "threads", "dtype", "flops",
                "algorithm", "executed_flops", "weight_bytes", "numpy_method", "seconds",
                "gflops", "gflops_executed", "weight_gbps", "pct_peak", "pct_bandwidth",
@@ -243,3 +243,78 @@ def test_fcn_suite_rows_and_agreement_with_torch():
             # largest score, within float32 rounding of long sums.
             assert r["max_rel_diff_vs_torch"] < 1e-4
     _bench.print_table("fcn", rows, _bench.FCN_COLUMNS)
+
+
+NETWORK_KEYS = {"suite", "network", "input", "output", "threads", "dtype", "macs", "reps",
+                "onnx_exporter", "seconds", "torch_best", "gflops", "speedup",
+                "max_rel_diff_vs_torch64", "unavailable", "others_busy_pct"}
+TINY_NETWORKS = [_bench.NetworkSpec("resnet18", "resnet18", {"width": 4, "num_classes": 10},
+                                    (3, 32, 32)),
+                 _bench.NetworkSpec("unet", "unet", {"base": 4, "levels": 2}, (3, 16, 24))]
+
+
+def test_networks_suite_on_tiny_networks(tmp_path):
+    """--suite networks on two tiny networks: its tables, and JSON rows in
+    which every contender either has a time and an output that agrees with
+    torch float64's, or is unavailable with a reason."""
+    pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    with tiny_bench() as mp:
+        mp.setattr(_bench, "NETWORK_SUITE", TINY_NETWORKS)
+        mp.setattr(_bench, "NETWORK_BUDGET", 0.0)
+        mp.setattr(_bench, "NETWORK_REPS", (1, 1))
+        code, text = run_bench("--suite", "networks", "--threads", "1", "--json", str(path))
+    assert code == 0
+    assert "networks: whole networks at batch 1, float32" in text
+    assert re.search(r"^resnet18 +1 ", text, re.MULTILINE)
+    report = json.loads(path.read_text())
+    assert set(report) == JSON_KEYS and report["results"] == [] and report["fcn"] == []
+    rows = report["networks"]
+    assert [(r["network"], r["threads"]) for r in rows] == [("resnet18", 1), ("unet", 1)]
+    assert [r["output"] for r in rows] == ["1x10", "1x2x16x24"]
+    for r in rows:
+        assert set(r) == NETWORK_KEYS
+        assert set(r["seconds"]) == set(r["max_rel_diff_vs_torch64"]) == \
+            set(_bench.NETWORK_CONTENDERS)
+        assert r["macs"] > 0 and r["reps"] == 1
+        assert r["seconds"]["torch"] > 0 and r["seconds"]["torch_cl"] > 0
+        assert r["torch_best"] == min(r["seconds"]["torch"], r["seconds"]["torch_cl"])
+        for c, t in r["seconds"].items():
+            if t is None:
+                assert r["unavailable"][c], c
+                assert r["max_rel_diff_vs_torch64"][c] is None
+            else:
+                assert c not in r["unavailable"]
+                # float32 against float64 through the network
+                assert r["max_rel_diff_vs_torch64"][c] < 1e-4, c
+        for variant, ratios in r["speedup"].items():
+            t = r["seconds"][variant]
+            expected = None if t is None else r["torch_best"] / t
+            assert ratios["torch_best"] == expected
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return
+    assert all(r["seconds"]["onnxruntime"] > 0 for r in rows)
+
+
+def test_networks_suite_without_torch_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(_bench, "_torch", lambda: None)
+    path = tmp_path / "bench.json"
+    with tiny_bench():
+        code, text = run_bench("--suite", "networks", "--threads", "1", "--json", str(path))
+    assert code == 0
+    assert "networks: skipped, torch is not installed" in text
+    assert json.loads(path.read_text())["networks"] == []
+
+
+def test_count_macs():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4),
+                                torch.nn.ConvTranspose2d(8, 2, 4, stride=2),
+                                torch.nn.Flatten(), torch.nn.Linear(2 * 18 * 18, 5))
+    x = torch.zeros(1, 3, 16, 16)
+    assert _bench.count_macs(model, x) == (16 * 16 * 8 * 9 * 3 + 8 * 8 * 8 * 9 * 2
+                                           + 8 * 8 * 8 * 16 * 2 + 5 * 2 * 18 * 18)

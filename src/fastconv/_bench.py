@@ -5,6 +5,12 @@ depthwise layers, VGG's classifier as convolutions, and ResNet-50's 1x1 GEMMs).
 The "fcn" suite times a whole network instead: VGG16 converted with
 fastconv.nn.to_fully_convolutional, on 224x224 and 384x384 inputs, against
 the same network in torch (full runs and --suite fcn; not in --quick).
+The "networks" suite (full runs and --suite networks; not in --quick) times
+ResNet-50, MobileNetV2, VGG16 and a U-Net, built in torch with random weights
+(fastconv._torch_networks), at batch 1 in float32: torch eager in both
+layouts, the model after fastconv.torch.optimize, fastconv through
+nn.from_torch and through nn.from_onnx of its ONNX export, onnxruntime and
+OpenVINO (each "-" with the reason where unavailable); see bench_networks().
 For every layer and thread count, the contenders are timed interleaved
 (fastconv, numpy, torch, torch_cl, fastconv, ...) after a warm-up, and the
 medians are compared, so that the noise of a shared machine hits all alike:
@@ -59,6 +65,19 @@ a vector much larger than the caches.
                  thread count: layer, shape, threads, dtype, seconds {fastconv,
                  torch, torch_cl}, speedup_torch_best, max_rel_diff_vs_torch
                  (fastconv's scores against torch's, relative to the largest)
+  networks       (the "networks" suite, in full runs; float32 whatever --dtype)
+                 one object per network and thread count: suite, network,
+                 input, output (shapes), threads, dtype, macs (of the
+                 convolutions and dense layers), reps, onnx_exporter,
+                 seconds {contender: median or null} for the contenders
+                 torch, torch_cl, optimize, from_torch, from_onnx,
+                 onnxruntime, openvino; torch_best (the faster torch
+                 layout's), gflops {contender}, speedup {from_torch,
+                 from_onnx, optimize: {onnxruntime, torch_best}} (= their time
+                 / the variant's), max_rel_diff_vs_torch64 {contender}
+                 (max |output - torch float64's| / max |torch float64's|),
+                 unavailable {contender: why} for the null ones,
+                 others_busy_pct
   summary        one object per suite and thread count: suite, threads,
                  layers, layers_in_suite (both with multiplicity), flops,
                  executed_flops, seconds {contender: total or null}, gflops,
@@ -114,7 +133,8 @@ def _thread_list(text: str) -> List[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m fastconv bench`."""
-    parser.add_argument("--suite", choices=[*_shapes.SUITES, "fcn", "all"], default="all",
+    parser.add_argument("--suite", choices=[*_shapes.SUITES, "fcn", "networks", "all"],
+                        default="all",
                         help="which layers to run (default: all)")
     parser.add_argument("--threads", type=_thread_list, default=None,
                         help="comma-separated thread counts, e.g. 1,2 "
@@ -714,9 +734,11 @@ def run(args: argparse.Namespace) -> int:
     reps, min_time = TIMING[args.quick]
     dtype = np.dtype(args.dtype)
     suites = list(_shapes.SUITES) if args.suite == "all" else [args.suite]
-    # The whole-network suite is long (VGG16 at 224 and 384): not in --quick.
+    # The whole-network suites are long (VGG16 at 224 and 384; four networks
+    # through up to seven engines): not in --quick.
     run_fcn = args.suite == "fcn" or (args.suite == "all" and not args.quick)
-    suites = [s for s in suites if s != "fcn"]
+    run_networks = args.suite == "networks" or (args.suite == "all" and not args.quick)
+    suites = [s for s in suites if s not in ("fcn", "networks")]
     cfg, vers = fastconv.config(), versions()
     before = cpu_snapshot()
     time.sleep(0.25)
@@ -759,6 +781,11 @@ def run(args: argparse.Namespace) -> int:
                     "conv, fc7/fc8 1x1), batch 1, whole network; fastconv NHWC vs torch "
                     "NCHW / channels_last; max rel diff = fastconv vs torch output at 224/384",
                     fcn_rows, FCN_COLUMNS)
+    network_rows = bench_networks(threads) if run_networks else []
+    if network_rows:
+        print_networks(network_rows)
+    elif run_networks:
+        print("\nnetworks: skipped, torch is not installed")
     if summary:
         print_table("summary: totals over each suite's layers, each counted n times (layers = "
                     "run / in the network); vs = the other's total / fastconv's, torch = NCHW",
@@ -783,6 +810,7 @@ def run(args: argparse.Namespace) -> int:
             "memory_bandwidth": {"method": bandwidth_method,
                                  "gbps": {str(nt): g for nt, g in bandwidth.items()}},
             "results": results, "summary": summary, "fcn": fcn_rows,
+            "networks": network_rows,
         }
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -910,3 +938,336 @@ FCN_COLUMNS = [
     Column("vs torch", 8, lambda r: _fmt(r["speedup_torch_best"], ".2f", "x")),
     Column("max rel diff", 12, lambda r: _fmt(r["max_rel_diff_vs_torch"], ".1e")),
 ]
+
+
+# --------------------------------------------------------------------------
+# The "networks" suite: whole torch networks through every engine
+# --------------------------------------------------------------------------
+class NetworkSpec(NamedTuple):
+    """A network of the suite: its label, its constructor in
+    fastconv._torch_networks with the arguments, and the input's (C, H, W)."""
+    label: str
+    make: str
+    kwargs: dict
+    input_shape: Tuple[int, int, int]
+
+
+NETWORK_SUITE = [
+    NetworkSpec("resnet50", "resnet50", {}, (3, 224, 224)),
+    NetworkSpec("mobilenet_v2", "mobilenet_v2", {}, (3, 224, 224)),
+    NetworkSpec("vgg16", "vgg16", {}, (3, 224, 224)),
+    # 32 base channels (half the original's 64): about 11 G multiply-adds at
+    # 224x224 instead of 44, so that the suite stays within its time budget.
+    NetworkSpec("unet", "unet", {"base": 32}, (3, 224, 224)),
+]
+NETWORK_CONTENDERS = ("torch", "torch_cl", "optimize", "from_torch", "from_onnx",
+                      "onnxruntime", "openvino")
+NETWORK_LABELS = {
+    "torch": "torch eager, NCHW tensors",
+    "torch_cl": "torch eager, channels_last model and input",
+    "optimize": "torch after fastconv.torch.optimize(model), NCHW input",
+    "from_torch": "fastconv.nn.from_torch(model), NHWC input",
+    "from_onnx": "fastconv.nn.from_onnx(the ONNX export), NCHW input",
+    "onnxruntime": "onnxruntime CPUExecutionProvider (intra-op threads = thread count, "
+                   "inter-op 1, sequential, all graph optimizations)",
+    "openvino": "OpenVINO CPU (INFERENCE_NUM_THREADS = thread count, f32, LATENCY)",
+}
+# The fastconv variants, and the ratios each row reports for them.
+FASTCONV_VARIANTS = ("from_torch", "from_onnx", "optimize")
+NETWORK_BUDGET = 25.0      # seconds of timed samples per network and thread count
+NETWORK_REPS = (3, 15)     # the fewest and the most samples per contender
+ONNX_OPSET = 17
+ONNX_EXPORTER = "torch.onnx.export(dynamo=False), the TorchScript exporter"
+
+
+def _failure(exc: BaseException) -> str:
+    """Why a contender is unavailable: the exception's type and first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def export_onnx(model, x) -> bytes:
+    """`model` exported to ONNX (opset ONNX_OPSET) with input x, in memory.
+
+    The TorchScript exporter (dynamo=False) exports these networks in
+    seconds and quietly; the dynamo one works too but takes several times as
+    long here. Its deprecation warnings are silenced."""
+    import io
+    import warnings
+
+    torch = _torch()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["output"])
+    return buf.getvalue()
+
+
+def count_macs(model, x) -> int:
+    """Multiply-adds of the convolutions and dense layers of one call
+    (forward hooks on Conv2d, ConvTranspose2d and Linear)."""
+    torch = _torch()
+    tnn = torch.nn
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, tnn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total[0] += output.numel() * k * module.in_channels // module.groups
+        elif isinstance(module, tnn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total[0] += inputs[0].numel() * k * module.out_channels // module.groups
+        else:
+            total[0] += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (tnn.Conv2d, tnn.ConvTranspose2d, tnn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def network_engines(model, x, onnx_bytes: Optional[bytes]
+                    ) -> Tuple[Dict[str, Callable[[int], object]], Dict[str, str]]:
+    """The contenders that do not depend on the thread count, built once:
+    {name: call(nt) -> output} and {name: why unavailable}. x is the NCHW
+    float32 input tensor. Each optional engine is guarded: any exception
+    while building it marks it unavailable with its message, so that one
+    engine's failure (an unsupported module, an API not merged yet) leaves
+    the others' figures."""
+    torch = _torch()
+    calls: Dict[str, Callable[[int], object]] = {}
+    missing: Dict[str, str] = {}
+    xn = x.numpy()
+    calls["torch"] = lambda nt: model(x)
+    # (Module.to converts in place: a copy keeps `model` NCHW)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    calls["torch_cl"] = lambda nt: model_cl(x_cl)
+    try:
+        import fastconv.torch as fastconv_torch
+        optimized = fastconv_torch.optimize(model)
+        calls["optimize"] = lambda nt: optimized(x)
+    except Exception as exc:  # noqa: BLE001 (see the docstring)
+        missing["optimize"] = _failure(exc)
+    try:
+        from_torch = nn.from_torch(model, input_shape=tuple(x.shape[1:]))
+        x_nhwc = np.ascontiguousarray(xn.transpose(0, 2, 3, 1))
+        calls["from_torch"] = lambda nt: from_torch(x_nhwc, num_threads=nt)
+    except Exception as exc:  # noqa: BLE001
+        missing["from_torch"] = _failure(exc)
+    if onnx_bytes is None:
+        missing["from_onnx"] = "the ONNX export failed"
+    else:
+        try:
+            from_onnx = nn.from_onnx(onnx_bytes)
+            calls["from_onnx"] = lambda nt: from_onnx(xn, num_threads=nt)
+        except Exception as exc:  # noqa: BLE001
+            missing["from_onnx"] = _failure(exc)
+    return calls, missing
+
+
+def threaded_engines(onnx_bytes: Optional[bytes], xn: np.ndarray, nt: int
+                     ) -> Tuple[Dict[str, Callable[[int], object]], Dict[str, str]]:
+    """onnxruntime and OpenVINO, whose thread counts are fixed when a session
+    or compiled model is made: built for nt threads, like network_engines()."""
+    calls: Dict[str, Callable[[int], object]] = {}
+    missing: Dict[str, str] = {}
+    if onnx_bytes is None:
+        return calls, {"onnxruntime": "the ONNX export failed",
+                       "openvino": "the ONNX export failed"}
+    try:
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = nt
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: xn}
+        calls["onnxruntime"] = lambda _: session.run(None, feed)[0]
+    except ImportError:
+        missing["onnxruntime"] = "onnxruntime is not installed"
+    except Exception as exc:  # noqa: BLE001
+        missing["onnxruntime"] = _failure(exc)
+    try:
+        import io
+
+        import openvino as ov
+        compiled = ov.Core().compile_model(
+            ov.convert_model(io.BytesIO(onnx_bytes)), "CPU",
+            {"INFERENCE_NUM_THREADS": nt, "INFERENCE_PRECISION_HINT": "f32",
+             "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        calls["openvino"] = lambda _: request.infer({0: xn})[0]
+    except ImportError:
+        missing["openvino"] = "openvino is not installed"
+    except Exception as exc:  # noqa: BLE001
+        missing["openvino"] = _failure(exc)
+    return calls, missing
+
+
+def _as_nchw(out: object, like: Tuple[int, ...]) -> np.ndarray:
+    """A contender's output as a NumPy array of torch's shape `like` (from a
+    tensor, a list of outputs, or fastconv's NHWC maps)."""
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if hasattr(out, "detach"):
+        out = out.detach().numpy()
+    out = np.asarray(out)
+    if out.ndim == 4 and out.shape != like and out.transpose(0, 3, 1, 2).shape == like:
+        out = out.transpose(0, 3, 1, 2)
+    if out.shape != like:
+        raise ValueError(f"output of shape {out.shape}, expected torch's {like}")
+    return out
+
+
+def _network_reps(calls: Dict[str, Callable[[int], object]], nt: int) -> int:
+    """How many samples fit NETWORK_BUDGET, from one call of each contender."""
+    once = 0.0
+    for call in calls.values():
+        settle()
+        t0 = time.perf_counter()
+        call(nt)
+        once += time.perf_counter() - t0
+    lo, hi = NETWORK_REPS
+    return max(lo, min(hi, int(NETWORK_BUDGET / max(once, 1e-9))))
+
+
+def bench_networks(threads: Sequence[int],
+                   specs: Optional[Sequence[NetworkSpec]] = None) -> List[dict]:
+    """Time every contender on every network of `specs` (NETWORK_SUITE) at
+    batch 1, float32, at each thread count; one row per network and thread
+    count (the JSON's "networks"). [] without torch."""
+    torch = _torch()
+    if torch is None:
+        return []
+    from fastconv import _torch_networks
+
+    rows = []
+    for spec in NETWORK_SUITE if specs is None else specs:
+        _progress(f"[networks] building {spec.label} ...")
+        model = getattr(_torch_networks, spec.make)(**spec.kwargs)
+        x = torch.randn(1, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            reference = copy.deepcopy(model).double()(x.double()).numpy()
+        scale = max(float(np.abs(reference).max()), 1e-30)
+        macs = count_macs(model, x)
+        try:
+            _progress(f"[networks] exporting {spec.label} to ONNX ...")
+            onnx_bytes, export_error = export_onnx(model, x), None
+        except Exception as exc:  # noqa: BLE001 (the ONNX contenders then show why)
+            onnx_bytes, export_error = None, _failure(exc)
+        with torch.no_grad():
+            common, common_missing = network_engines(model, x, onnx_bytes)
+        for nt in threads:
+            _progress(f"[networks, {nt} thr] {spec.label}: building the engines ...")
+            own, missing = threaded_engines(onnx_bytes, x.numpy(), nt)
+            missing.update(common_missing)
+            if export_error is not None:
+                missing.update({c: f"the ONNX export failed: {export_error}"
+                                for c in ("from_onnx", "onnxruntime", "openvino")})
+            calls = {**common, **own}
+            diffs: Dict[str, Optional[float]] = {c: None for c in NETWORK_CONTENDERS}
+            before = cpu_snapshot()
+            with thread_limits(nt):
+                for c in list(calls):  # the first call: its output, or why it fails
+                    try:
+                        out = _as_nchw(calls[c](nt), reference.shape)
+                        diffs[c] = float(np.abs(out - reference).max() / scale)
+                    except Exception as exc:  # noqa: BLE001
+                        missing[c] = _failure(exc)
+                        del calls[c]
+                reps = _network_reps(calls, nt)
+                _progress(f"[networks, {nt} thr] {spec.label}: {reps} samples of "
+                          f"{', '.join(calls)} ...")
+                # Every sample waits for the previous engine's spinning threads
+                # to stop (settle()), at one thread too: ORT, OpenVINO and the
+                # OpenMP runtimes keep helper threads of their own.
+                times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
+                                         reps, 0.0, settled=True)
+            del own
+            seconds: Dict[str, Optional[float]] = {c: None for c in NETWORK_CONTENDERS}
+            seconds.update(zip(calls, times))
+            rows.append(network_row(spec, nt, tuple(reference.shape), macs, reps, seconds,
+                                    {c: missing[c] for c in NETWORK_CONTENDERS if c in missing},
+                                    diffs, others_busy(before, cpu_snapshot())))
+        del common
+    _progress("")
+    return rows
+
+
+def network_row(spec: NetworkSpec, nt: int, out_shape: Tuple[int, ...], macs: int, reps: int,
+                seconds: Dict[str, Optional[float]], unavailable: Dict[str, str],
+                diffs: Dict[str, Optional[float]], others_busy_pct: Optional[float]) -> dict:
+    """Every figure of one network at one thread count (the JSON's "networks")."""
+    torch_best = min((seconds[c] for c in ("torch", "torch_cl") if seconds[c] is not None),
+                     default=None)
+    speedup = {v: {"onnxruntime": _ratio(seconds["onnxruntime"], seconds[v]),
+                   "torch_best": _ratio(torch_best, seconds[v])} for v in FASTCONV_VARIANTS}
+    return {"suite": "networks", "network": spec.label,
+            "input": "x".join(str(n) for n in (1, *spec.input_shape)),
+            "output": "x".join(str(n) for n in out_shape), "threads": nt, "dtype": "float32",
+            "macs": macs, "reps": reps, "onnx_exporter": ONNX_EXPORTER,
+            "seconds": seconds, "torch_best": torch_best,
+            "gflops": {c: _ratio(2 * macs / 1e9, t) for c, t in seconds.items()},
+            "speedup": speedup, "max_rel_diff_vs_torch64": diffs,
+            "unavailable": unavailable, "others_busy_pct": others_busy_pct}
+
+
+def _speedup(variant: str, base: str) -> Callable[[dict], str]:
+    return lambda r: _fmt(r["speedup"][variant][base], ".2f", "x")
+
+
+NETWORK_COLUMNS = [
+    Column("network", 12, lambda r: r["network"], left=True),
+    Column("thr", 3, lambda r: str(r["threads"])),
+    Column("GMAC", 5, lambda r: _fmt(r["macs"] / 1e9, ".2f")),
+    Column("torch", 7, lambda r: _ms(r, "torch", ".1f")),
+    Column("t_cl", 7, lambda r: _ms(r, "torch_cl", ".1f")),
+    Column("optim", 7, lambda r: _ms(r, "optimize", ".1f")),
+    Column("fc_torch", 8, lambda r: _ms(r, "from_torch", ".1f")),
+    Column("fc_onnx", 7, lambda r: _ms(r, "from_onnx", ".1f")),
+    Column("ort", 7, lambda r: _ms(r, "onnxruntime", ".1f")),
+    Column("ov", 7, lambda r: _ms(r, "openvino", ".1f")),
+    Column("fc_t/ort", 8, _speedup("from_torch", "onnxruntime")),
+    Column("fc_t/tor", 8, _speedup("from_torch", "torch_best")),
+    Column("fc_o/ort", 8, _speedup("from_onnx", "onnxruntime")),
+    Column("fc_o/tor", 8, _speedup("from_onnx", "torch_best")),
+    Column("opt/tor", 7, _speedup("optimize", "torch_best")),
+    Column("oth%", 4, lambda r: _fmt(r["others_busy_pct"], ".0f")),
+]
+NETWORK_DIFF_COLUMNS = [
+    Column("network", 12, lambda r: r["network"], left=True),
+    Column("thr", 3, lambda r: str(r["threads"])),
+    *[Column(c if len(c) <= 9 else c[:9], 9,
+             lambda r, c=c: _fmt(r["max_rel_diff_vs_torch64"][c], ".1e"))
+      for c in NETWORK_CONTENDERS],
+]
+
+
+def print_networks(rows: List[dict]) -> None:
+    """The networks' tables: times and ratios, the outputs' differences, and
+    why contenders were unavailable."""
+    print_table("networks: whole networks at batch 1, float32, ms per inference (median of "
+                "interleaved samples); fc_torch / fc_onnx / optim = fastconv through "
+                "nn.from_torch / nn.from_onnx / fastconv.torch.optimize; x/ort, x/tor = "
+                "onnxruntime's / the faster torch layout's time over x's (>1: x faster); "
+                "oth% = the CPUs' use by other processes meanwhile", rows, NETWORK_COLUMNS)
+    print_table("networks: max |output - torch float64's| / max |torch float64's|, per "
+                "contender", rows, NETWORK_DIFF_COLUMNS)
+    reasons = {}
+    for r in rows:
+        for c, why in r["unavailable"].items():
+            reasons.setdefault((r["network"], c), why)
+    if reasons:
+        print("\nunavailable ('-'):")
+        for (network, c), why in reasons.items():
+            print(f"  {network} {c}: {why}")
+    print("\ncontenders: " + "; ".join(f"{c} = {NETWORK_LABELS[c]}" for c in NETWORK_CONTENDERS)
+          + f"; ONNX exported by {ONNX_EXPORTER}, opset {ONNX_OPSET}")
