@@ -1127,18 +1127,6 @@ def _as_nchw(out: object, like: Tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _network_reps(calls: Dict[str, Callable[[int], object]], nt: int) -> int:
-    """How many samples fit NETWORK_BUDGET, from one call of each contender."""
-    once = 0.0
-    for call in calls.values():
-        settle()
-        t0 = time.perf_counter()
-        call(nt)
-        once += time.perf_counter() - t0
-    lo, hi = NETWORK_REPS
-    return max(lo, min(hi, int(NETWORK_BUDGET / max(once, 1e-9))))
-
-
 def bench_networks(threads: Sequence[int],
                    specs: Optional[Sequence[NetworkSpec]] = None) -> List[dict]:
     """Time every contender on every network of `specs` (NETWORK_SUITE) at
@@ -1176,14 +1164,21 @@ def bench_networks(threads: Sequence[int],
             diffs: Dict[str, Optional[float]] = {c: None for c in NETWORK_CONTENDERS}
             before = cpu_snapshot()
             with thread_limits(nt):
+                first = 0.0  # seconds of a first call of every contender
                 for c in list(calls):  # the first call: its output, or why it fails
+                    settle()
+                    t0 = time.perf_counter()
                     try:
                         out = _as_nchw(calls[c](nt), reference.shape)
                         diffs[c] = float(np.abs(out - reference).max() / scale)
                     except Exception as exc:  # noqa: BLE001
                         missing[c] = _failure(exc)
                         del calls[c]
-                reps = _network_reps(calls, nt)
+                    first += time.perf_counter() - t0
+                # As many samples as fit NETWORK_BUDGET (a first call is slower
+                # than the next: this errs towards fewer)
+                lo, hi = NETWORK_REPS
+                reps = max(lo, min(hi, int(NETWORK_BUDGET / max(first, 1e-9))))
                 _progress(f"[networks, {nt} thr] {spec.label}: {reps} samples of "
                           f"{', '.join(calls)} ...")
                 # Every sample waits for the previous engine's spinning threads
@@ -1191,13 +1186,13 @@ def bench_networks(threads: Sequence[int],
                 # OpenMP runtimes keep helper threads of their own.
                 times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
                                          reps, 0.0, settled=True)
-            del own
             seconds: Dict[str, Optional[float]] = {c: None for c in NETWORK_CONTENDERS}
             seconds.update(zip(calls, times))
             rows.append(network_row(spec, nt, tuple(reference.shape), macs, reps, seconds,
                                     {c: missing[c] for c in NETWORK_CONTENDERS if c in missing},
                                     diffs, others_busy(before, cpu_snapshot())))
-        del common
+            del own, calls  # this thread count's sessions, before the next one's are made
+        del common  # this network's engines, before the next network is built
     _progress("")
     return rows
 
