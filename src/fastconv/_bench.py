@@ -974,7 +974,7 @@ NETWORK_LABELS = {
 }
 # The fastconv variants, and the ratios each row reports for them.
 FASTCONV_VARIANTS = ("from_torch", "from_onnx", "optimize")
-NETWORK_BUDGET = 25.0      # seconds of timed samples per network and thread count
+NETWORK_BUDGET = 20.0      # seconds of timed samples per network and thread count
 NETWORK_REPS = (3, 15)     # the fewest and the most samples per contender
 ONNX_OPSET = 17
 ONNX_EXPORTER = "torch.onnx.export(dynamo=False), the TorchScript exporter"
