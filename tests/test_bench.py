@@ -318,3 +318,12 @@ def test_count_macs():
     x = torch.zeros(1, 3, 16, 16)
     assert _bench.count_macs(model, x) == (16 * 16 * 8 * 9 * 3 + 8 * 8 * 8 * 9 * 2
                                            + 8 * 8 * 8 * 16 * 2 + 5 * 2 * 18 * 18)
+
+
+def test_outputs_are_compared_in_torchs_layout():
+    nchw = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(_bench._as_nchw(nhwc, nchw.shape, nhwc=True), nchw)
+    np.testing.assert_array_equal(_bench._as_nchw([nchw], nchw.shape, nhwc=False), nchw)
+    with pytest.raises(ValueError, match=r"output of shape \(2, 4, 5, 3\), expected"):
+        _bench._as_nchw(nhwc, nchw.shape, nhwc=False)

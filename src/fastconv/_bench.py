@@ -1113,15 +1113,16 @@ def threaded_engines(onnx_bytes: Optional[bytes], xn: np.ndarray, nt: int
     return calls, missing
 
 
-def _as_nchw(out: object, like: Tuple[int, ...]) -> np.ndarray:
-    """A contender's output as a NumPy array of torch's shape `like` (from a
-    tensor, a list of outputs, or fastconv's NHWC maps)."""
+def _as_nchw(out: object, like: Tuple[int, ...], nhwc: bool) -> np.ndarray:
+    """A contender's output (a tensor, an array or a list of outputs) as a
+    NumPy array in torch's layout, checked to have torch's shape `like`;
+    `nhwc`: the contender's maps are NHWC (fastconv's from_torch)."""
     if isinstance(out, (list, tuple)):
         out = out[0]
     if hasattr(out, "detach"):
         out = out.detach().numpy()
     out = np.asarray(out)
-    if out.ndim == 4 and out.shape != like and out.transpose(0, 3, 1, 2).shape == like:
+    if nhwc and out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
     if out.shape != like:
         raise ValueError(f"output of shape {out.shape}, expected torch's {like}")
@@ -1170,7 +1171,7 @@ def bench_networks(threads: Sequence[int],
                     settle()
                     t0 = time.perf_counter()
                     try:
-                        out = _as_nchw(calls[c](nt), reference.shape)
+                        out = _as_nchw(calls[c](nt), reference.shape, c == "from_torch")
                         diffs[c] = float(np.abs(out - reference).max() / scale)
                     except Exception as exc:  # noqa: BLE001
                         missing[c] = _failure(exc)
