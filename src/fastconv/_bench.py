@@ -1073,10 +1073,26 @@ def network_engines(model, x, onnx_bytes: Optional[bytes]
     return calls, missing
 
 
-def threaded_engines(onnx_bytes: Optional[bytes], xn: np.ndarray, nt: int
+def openvino_model(onnx_bytes: bytes) -> Tuple[object, Optional[str]]:
+    """The ONNX export read by OpenVINO (once per network: reading VGG16 takes
+    seconds, compiling it for a thread count far less), or None and why not."""
+    try:
+        import io
+
+        import openvino as ov
+        return ov.convert_model(io.BytesIO(onnx_bytes)), None
+    except ImportError:
+        return None, "openvino is not installed"
+    except Exception as exc:  # noqa: BLE001 (see network_engines)
+        return None, _failure(exc)
+
+
+def threaded_engines(onnx_bytes: Optional[bytes], ov_model: object, ov_error: Optional[str],
+                     xn: np.ndarray, nt: int
                      ) -> Tuple[Dict[str, Callable[[int], object]], Dict[str, str]]:
-    """onnxruntime and OpenVINO, whose thread counts are fixed when a session
-    or compiled model is made: built for nt threads, like network_engines()."""
+    """onnxruntime and OpenVINO (from openvino_model()), whose thread counts
+    are fixed when a session or compiled model is made: built for nt threads,
+    like network_engines()."""
     calls: Dict[str, Callable[[int], object]] = {}
     missing: Dict[str, str] = {}
     if onnx_bytes is None:
@@ -1096,18 +1112,16 @@ def threaded_engines(onnx_bytes: Optional[bytes], xn: np.ndarray, nt: int
         missing["onnxruntime"] = "onnxruntime is not installed"
     except Exception as exc:  # noqa: BLE001
         missing["onnxruntime"] = _failure(exc)
+    if ov_model is None:
+        missing["openvino"] = ov_error or "openvino is not installed"
+        return calls, missing
     try:
-        import io
-
         import openvino as ov
         compiled = ov.Core().compile_model(
-            ov.convert_model(io.BytesIO(onnx_bytes)), "CPU",
-            {"INFERENCE_NUM_THREADS": nt, "INFERENCE_PRECISION_HINT": "f32",
-             "PERFORMANCE_HINT": "LATENCY"})
+            ov_model, "CPU", {"INFERENCE_NUM_THREADS": nt, "INFERENCE_PRECISION_HINT": "f32",
+                              "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
         calls["openvino"] = lambda _: request.infer({0: xn})[0]
-    except ImportError:
-        missing["openvino"] = "openvino is not installed"
     except Exception as exc:  # noqa: BLE001
         missing["openvino"] = _failure(exc)
     return calls, missing
@@ -1155,9 +1169,10 @@ def bench_networks(threads: Sequence[int],
             onnx_bytes, export_error = None, _failure(exc)
         with torch.no_grad():
             common, common_missing = network_engines(model, x, onnx_bytes)
+        ov_model, ov_error = openvino_model(onnx_bytes) if onnx_bytes else (None, None)
         for nt in threads:
             _progress(f"[networks, {nt} thr] {spec.label}: building the engines ...")
-            own, missing = threaded_engines(onnx_bytes, x.numpy(), nt)
+            own, missing = threaded_engines(onnx_bytes, ov_model, ov_error, x.numpy(), nt)
             missing.update(common_missing)
             if export_error is not None:
                 missing.update({c: f"the ONNX export failed: {export_error}"
@@ -1194,7 +1209,7 @@ def bench_networks(threads: Sequence[int],
                                     {c: missing[c] for c in NETWORK_CONTENDERS if c in missing},
                                     diffs, others_busy(before, cpu_snapshot())))
             del own, calls  # this thread count's sessions, before the next one's are made
-        del common  # this network's engines, before the next network is built
+        del common, ov_model  # this network's engines, before the next network is built
     _progress("")
     return rows
 
