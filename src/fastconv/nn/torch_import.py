@@ -232,6 +232,20 @@ class _Builder:
         self.applied: List[Tuple[Layer, Tuple[SymbolicTensor, ...], SymbolicTensor]] = []
         self.torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
         self.node: Any = None
+        # Names a function's layer must not take: the module paths (their
+        # layers' names) and the fx node names (what other functions' take).
+        self.taken = {path for path, _ in module.named_modules()}
+        self.taken.discard("")
+
+    def unique(self, base: str) -> str:
+        """base, or base_1, base_2, ..., whichever no module path nor other
+        layer has (an fx node "softmax" beside a module at path "softmax")."""
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
 
     # -- helpers -------------------------------------------------------------
     def submodule(self, path: str) -> Any:
@@ -372,6 +386,13 @@ class _Builder:
     def module_call(self, node: Any, m: Any) -> Any:
         tnn = self.torch.nn
         layout, path = self.layout, node.target
+        known = {tnn.Identity, tnn.Dropout, tnn.Dropout2d, tnn.Linear, tnn.Flatten, tnn.Softmax,
+                 tnn.Conv2d, tnn.ConvTranspose2d, tnn.BatchNorm2d, tnn.MaxPool2d, tnn.AvgPool2d,
+                 tnn.AdaptiveAvgPool2d, tnn.Upsample, tnn.UpsamplingNearest2d,
+                 tnn.UpsamplingBilinear2d, tnn.ZeroPad2d}
+        if type(m) not in known and self.activation_module(m) is None:
+            self.refuse(f"has no fastconv.nn equivalent; supported modules: "
+                        f"{SUPPORTED_MODULES}")
         if node.kwargs or len(node.args) != 1:
             self.refuse("is called with other arguments than one tensor")
         x = self.tensor(self.value(node.args[0]))
@@ -437,7 +458,7 @@ class _Builder:
                                  getattr(m, "recompute_scale_factor", None))
         if kind is tnn.ZeroPad2d:
             return self.pad(x, path, list(m.padding), "constant", m.value)
-        self.refuse(f"has no fastconv.nn equivalent; supported modules: {SUPPORTED_MODULES}")
+        raise AssertionError(kind)  # (every type in `known` is handled above)
 
     def activation_module(self, m: Any) -> Any:
         """A maker of the activation layer of module m, or None."""
@@ -536,7 +557,7 @@ class _Builder:
         if any(crop):
             (t, b, le, r) = crop
             x = self.apply(lambda: Cropping2d(((t, b), (le, r)), layout=self.layout), [x], MAP,
-                           key + ("_crop" if any(grow) else ""))
+                           self.unique(key + "_crop") if any(grow) else key)
         if any(grow) or not any(crop):
             (t, b, le, r) = grow
             x = self.apply(lambda: ZeroPad2d(((t, b), (le, r)), layout=self.layout), [x], MAP,
@@ -606,7 +627,7 @@ class _Builder:
     # -- functions and methods ------------------------------------------------------
     def function_call(self, target: Any, args: tuple, kwargs: dict) -> Any:
         torch, F = self.torch, self.torch.nn.functional
-        key = self.node.name
+        key = self.unique(self.node.name)
         name = getattr(target, "__name__", "")
         arith = {operator.sub: operator.sub, operator.floordiv: operator.floordiv,
                  operator.truediv: operator.truediv, operator.neg: operator.neg,
@@ -710,7 +731,7 @@ class _Builder:
         return dict(pair.kwargs)
 
     def method_call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        key = self.node.name
+        key = self.unique(self.node.name)
         x, rest = args[0], args[1:]
         if name == "size":
             dims = self.torch_dims(self.tensor(x))
