@@ -186,15 +186,18 @@ def test_from_torch_functional_forms(layout, dtype):
         module = module.double()
     x = np.random.default_rng(2).standard_normal((3, 3, 8, 12)).astype(dtype)
     expected = [e.numpy() for e in torch_output_many(module, x)]
-    for shape in ((3, 8, 12), None):  # (the reads here need no sizes but the batch)
-        model = nn.from_torch(module, layout=layout, input_shape=shape)
-        got = model(to_layout(x, layout))
-        assert len(got) == 3
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        for g, e in zip(got, expected):
-            g = from_layout(g, layout)
-            assert g.shape == e.shape
-            np.testing.assert_allclose(g, e, rtol=0, atol=tol)
+    model = nn.from_torch(module, layout=layout, input_shape=(3, 8, 12))
+    got = model(to_layout(x, layout))
+    assert len(got) == 3
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for g, e in zip(got, expected):
+        g = from_layout(g, layout)
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=0, atol=tol)
+    # reshape(-1, 16) flattens only if C * H * W is 16, which the sizes tell
+    with pytest.raises(ValueError, match=r"node reshape \(method reshape\) \(at .*kept\.reshape"
+                                         r"\(-1, 16\).* give from_torch input_shape="):
+        nn.from_torch(module, layout=layout)
     assert ("stem.0", "stem.2.0", "stem.2.1") in model.fusions  # Hardtanh(0, 6) is ReLU6
     assert model.output_names[0] == "softmax"
 
@@ -291,6 +294,9 @@ def test_from_torch_errors():
         nn.from_torch(tnn.Sequential(tnn.Conv2d(3, 4, 1), tnn.Linear(4, 2)))
     with pytest.raises(ValueError, match=r"input_shape must give one shape per input"):
         nn.from_torch(tnn.Conv2d(3, 4, 1), input_shape=[(3, 4, 4), (3, 4, 4)])
+    with pytest.raises(ValueError, match=r"node relu \(function relu\).* changes conv in place, "
+                                         r"which add read after it"):
+        nn.from_torch(InPlaceReadAgain())
     with pytest.raises(TypeError, match=r"module must be a torch\.nn\.Module; got int"):
         nn.from_torch(3)
 
@@ -303,3 +309,23 @@ class ViewBad(tnn.Module):
 class AddScalar(tnn.Module):
     def forward(self, x):
         return x + 1.0
+
+
+class InPlaceReadAgain(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = tnn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        return a + F.relu(a, inplace=True)  # (torch: a is changed before the add reads it)
+
+
+def test_from_torch_without_input_shape_takes_any_size():
+    torch.manual_seed(4)
+    module = torch_models.randomize_bn(torch_models.MobileNetV2(width_mult=0.25), seed=4)
+    model = nn.from_torch(module, layout="NCHW")
+    assert model.inputs[0].shape is None
+    for hw in ((32, 32), (40, 56)):
+        x = np.random.default_rng(4).standard_normal((1, 3) + hw).astype(np.float32)
+        np.testing.assert_allclose(model(x), torch_output(module, x), rtol=0, atol=1e-5)

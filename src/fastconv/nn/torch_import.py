@@ -167,6 +167,7 @@ def from_torch(module: Any, layout: str = "NHWC", *, input_shape: Any = None) ->
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     shapes = _input_shapes(input_shape, len(placeholders))
     builder = _Builder(torch, module, layout)
+    builder.order = {node: i for i, node in enumerate(graph.nodes)}
     inputs = []
     for node, shape in zip(placeholders, shapes):
         if shape is None:
@@ -232,6 +233,7 @@ class _Builder:
         self.applied: List[Tuple[Layer, Tuple[SymbolicTensor, ...], SymbolicTensor]] = []
         self.torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
         self.node: Any = None
+        self.order: Dict[Any, int] = {}  # node -> its place in the graph
         # Names a function's layer must not take: the module paths (their
         # layers' names) and the fx node names (what other functions' take).
         self.taken = {path for path, _ in module.named_modules()}
@@ -371,6 +373,7 @@ class _Builder:
 
     def convert(self, node: Any) -> Any:
         self.node = node
+        self.check_in_place(node)
         if node.op == "call_module":
             return self.module_call(node, self.submodule(node.target))
         if node.op == "get_attr":
@@ -381,6 +384,31 @@ class _Builder:
         if node.op == "call_method":
             return self.method_call(node.target, args, kwargs)
         return self.function_call(node.target, args, kwargs)
+
+    def check_in_place(self, node: Any) -> None:
+        """An in-place op (x += y, relu_(x), ReLU(inplace=True)) changes its
+        input in torch; the imported graph computes a new tensor instead,
+        which is the same unless the input is read again after it: that is
+        refused rather than computed differently."""
+        if node.op == "call_module":
+            in_place = bool(getattr(self.submodule(node.target), "inplace", False))
+        elif node.op == "call_method":
+            in_place = node.target.endswith("_") and not node.target.startswith("__")
+        else:
+            in_place = node.target in (operator.iadd, operator.imul) or bool(
+                node.kwargs.get("inplace")) or getattr(node.target, "__name__", "").endswith(
+                "_") or (node.target in (self.torch.nn.functional.relu,
+                                         self.torch.nn.functional.hardtanh,
+                                         self.torch.nn.functional.leaky_relu)
+                         and len(node.args) > 1 and node.args[-1] is True)
+        if not in_place or not node.args or not isinstance(node.args[0], self.torch.fx.Node):
+            return
+        changed = node.args[0]
+        later = [u.name for u in changed.users
+                 if u is not node and self.order[u] > self.order[node]]
+        if later:
+            self.refuse(f"changes {changed.name} in place, which {', '.join(later)} read after "
+                        f"it; fastconv computes a new tensor: make the op out of place")
 
     # -- modules ---------------------------------------------------------------
     def module_call(self, node: Any, m: Any) -> Any:
@@ -626,9 +654,14 @@ class _Builder:
 
     # -- functions and methods ------------------------------------------------------
     def function_call(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return self.function_layer(target, args, kwargs)
+        except (KeyError, IndexError) as exc:  # (an argument not where torch's signature says)
+            self.refuse(f"is called with arguments fastconv could not read ({exc!r} missing)")
+
+    def function_layer(self, target: Any, args: tuple, kwargs: dict) -> Any:
         torch, F = self.torch, self.torch.nn.functional
         key = self.unique(self.node.name)
-        name = getattr(target, "__name__", "")
         arith = {operator.sub: operator.sub, operator.floordiv: operator.floordiv,
                  operator.truediv: operator.truediv, operator.neg: operator.neg,
                  operator.mod: operator.mod}
@@ -656,9 +689,11 @@ class _Builder:
             return obj[index]  # (a size of a shape, or an output of a tuple)
         bound = self.bind(target, args, kwargs)
         if target in (F.relu, torch.relu, torch.relu_, F.relu_):
-            return self.apply(ReLU, [self.tensor(bound["input"])], bound["input"].kind, key)
+            x = self.tensor(bound["input"])
+            return self.apply(ReLU, [x], x.kind, key)
         if target in (F.relu6,):
-            return self.apply(ReLU6, [self.tensor(bound["input"])], bound["input"].kind, key)
+            x = self.tensor(bound["input"])
+            return self.apply(ReLU6, [x], x.kind, key)
         if target in (F.hardtanh, F.hardtanh_):
             x = self.tensor(bound["input"])
             return self.apply(self.clip_maker(bound.get("min_val", -1.0),
@@ -693,11 +728,9 @@ class _Builder:
             return self.mean(bound["input"], bound.get("dim"), bound.get("keepdim", False), key)
         if target is F.adaptive_avg_pool2d:
             return self.global_pool(self.map_of(bound["input"]), bound["output_size"], key)
-        if target in (F.max_pool2d, F.avg_pool2d) or name in ("max_pool2d", "avg_pool2d",
-                                                               "boolean_dispatch"):
-            is_max = target is F.max_pool2d or name == "max_pool2d" or "max" in name
-            return self.pool(is_max, self.map_of(bound["input"]), key, bound["kernel_size"],
-                             bound.get("stride"), bound.get("padding", 0),
+        if target in (F.max_pool2d, F.avg_pool2d):
+            return self.pool(target is F.max_pool2d, self.map_of(bound["input"]), key,
+                             bound["kernel_size"], bound.get("stride"), bound.get("padding", 0),
                              bound.get("ceil_mode", False), bound.get("dilation", 1),
                              bound.get("return_indices", False),
                              bound.get("count_include_pad", True),
@@ -791,6 +824,7 @@ class _Builder:
         return self.apply(lambda: Concatenate(axis), ts, kind, key)
 
     def flatten_call(self, x: _Tensor, start: int, end: int, key: str) -> _Tensor:
+        x = self.tensor(x)
         ndim = {MAP: 4, POOLED: 4, FLAT: 2}[x.kind]
         if start != 1 or end % ndim != ndim - 1:
             self.refuse(f"flattens axes {start} to {end}; fastconv flattens all but the batch "
@@ -799,20 +833,23 @@ class _Builder:
 
     def reshape(self, x: _Tensor, shape: Any, key: str) -> _Tensor:
         """view/reshape to (batch, -1) (or (batch, F), (-1, F)): a flatten."""
+        x = self.tensor(x)
         shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
         dims = self.torch_dims(x)
         features = None if any(d is None for d in dims[1:]) else math.prod(dims[1:])
         ok = len(shape) == 2 and (
             (shape[0] is BATCH and (shape[1] == -1 or shape[1] == features))
-            or (shape[0] == -1 and isinstance(shape[1], (int, np.integer))
-                and not isinstance(shape[1], bool) and shape[1] > 0
-                and features in (None, shape[1])))
+            or (shape[0] == -1 and shape[1] == features))
         if not ok:
+            known = "" if features is not None else (
+                " (a shape (-1, F) is that only if C * H * W = F: give from_torch input_shape= "
+                "so that the sizes are known)")
             self.refuse(f"reshapes to {tuple(shape)}; fastconv reshapes to (batch, -1), "
-                        f"flattening all but the batch axis, only")
+                        f"flattening all but the batch axis, only{known}")
         return self.flatten(x, key)
 
     def mean(self, x: _Tensor, dim: Any, keepdim: bool, key: str) -> _Tensor:
+        x = self.tensor(x)
         dims = dim if isinstance(dim, (list, tuple)) else [dim]
         if x.kind != MAP or dim is None or sorted(
                 d % 4 if isinstance(d, int) else -1 for d in dims) != [2, 3]:
