@@ -491,9 +491,9 @@ def test_wrong_weight_shapes_name_the_layer(rng):
 
 
 @pytest.mark.parametrize("layer,message", [
-    (record("BatchNormalization", "bn", axis=-1, momentum=0.99, epsilon=0.001),
-     r"layer 2 'bn' \(BatchNormalization\) has no fastconv.nn equivalent; supported layers: "
-     r"InputLayer, Conv2D, DepthwiseConv2D, Dense"),
+    (record("LayerNormalization", "ln", axis=-1, epsilon=0.001),
+     r"layer 2 'ln' \(LayerNormalization\) has no fastconv.nn equivalent; supported layers: "
+     r"InputLayer, Conv2D, DepthwiseConv2D, Conv2DTranspose, Dense, BatchNormalization"),
     (conv2d("c2", 4, 3, activation="tanh"),
      r"layer 2 'c2' \(Conv2D\) has activation 'tanh'; supported: 'linear', 'relu', 'softmax'"),
     (conv2d("c2", 4, 3, padding="causal"),
@@ -535,10 +535,13 @@ def test_bad_configs_and_arguments(rng):
     w = small_weights(rng)
     with pytest.raises(ValueError, match=r"from_keras: config is not valid JSON"):
         nn.from_keras("{'layers': []}", w)
-    with pytest.raises(ValueError, match=r"config describes a Functional model; only "
-                                         r"keras.Sequential"):
+    with pytest.raises(ValueError, match=r"config describes a Bogus model; only "
+                                         r"keras.Sequential and functional"):
+        nn.from_keras({"class_name": "Bogus", "config": {"layers": []}}, w)
+    with pytest.raises(ValueError, match=r"from_keras: config's input_layers must be a \[layer "
+                                         r"name, node index, tensor index\] triple"):
         nn.from_keras({"class_name": "Functional", "config": {"layers": []}}, w)
-    with pytest.raises(ValueError, match=r"config describes a functional Keras model"):
+    with pytest.raises(ValueError, match=r"config's input_layers must be"):
         nn.from_keras({"layers": [], "input_layers": [], "output_layers": []}, w)
     with pytest.raises(ValueError, match=r"config has no 'layers' list"):
         nn.from_keras({"name": "sequential"}, w)
@@ -687,8 +690,8 @@ def test_keras_torch_conv_same_padding_matches_keras(keras, rng):
 def test_keras_torch_refusals(keras, rng):
     L = keras.layers
     model = keras_model(keras, rng, (8, 8, 3), L.Conv2D(4, 3, name="c"),
-                        L.BatchNormalization(name="bn"))
-    with pytest.raises(ValueError, match=r"from_keras: layer 2 'bn' \(BatchNormalization\) "
+                        L.LayerNormalization(name="ln"))
+    with pytest.raises(ValueError, match=r"from_keras: layer 2 'ln' \(LayerNormalization\) "
                                          r"has no fastconv.nn equivalent"):
         nn.from_keras(model)
     model = keras_model(keras, rng, (8, 8, 3), L.MaxPooling2D(3, strides=2, padding="same",
