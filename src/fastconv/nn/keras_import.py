@@ -559,11 +559,11 @@ class _Functional:
                         layer, out_shape = self.merge(kind, cfg, shapes)
                         made = [layer]
                     else:
-                        if len(args) != 1:
-                            self.refuse(f"is applied to {len(args)} tensors; it takes one")
                         imp.shape = shapes[0]
                         start = len(imp.layers)
-                        imp.dispatch(kind, cfg)
+                        imp.dispatch(kind, cfg)  # (a layer it does not know: refused here)
+                        if len(args) != 1:
+                            self.refuse(f"is applied to {len(args)} tensors; it takes one")
                         made, out_shape = imp.layers[start:], imp.shape
                     self.name(made, name)
                     first_shapes = shapes
