@@ -72,6 +72,8 @@ NETWORKS = {
     "unet": (lambda: torch_models.UNet(cropped=True), (3, 92, 92)),
     "unet_padded": (lambda: torch_models.UNet(cropped=False), (3, 45, 37)),
     "fcn8s": (lambda: torch_models.FCN8s(), (3, 40, 52)),
+    "vgg": (lambda: torch_models.VGG(), (3, 56, 56)),       # (7x7 before the 7x7 pool)
+    "vgg_pooled": (lambda: torch_models.VGG(), (3, 112, 56)),  # (14x7: 2x1 windows)
 }
 
 
@@ -279,6 +281,13 @@ def test_from_torch_errors():
     model = nn.from_torch(UsesSizes(), layout="NCHW", input_shape=(2, 6, 5))
     x = np.arange(2 * 2 * 6 * 5, dtype=np.float32).reshape(2, 2, 6, 5)
     np.testing.assert_array_equal(model(x), x[:, :, :3])
+    with pytest.raises(ValueError, match=r"layer avgpool \(AdaptiveAvgPool2d\) pools a 5x5 map "
+                                         r"to 7x7; fastconv pools adaptively to a size that "
+                                         r"divides"):
+        nn.from_torch(torch_models.VGG(), input_shape=(3, 40, 40))
+    with pytest.raises(ValueError, match=r"layer avgpool .* whose windows depend on the "
+                                         r"input's size: give from_torch input_shape="):
+        nn.from_torch(torch_models.VGG())
     with pytest.raises(ValueError, match=r"layer 0 \(Conv2d\) pads with 'circular'"):
         nn.from_torch(tnn.Sequential(tnn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")))
     with pytest.raises(ValueError, match=r"track_running_stats=False"):

@@ -246,6 +246,31 @@ class FCN8s(nn.Module):
         return h[:, :, 31:31 + x.size(2), 31:31 + x.size(3)].contiguous()
 
 
+class VGG(nn.Module):
+    """torchvision's VGG layout, small: conv-ReLU blocks with max pools,
+    AdaptiveAvgPool2d((7, 7)) (the identity on a 7x7 map, a 2x2 average on
+    14x14), flatten, and the Linear-ReLU-Dropout classifier."""
+
+    def __init__(self, width=8, classes=10):
+        super().__init__()
+        cfg, layers, cin = [width, "M", width * 2, "M", width * 4, width * 4, "M"], [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(nn.Linear(cin * 49, 32), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(32, classes))
+
+    def forward(self, x):
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
 def randomize_bn(module, seed=0):
     """Non-trivial BatchNorm statistics and affine parameters (the defaults,
     mean 0 and var 1, would hide a folding error); eval mode."""

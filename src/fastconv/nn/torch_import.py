@@ -69,12 +69,12 @@ class _Tensor:
 SUPPORTED_MODULES = (
     "Conv2d (zero padding), ConvTranspose2d, Linear, BatchNorm2d, ReLU, ReLU6, Hardtanh, "
     "LeakyReLU, PReLU, Sigmoid, Tanh, SiLU, Hardswish, Hardsigmoid, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d(1), Flatten, Softmax, Upsample, UpsamplingNearest2d, "
-    "UpsamplingBilinear2d, ZeroPad2d, Identity, Dropout, Dropout2d")
+    "AdaptiveAvgPool2d (to 1, or dividing the size), Flatten, Softmax, Upsample, "
+    "UpsamplingNearest2d, UpsamplingBilinear2d, ZeroPad2d, Identity, Dropout, Dropout2d")
 SUPPORTED_FUNCTIONS = (
     "relu, relu6, hardtanh, clamp, leaky_relu, sigmoid, tanh, silu, hardswish, hardsigmoid, "
     "softmax, add/+/+=, mul/*, cat, flatten, view/reshape to (batch, -1), mean over (2, 3), "
-    "adaptive_avg_pool2d(1), max_pool2d, avg_pool2d, interpolate, pad (constant 0), "
+    "adaptive_avg_pool2d, max_pool2d, avg_pool2d, interpolate, pad (constant 0), "
     "dropout, contiguous, size/shape, slicing x[:, :, a:b, c:d]")
 
 
@@ -114,7 +114,8 @@ def from_torch(module: Any, layout: str = "NHWC", *, input_shape: Any = None) ->
     Supported modules: Conv2d (zero padding), ConvTranspose2d, Linear,
     BatchNorm2d, ReLU, ReLU6, Hardtanh, LeakyReLU, PReLU, Sigmoid, Tanh,
     SiLU, Hardswish, Hardsigmoid, MaxPool2d (dilation 1), AvgPool2d,
-    AdaptiveAvgPool2d(1), Flatten, Softmax, Upsample, ZeroPad2d, Identity,
+    AdaptiveAvgPool2d (to 1x1, or to a size dividing the input's, known
+    from input_shape: VGG's 7x7), Flatten, Softmax, Upsample, ZeroPad2d, Identity,
     Dropout, Dropout2d; their functional and method forms, torch.cat,
     + and * of two tensors of one shape, flatten and view/reshape to
     (batch, -1), mean over (2, 3), F.interpolate, F.pad, slicing of the
@@ -547,9 +548,25 @@ class _Builder:
                                             count_include_pad, self.layout), [x], MAP, key)
 
     def global_pool(self, x: _Tensor, output_size: Any, key: str) -> _Tensor:
-        if output_size not in (1, (1, 1), [1, 1]):
-            self.refuse(f"pools to {output_size!r}; fastconv has the global pool to 1x1 only")
-        return self.apply(lambda: GlobalAvgPool2d(self.layout), [x], POOLED, key)
+        """adaptive_avg_pool2d: to 1x1, the global pool; to a size that divides
+        the input's (known at import), an AvgPool2d of uniform windows
+        (VGG's 7x7 pool), or nothing when the sizes are equal."""
+        if output_size in (1, (1, 1), [1, 1]):
+            return self.apply(lambda: GlobalAvgPool2d(self.layout), [x], POOLED, key)
+        sizes = list(output_size) if isinstance(output_size, (tuple, list)) else [output_size] * 2
+        _, _, h, w = self.torch_dims(x)
+        if h is None or w is None:
+            self.refuse(f"pools to {output_size!r}, whose windows depend on the input's size: "
+                        f"give from_torch input_shape= (or pool to 1)")
+        oh, ow = (n if o is None else o for o, n in zip(sizes, (h, w)))
+        if h % oh or w % ow:
+            self.refuse(f"pools a {h}x{w} map to {oh}x{ow}; fastconv pools adaptively to a "
+                        f"size that divides the input's only (uniform windows)")
+        kernel = (h // oh, w // ow)
+        if kernel == (1, 1):
+            return x  # (the sizes are equal: the identity)
+        return self.apply(lambda: AvgPool2d(kernel, kernel, 0, False, True, self.layout), [x],
+                          MAP, key)
 
     def upsample(self, x: _Tensor, key: str, size: Any, scale_factor: Any, mode: str,
                  align_corners: Any, recompute_scale_factor: Any) -> _Tensor:
