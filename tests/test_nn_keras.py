@@ -868,3 +868,42 @@ def test_keras_torch_sequential_new_layers_match_keras(keras, rng, layout):
     got = run(imported, x, layout)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * max(1, np.abs(expected).max()))
+
+
+def keras_tensor(name, node=0, index=0):
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [name, node, index]}}
+
+
+def functional_config(conv_reads="x"):
+    """A functional get_config(), written out: x -> conv c (same), Add(x, c)."""
+    def applied(rec, *args):
+        return dict(rec, name=rec["config"]["name"],
+                    inbound_nodes=[{"args": list(args), "kwargs": {}}])
+
+    inp = dict(input_layer((6, 5, 2)), name="input_layer", inbound_nodes=[])
+    conv = applied(conv2d("c", 2, 3, padding="same"), keras_tensor(conv_reads))
+    add = applied(record("Add", "add"), [keras_tensor("input_layer"), keras_tensor("c")])
+    return {"name": "functional", "trainable": True, "layers": [inp, conv, add],
+            "input_layers": [["input_layer", 0, 0]], "output_layers": [["add", 0, 0]]}
+
+
+def test_functional_config_without_keras(rng):
+    weights = random_weights(rng, [(3, 3, 2, 2), (2,)], np.float64)
+    model = nn.from_keras(functional_config("input_layer"), weights)
+    assert model.fusions == [("c", "add")]
+    x = random_array(rng, (2, 6, 5, 2), np.float64)
+    pads = same_padding((6, 5), (3, 3))
+    ref = conv2d_ref(x, weights[0], weights[1], padding=pads) + x
+    mag = conv2d_magnitude(x, weights[0], weights[1], padding=pads) + np.abs(x)
+    assert_close_to_reference(model(x), ref, mag, 3 * 3 * 2 + 2, np.float64)
+    with pytest.raises(ValueError, match=r"from_keras: layer 1 'c' \(Conv2D\) reads tensor "
+                                         r"\['x', 0, 0\], which no earlier layer of the config "
+                                         r"makes"):
+        nn.from_keras(functional_config("x"), weights)
+    bad = functional_config("input_layer")
+    bad["layers"][2]["inbound_nodes"][0]["args"] = [[{"class_name": "__keras_tensor__"}]]
+    with pytest.raises(ValueError, match=r"layer 2 'add' \(Add\) is applied to .*; expected "
+                                         r"Keras tensors"):
+        nn.from_keras(bad, weights)
+    with pytest.raises(ValueError, match=r"weights has 3 arrays but the config's layers use 2"):
+        nn.from_keras(functional_config("input_layer"), weights + [weights[1]])

@@ -469,12 +469,15 @@ class _Functional:
 
     def source(self, arg: Any) -> Tuple[Any, Any]:
         """The tensor a __keras_tensor__ argument names."""
-        history = arg.get("config", {}).get("keras_history") if isinstance(arg, dict) else None
+        cfg = arg.get("config") if isinstance(arg, dict) else None
+        history = cfg.get("keras_history") if isinstance(cfg, dict) else None
         if not (isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__"
-                and isinstance(history, (list, tuple)) and len(history) == 3):
+                and isinstance(history, (list, tuple)) and len(history) == 3
+                and isinstance(history[0], str) and _is_int(history[1])
+                and _is_int(history[2])):
             self.refuse(f"is applied to {short_repr(arg)}; expected Keras tensors "
                         f"({{'class_name': '__keras_tensor__', ...}})")
-        key = (history[0], history[1], history[2])
+        key = (history[0], int(history[1]), int(history[2]))
         if key not in self.tensors:
             self.refuse(f"reads tensor {short_repr(list(key))}, which no earlier layer of the "
                         f"config makes")
@@ -488,12 +491,18 @@ class _Functional:
             self.refuse(f"has an inbound node {short_repr(node)}; expected {{'args': [tensor "
                         f"or list of tensors], 'kwargs': {{...}}}}")
         kwargs = node.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            self.refuse(f"has an inbound node whose kwargs are {short_repr(kwargs)}; expected "
+                        f"a dict")
         extra = {k: v for k, v in kwargs.items() if v is not None
                  and not (k == "training" and v is False)}
         if extra:
             self.refuse(f"is called with {short_repr(extra)}; only its tensors are supported")
         arg = node["args"][0]
-        return [self.source(a) for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+        items = arg if isinstance(arg, (list, tuple)) else [arg]
+        if not items:
+            self.refuse("has an inbound node with no tensor")
+        return [self.source(a) for a in items]
 
     def merge(self, kind: str, cfg: dict, shapes: List[Any]) -> Tuple[Layer, Any]:
         """A Add, Multiply or Concatenate layer and its output's Keras shape."""
