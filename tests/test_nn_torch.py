@@ -338,3 +338,29 @@ def test_from_torch_without_input_shape_takes_any_size():
     for hw in ((32, 32), (40, 56)):
         x = np.random.default_rng(4).standard_normal((1, 3) + hw).astype(np.float32)
         np.testing.assert_allclose(model(x), torch_output(module, x), rtol=0, atol=1e-5)
+
+
+class OptionalArguments(tnn.Module):
+    """forward's optional arguments keep their defaults (the branches they
+    take are traced as constants)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = tnn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, mask=None, double=False, scale=1):
+        y = self.conv(x)
+        if mask is not None:
+            y = y * mask
+        if double:
+            y = y + y
+        return F.relu(y) if scale == 1 else y
+
+
+def test_from_torch_optional_arguments_keep_their_defaults():
+    torch.manual_seed(5)
+    module = OptionalArguments().eval()
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    model = check_against_torch(module, x, "NHWC", input_shape=(3, 6, 6))
+    assert model.input_names == ["x"]
+    assert model.fusions == [("conv", "relu")]

@@ -17,6 +17,7 @@ shape is given (``input_shape``), and then Python arithmetic on them (a
 U-Net's crop or pad amounts) is computed at import."""
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import os
@@ -158,17 +159,32 @@ def from_torch(module: Any, layout: str = "NHWC", *, input_shape: Any = None) ->
         raise TypeError(f"{FN}: module must be a torch.nn.Module; got {type(module).__name__}")
     tracer = torch.fx.Tracer()
     tracer.record_stack_traces = True
+    # Optional arguments of forward (mask=None, flag=False) keep their
+    # defaults: traced as constants, so that `if mask is not None` takes the
+    # branch the default takes (fx adds a check of each, skipped below).
+    defaults = _constant_defaults(module)
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=defaults or None)
     except Exception as exc:  # (fx raises many kinds: TraceError, TypeError, ...)
         raise ValueError(f"{FN}: torch.fx could not trace {type(module).__name__} (from_torch "
                          f"imports what torch.fx.symbolic_trace can trace: a forward without "
                          f"control flow on tensor values): {type(exc).__name__}: {exc}"
                          ) from exc
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    shapes = _input_shapes(input_shape, len(placeholders))
     builder = _Builder(torch, module, layout)
     builder.order = {node: i for i, node in enumerate(graph.nodes)}
+    placeholders = []
+    # (fx makes one placeholder per parameter of forward, in order)
+    all_placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    names = _parameters(module)
+    if len(names) != len(all_placeholders):
+        raise ValueError(f"{FN}: {type(module).__name__}.forward takes *args or **kwargs; "
+                         f"from_torch imports a forward with named parameters only")
+    for node, name in zip(all_placeholders, names):
+        if name in defaults:
+            builder.env[node.name] = defaults[name]
+        else:
+            placeholders.append(node)
+    shapes = _input_shapes(input_shape, len(placeholders))
     inputs = []
     for node, shape in zip(placeholders, shapes):
         if shape is None:
@@ -190,6 +206,8 @@ def from_torch(module: Any, layout: str = "NHWC", *, input_shape: Any = None) ->
     for node in graph.nodes:
         if node.op == "placeholder":
             continue
+        if node.target in (torch.fx._symbolic_trace._assert_is_none, torch._assert):
+            continue  # (fx's check of a constant argument: it holds, it is the default)
         if node.op == "output":
             outputs = builder.outputs(node)
             break
@@ -199,6 +217,23 @@ def from_torch(module: Any, layout: str = "NHWC", *, input_shape: Any = None) ->
     if chain is not None and input_shape is None and isinstance(module, torch.nn.Sequential):
         return Sequential(*chain, layout=layout)
     return Model(inputs, outputs if len(outputs) > 1 else outputs[0], layout=layout)
+
+
+def _parameters(module: Any) -> List[str]:
+    """The names of the parameters of module.forward."""
+    return [p.name for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _constant_defaults(module: Any) -> Dict[str, Any]:
+    """The parameters of module.forward with a default of None, a bool, an
+    int, a float or a str (the inputs are those without one)."""
+    out = {}
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.default is not p.empty and (p.default is None or isinstance(
+                p.default, (bool, int, float, str))):
+            out[p.name] = p.default
+    return out
 
 
 def _input_shapes(input_shape: Any, n: int) -> List[Optional[Tuple[int, ...]]]:
@@ -681,7 +716,8 @@ class _Builder:
         key = self.unique(self.node.name)
         arith = {operator.sub: operator.sub, operator.floordiv: operator.floordiv,
                  operator.truediv: operator.truediv, operator.neg: operator.neg,
-                 operator.mod: operator.mod}
+                 operator.mod: operator.mod, operator.eq: operator.eq,
+                 operator.ne: operator.ne}
         if target in (operator.add, operator.iadd, torch.add):
             if kwargs.get("alpha", 1) != 1:
                 self.refuse("adds with alpha != 1, which fastconv's Add does not support")
