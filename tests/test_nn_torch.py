@@ -1,5 +1,6 @@
 """fastconv.nn.from_torch against the torch modules it imports."""
 
+import copy
 import operator
 
 import numpy as np
@@ -364,3 +365,42 @@ def test_from_torch_optional_arguments_keep_their_defaults():
     model = check_against_torch(module, x, "NHWC", input_shape=(3, 6, 6))
     assert model.input_names == ["x"]
     assert model.fusions == [("conv", "relu")]
+
+
+# The bench's networks (fastconv._torch_networks, from the networks-bench
+# branch), small: they are torchvision's definitions, at reduced widths.
+BENCH_NETWORKS = {
+    "resnet18": (dict(num_classes=10, width=16), (3, 64, 64)),
+    "resnet50": (dict(num_classes=10, width=16), (3, 64, 64)),
+    "mobilenet_v2": (dict(num_classes=10, width_mult=0.5), (3, 64, 64)),
+    "vgg16": (dict(num_classes=10, width=0.125, fc_channels=64), (3, 224, 224)),
+    "unet": (dict(base=8, levels=3), (3, 64, 64)),
+    "fcn8s": (dict(num_classes=5, width=0.125, fc_channels=64), (3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("network", sorted(BENCH_NETWORKS))
+def test_from_torch_bench_networks(network):
+    networks = pytest.importorskip("fastconv._torch_networks")
+    kwargs, shape = BENCH_NETWORKS[network]
+    module = getattr(networks, network)(**kwargs)
+    module64 = copy.deepcopy(module).double()
+    x = np.random.default_rng(6).standard_normal((1,) + shape)
+    expected = torch_output(module64, x)
+    x32 = x.astype(np.float32)
+    torch_error = np.abs(torch_output(module, x32) - expected).max()
+    for layout in ("NHWC", "NCHW"):
+        # float64: the graph imported exactly (to rounding)
+        got = from_layout(nn.from_torch(module64, layout=layout, input_shape=shape)(
+            to_layout(x, layout)), layout)
+        np.testing.assert_allclose(got, expected, rtol=0,
+                                   atol=1e-12 * max(1, np.abs(expected).max()))
+        # float32: as close to the float64 result as torch's own float32 is
+        # (these networks' measured BatchNorm statistics amplify rounding
+        # through the depth: ResNet-50's float32 output is ~3e-5 off in torch)
+        model = nn.from_torch(module, layout=layout, input_shape=shape)
+        got = from_layout(model(to_layout(x32, layout)), layout)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 4 * torch_error + 1e-6 * max(
+            1, np.abs(expected).max())
+        assert not any(isinstance(step.layer, nn.BatchNorm2d) for step in model._steps)
