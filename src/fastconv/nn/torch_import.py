@@ -271,8 +271,8 @@ class _Builder:
         self.node: Any = None
         self.order: Dict[Any, int] = {}  # node -> its place in the graph
         # Names a function's layer must not take: the module paths (their
-        # layers' names) and the fx node names (what other functions' take).
-        self.taken = {path for path, _ in module.named_modules()}
+        # layers' names), then those given to other functions' layers.
+        self.taken = {path for path, _ in module.named_modules(remove_duplicate=False)}
         self.taken.discard("")
 
     def unique(self, base: str) -> str:
