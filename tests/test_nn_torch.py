@@ -404,3 +404,16 @@ def test_from_torch_bench_networks(network):
         assert np.abs(got - expected).max() <= 4 * torch_error + 1e-6 * max(
             1, np.abs(expected).max())
         assert not any(isinstance(step.layer, nn.BatchNorm2d) for step in model._steps)
+
+
+def test_from_torch_mobilenet_fusions():
+    torch.manual_seed(7)
+    module = torch_models.randomize_bn(torch_models.MobileNetV2(width_mult=0.25), seed=7)
+    model = nn.from_torch(module, input_shape=(3, 32, 32))
+    fusions = model.fusions
+    assert ("features.0.0", "features.0.1", "features.0.2") in fusions  # conv, BN, ReLU6
+    assert ("features.3.conv.1.0", "features.3.conv.1.1", "features.3.conv.1.2") in fusions
+    # the inverted residual: the projection's conv and BN with the add (x + conv(x))
+    assert ("features.3.conv.2", "features.3.conv.3", "add") in fusions
+    assert model.get_layer("features.3.conv.1.0").groups == model.get_layer(
+        "features.3.conv.1.0").in_channels  # depthwise
