@@ -491,9 +491,9 @@ def test_wrong_weight_shapes_name_the_layer(rng):
 
 
 @pytest.mark.parametrize("layer,message", [
-    (record("BatchNormalization", "bn", axis=-1, momentum=0.99, epsilon=0.001),
-     r"layer 2 'bn' \(BatchNormalization\) has no fastconv.nn equivalent; supported layers: "
-     r"InputLayer, Conv2D, DepthwiseConv2D, Dense"),
+    (record("LayerNormalization", "ln", axis=-1, epsilon=0.001),
+     r"layer 2 'ln' \(LayerNormalization\) has no fastconv.nn equivalent; supported layers: "
+     r"InputLayer, Conv2D, DepthwiseConv2D, Conv2DTranspose, Dense, BatchNormalization"),
     (conv2d("c2", 4, 3, activation="tanh"),
      r"layer 2 'c2' \(Conv2D\) has activation 'tanh'; supported: 'linear', 'relu', 'softmax'"),
     (conv2d("c2", 4, 3, padding="causal"),
@@ -535,10 +535,13 @@ def test_bad_configs_and_arguments(rng):
     w = small_weights(rng)
     with pytest.raises(ValueError, match=r"from_keras: config is not valid JSON"):
         nn.from_keras("{'layers': []}", w)
-    with pytest.raises(ValueError, match=r"config describes a Functional model; only "
-                                         r"keras.Sequential"):
+    with pytest.raises(ValueError, match=r"config describes a Bogus model; only "
+                                         r"keras.Sequential and functional"):
+        nn.from_keras({"class_name": "Bogus", "config": {"layers": []}}, w)
+    with pytest.raises(ValueError, match=r"from_keras: config's input_layers must be a \[layer "
+                                         r"name, node index, tensor index\] triple"):
         nn.from_keras({"class_name": "Functional", "config": {"layers": []}}, w)
-    with pytest.raises(ValueError, match=r"config describes a functional Keras model"):
+    with pytest.raises(ValueError, match=r"config's input_layers must be"):
         nn.from_keras({"layers": [], "input_layers": [], "output_layers": []}, w)
     with pytest.raises(ValueError, match=r"config has no 'layers' list"):
         nn.from_keras({"name": "sequential"}, w)
@@ -687,8 +690,8 @@ def test_keras_torch_conv_same_padding_matches_keras(keras, rng):
 def test_keras_torch_refusals(keras, rng):
     L = keras.layers
     model = keras_model(keras, rng, (8, 8, 3), L.Conv2D(4, 3, name="c"),
-                        L.BatchNormalization(name="bn"))
-    with pytest.raises(ValueError, match=r"from_keras: layer 2 'bn' \(BatchNormalization\) "
+                        L.LayerNormalization(name="ln"))
+    with pytest.raises(ValueError, match=r"from_keras: layer 2 'ln' \(LayerNormalization\) "
                                          r"has no fastconv.nn equivalent"):
         nn.from_keras(model)
     model = keras_model(keras, rng, (8, 8, 3), L.MaxPooling2D(3, strides=2, padding="same",
@@ -729,3 +732,178 @@ def test_keras_torch_config_format(keras):
     for layer in got["layers"]:
         layer.pop("build_config", None)
     assert got == expected
+
+
+# -- functional models ---------------------------------------------------------------
+def randomized(keras, rng, model):
+    """A Keras model with random weights of order one and BatchNormalization
+    statistics far from the defaults (variances > 0)."""
+    model.set_weights(random_weights(rng, [w.shape for w in model.get_weights()], np.float32))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            ws = layer.get_weights()  # [gamma], [beta], moving mean, moving variance
+            if layer.scale:
+                ws[0] = ws[0] + 1
+            ws[-1] = np.abs(ws[-1]) + 0.5
+            layer.set_weights(ws)
+    return model
+
+
+def residual_functional(keras):
+    """Two inputs, a BN-ReLU stem, a residual block (depthwise, BN, Add),
+    a shared 1x1 conv applied twice, and two outputs (a softmax head and a map)."""
+    L = keras.layers
+    x = keras.Input((16, 15, 3), name="image")
+    extra = keras.Input((16, 15, 8), name="extra")
+    h = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+    h = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+    r = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(h)
+    r = L.BatchNormalization(name="bn1")(L.DepthwiseConv2D(3, padding="same", name="dw")(r))
+    h = L.Activation("relu", name="act")(L.Add(name="add")([h, r]))
+    shared = L.Conv2D(8, 1, name="shared")
+    h = L.Add(name="add2")([shared(h), shared(extra)])
+    head = L.Dense(5, activation="softmax", name="fc")(L.GlobalAveragePooling2D(name="gap")(h))
+    return keras.Model([x, extra], [head, h])
+
+
+def unet_functional(keras):
+    """A small U-Net: a Conv2DTranspose and bilinear and nearest UpSampling2D,
+    skips joined by Concatenate, ZeroPadding2D, Cropping2D, Multiply."""
+    L = keras.layers
+    x = keras.Input((20, 18, 3), name="img")
+    d1 = L.Conv2D(8, 3, padding="same", activation="relu", name="d1")(x)
+    d2 = L.Conv2D(16, 3, padding="same", name="d2")(L.MaxPooling2D(2, name="p1")(d1))
+    d2 = L.ReLU(name="d2_relu")(L.BatchNormalization(name="d2_bn")(d2))
+    u1 = L.Conv2DTranspose(8, 2, strides=2, padding="same", name="up1")(d2)
+    c1 = L.Concatenate(name="cat1")([u1, d1])
+    u2 = L.UpSampling2D(2, interpolation="bilinear", name="up2")(c1)
+    u2 = L.Conv2D(4, 3, name="c2")(u2)
+    u2 = L.Cropping2D(((2, 1), (1, 0)), name="crop")(L.ZeroPadding2D(((1, 2), (0, 1)),
+                                                                     name="zp")(u2))
+    u3 = L.Conv2D(4, 3, name="c3")(L.UpSampling2D(2, name="up3")(d1))
+    u4 = L.Conv2DTranspose(4, 3, strides=2, padding="valid", name="up4")(d1)
+    u4 = L.Cropping2D(((0, 1), (0, 1)), name="crop4")(L.Conv2D(4, 3, name="c4")(u4))
+    out = L.Concatenate(axis=2, name="cat_w")([L.Multiply(name="mul")([u2, u3]), u4])
+    return keras.Model(x, out)
+
+
+def run_all(model, xs, layout):
+    """The model's outputs, as a list, on NHWC inputs given in `layout`."""
+    ins = [in_layout(x, layout) for x in xs]
+    out = model(ins if len(ins) > 1 else ins[0])
+    return out if isinstance(out, list) else [out]
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@keras_warnings
+def test_keras_torch_functional_models_match_keras(keras, rng, layout):
+    for make in (residual_functional, unet_functional):
+        model = randomized(keras, rng, make(keras))
+        xs = [rng.standard_normal((2, *t.shape[1:])).astype(np.float32) for t in model.inputs]
+        expected = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+        expected = expected if isinstance(expected, list) else [expected]
+        imported = nn.from_keras(model, layout=layout)
+        assert imported.input_names == [t.name for t in model.inputs]
+        got = run_all(imported, xs, layout)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            g = np.moveaxis(g, 1, -1) if layout == "NCHW" and g.ndim == 4 else g
+            assert g.shape == e.shape, make.__name__
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-5 * max(1, np.abs(e).max()))
+        # From stored JSON and arrays, without the model: the same model.
+        again = nn.from_keras(model.to_json(), model.get_weights(), layout=layout)
+        for a, g in zip(run_all(again, xs, layout), got):
+            np.testing.assert_array_equal(a, g)
+
+
+@keras_warnings
+def test_keras_torch_functional_fusions_and_names(keras, rng):
+    model = nn.from_keras(randomized(keras, rng, residual_functional(keras)))
+    assert ("stem", "stem_bn", "stem_relu") in model.fusions
+    assert ("dw", "bn1", "add", "act") in model.fusions  # BN folded, residual and ReLU fused
+    assert model.output_names == ["fc_softmax", "add2"]
+    assert isinstance(model.get_layer("shared"), nn.Conv2d)
+    assert sum(node.layer is model.get_layer("shared") for node in model.nodes) == 2
+
+
+@keras_warnings
+def test_keras_torch_functional_refusals(keras, rng):
+    L = keras.layers
+    x = keras.Input((8, 8, 3), name="x")
+    y = L.LayerNormalization(name="ln")(L.Conv2D(4, 3, name="c")(x))
+    with pytest.raises(ValueError, match=r"from_keras: layer 2 'ln' \(LayerNormalization\) has "
+                                         r"no fastconv.nn equivalent; supported layers"):
+        nn.from_keras(randomized(keras, rng, keras.Model(x, y)))
+    a, b = L.Conv2D(4, 3, name="a")(x), L.Conv2D(4, 3, name="b")(x)
+    with pytest.raises(ValueError, match=r"layer 3 'sub' \(Subtract\) has no fastconv.nn "
+                                         r"equivalent"):
+        nn.from_keras(randomized(keras, rng, keras.Model(x, L.Subtract(name="sub")([a, b]))))
+    inner = keras.Model(x, L.Conv2D(4, 1, name="inner_conv")(x), name="inner")
+    z = keras.Input((8, 8, 3), name="z")
+    with pytest.raises(ValueError, match=r"layer 1 'inner' \(Functional\) has no fastconv.nn "
+                                         r"equivalent"):
+        nn.from_keras(randomized(keras, rng, keras.Model(z, inner(z))))
+    with pytest.raises(ValueError, match=r"layer 3 'add' \(Add\) merges shapes \(6, 6, 4\), "
+                                         r"\(1, 1, 4\); fastconv's Add takes inputs of one "
+                                         r"shape"):
+        pooled = L.MaxPooling2D(6, name="pool")(a)
+        nn.from_keras(randomized(keras, rng, keras.Model(x, L.Add(name="add")([a, pooled]))))
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@keras_warnings
+def test_keras_torch_sequential_new_layers_match_keras(keras, rng, layout):
+    L = keras.layers
+    model = randomized(keras, rng, keras.Sequential([
+        keras.Input((9, 7, 3)), L.Conv2D(6, 3, padding="same", use_bias=False),
+        L.BatchNormalization(epsilon=0.01), L.ReLU(),
+        L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu"),
+        L.ZeroPadding2D(((0, 1), (2, 0))), L.UpSampling2D((2, 3), interpolation="bilinear"),
+        L.Cropping2D(((3, 1), (0, 2))), L.BatchNormalization(center=False, scale=False),
+        L.UpSampling2D(2), L.Conv2DTranspose(2, (2, 3), strides=(1, 2), padding="valid")]))
+    x = rng.standard_normal((2, 9, 7, 3)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    imported = nn.from_keras(model, layout=layout)
+    assert isinstance(imported, nn.Sequential)
+    got = run(imported, x, layout)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * max(1, np.abs(expected).max()))
+
+
+def keras_tensor(name, node=0, index=0):
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": [name, node, index]}}
+
+
+def functional_config(conv_reads="x"):
+    """A functional get_config(), written out: x -> conv c (same), Add(x, c)."""
+    def applied(rec, *args):
+        return dict(rec, name=rec["config"]["name"],
+                    inbound_nodes=[{"args": list(args), "kwargs": {}}])
+
+    inp = dict(input_layer((6, 5, 2)), name="input_layer", inbound_nodes=[])
+    conv = applied(conv2d("c", 2, 3, padding="same"), keras_tensor(conv_reads))
+    add = applied(record("Add", "add"), [keras_tensor("input_layer"), keras_tensor("c")])
+    return {"name": "functional", "trainable": True, "layers": [inp, conv, add],
+            "input_layers": [["input_layer", 0, 0]], "output_layers": [["add", 0, 0]]}
+
+
+def test_functional_config_without_keras(rng):
+    weights = random_weights(rng, [(3, 3, 2, 2), (2,)], np.float64)
+    model = nn.from_keras(functional_config("input_layer"), weights)
+    assert model.fusions == [("c", "add")]
+    x = random_array(rng, (2, 6, 5, 2), np.float64)
+    pads = same_padding((6, 5), (3, 3))
+    ref = conv2d_ref(x, weights[0], weights[1], padding=pads) + x
+    mag = conv2d_magnitude(x, weights[0], weights[1], padding=pads) + np.abs(x)
+    assert_close_to_reference(model(x), ref, mag, 3 * 3 * 2 + 2, np.float64)
+    with pytest.raises(ValueError, match=r"from_keras: layer 1 'c' \(Conv2D\) reads tensor "
+                                         r"\['x', 0, 0\], which no earlier layer of the config "
+                                         r"makes"):
+        nn.from_keras(functional_config("x"), weights)
+    bad = functional_config("input_layer")
+    bad["layers"][2]["inbound_nodes"][0]["args"] = [[{"class_name": "__keras_tensor__"}]]
+    with pytest.raises(ValueError, match=r"layer 2 'add' \(Add\) is applied to .*; expected "
+                                         r"Keras tensors"):
+        nn.from_keras(bad, weights)
+    with pytest.raises(ValueError, match=r"weights has 3 arrays but the config's layers use 2"):
+        nn.from_keras(functional_config("input_layer"), weights + [weights[1]])
