@@ -627,3 +627,37 @@ def test_import_fastconv_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=SRC), timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# ---------------------------------------------------------------------------
+# The reference networks (torchvision's definitions, at reduced widths)
+
+def _networks():
+    tn = pytest.importorskip("fastconv._torch_networks")
+    return {
+        "resnet18": (lambda: tn.resnet18(num_classes=10, width=8), (3, 64, 64)),
+        "resnet50": (lambda: tn.resnet50(num_classes=10, width=8), (3, 64, 64)),
+        "mobilenet_v2": (lambda: tn.mobilenet_v2(num_classes=10, width_mult=0.25),
+                         (3, 64, 64)),
+        "vgg16": (lambda: tn.vgg16(num_classes=10, width=1 / 16, fc_channels=32),
+                  (3, 224, 224)),
+        "unet": (lambda: tn.unet(num_classes=3, base=4), (3, 48, 80)),
+        "fcn8s": (lambda: tn.fcn8s(num_classes=5, width=1 / 16, fc_channels=32), (3, 45, 61)),
+    }
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "vgg16", "unet",
+                                  "fcn8s"])
+@pytest.mark.parametrize("dtype,batch", [(torch.float32, 1), (torch.float64, 3)])
+def test_reference_networks(name, dtype, batch):
+    build, shape = _networks()[name]
+    model = build().to(dtype)
+    x = torch.randn((batch,) + shape, dtype=dtype)
+    expected = run(model, x)
+    opt = ft.optimize(model)
+    assert not any(type(m) in (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)
+                   for m in opt.modules())
+    before = ft._counters["layer_conversions"]
+    torch.testing.assert_close(run(opt, x), expected, **tol(dtype))
+    assert ft._counters["layer_conversions"] == before
+    assert list(opt.state_dict()) == list(model.state_dict())
