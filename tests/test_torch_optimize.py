@@ -441,8 +441,28 @@ def test_new_tensors_are_packed_again_and_dead_ones_leave_the_cache():
     assert len(ft._cache) == size - 1
 
 
+def test_clear_cache_packs_a_change_through_data_again():
+    conv = nn.Conv2d(3, 4, 3).eval()
+    opt = ft.optimize(conv)
+    x = torch.randn(1, 3, 6, 6)
+    run(opt, x)
+    for m in (conv, opt):
+        m.weight.data.mul_(3)  # in place through .data: the version stays
+    ft.clear_cache()
+    torch.testing.assert_close(run(opt, x), run(conv, x), rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------
 # Inference only; dtypes and devices torch runs
+
+def test_inference_mode():
+    model, shape = make("unet")
+    opt = ft.optimize(model)
+    x = torch.randn((2,) + shape)
+    with torch.inference_mode():
+        y = opt(x)
+    torch.testing.assert_close(y, run(model, x), rtol=1e-4, atol=1e-4)
+
 
 def test_training_mode_raises():
     model, shape = make("resnet")

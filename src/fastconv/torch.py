@@ -23,9 +23,9 @@ implementations, so an optimized model runs under ``torch.compile`` and
 kept in a cache keyed by each tensor's data pointer, shape, strides and
 dtype and checked against its ``_version``, so weights changed in place
 (``with torch.no_grad(): conv.weight.mul_(2)``) are packed again at the next
-call. A change made through ``.data`` bypasses the version counter and is
-not seen (the same holds for tensors made under ``torch.inference_mode``,
-which have none).
+call. A change made in place through ``.data`` bypasses the version counter
+and is not seen (nor one to a tensor made under ``torch.inference_mode``,
+which has none): ``clear_cache()`` then makes every weight be packed again.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from fastconv.nn.conv_transpose import ConvTranspose2d as _FcConvTranspose2d
 from fastconv.nn.layers import Conv2d as _FcConv2d
 from fastconv.nn.layers import Linear as _FcLinear
 
-__all__ = ["optimize", "Conv2d", "Linear", "ConvTranspose2d"]
+__all__ = ["optimize", "clear_cache", "Conv2d", "Linear", "ConvTranspose2d", "FoldedBatchNorm2d"]
 
 _FLOATS = (torch.float32, torch.float64)
 # Activations a convolution can apply in its store, by the torch module
@@ -99,6 +99,13 @@ def _packed(kind: str, tensors: Tuple[Optional[Tensor], ...], options: tuple, ma
 
     _cache[key] = (tuple(weakref.ref(t, forget) for t in present), states, layer)
     return layer
+
+
+def clear_cache() -> None:
+    """Forget every packed weight, so that each is packed again at its next
+    call: for weights changed in a way their version counter does not see
+    (in place through ``.data``, or an inference tensor changed in place)."""
+    _cache.clear()
 
 
 def _array(t: Optional[Tensor]) -> Optional[np.ndarray]:
