@@ -292,6 +292,21 @@ def test_conv_options(kw):
     torch.testing.assert_close(run(ft.optimize(conv), x), run(conv, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("module,shape", [
+    (lambda: nn.Conv2d(1, 4, 3, padding=1), (2, 1, 5, 5)),  # one channel: both layouts at once
+    (lambda: nn.Conv2d(4, 4, 1), (3, 4, 1, 1)),  # one pixel
+    (lambda: nn.ConvTranspose2d(1, 2, 2, stride=2), (1, 1, 3, 3)),
+    (lambda: nn.Conv2d(3, 4, 3), (0, 3, 5, 5)),  # an empty batch: torch's
+])
+def test_degenerate_shapes(module, shape):
+    torch.manual_seed(8)
+    m = module().eval()
+    x = torch.randn(shape)
+    y = run(ft.optimize(m), x)
+    assert y.shape == run(m, x).shape
+    torch.testing.assert_close(y, run(m, x), rtol=1e-4, atol=1e-4)
+
+
 def test_other_padding_modes_stay_torch():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
                           nn.BatchNorm2d(4)).eval()
@@ -573,6 +588,35 @@ def test_compile(backend):
 
 # ---------------------------------------------------------------------------
 # Threads
+
+def test_thread_count_follows_torch_unless_given(monkeypatch):
+    from fastconv._conv import ConvWeights, GemmWeights
+    seen = []
+    for cls in (ConvWeights, GemmWeights):
+        method = cls.execute if cls is ConvWeights else cls.run
+
+        def record(self, *args, _method=method, **kwargs):
+            seen.append(args[3])  # (plan, x, out, nthreads) / (a, act, out, nthreads)
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "execute" if cls is ConvWeights else "run", record)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 2, 2), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    opt, fixed = ft.optimize(model), ft.optimize(model, num_threads=3)
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            seen.clear()
+            run(opt, x)
+            assert seen == [n, n, n]
+            seen.clear()
+            run(fixed, x)
+            assert seen == [3, 3, 3]
+    finally:
+        torch.set_num_threads(old)
+
 
 THREADS_SCRIPT = textwrap.dedent("""
     import os, sys, threading, time

@@ -179,40 +179,25 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Optiona
     BatchNorm's affine parameters and statistics after it, folded, where
     bn_mean is given), padding (top, bottom, left, right), activation "" /
     "relu" / "relu6" in the store; the result is channels_last."""
-    stride, padding, dilation = list(stride), list(padding), list(dilation)
     bn = (bn_weight, bn_bias, bn_mean, bn_var)
-    layer = _packed("conv2d", (weight, bias) + bn, (bn_eps, tuple(stride), tuple(dilation),
-                                                    groups),
-                    lambda: _conv_layer(weight, bias, bn, bn_eps, stride, dilation, groups))
+    options = (bn_eps, tuple(stride), tuple(padding), tuple(dilation), groups)
+    layer = _packed("conv2d", (weight, bias) + bn, options,
+                    lambda: _conv_layer(weight, bias, bn, *options))
     n, _, h, w = x.shape
     ho, wo = _conv_out_hw(h, w, tuple(weight.shape[2:]), stride, padding, dilation)
     out = _channels_last_empty((n, weight.shape[0], ho, wo), x)
     xa = _nhwc(x)
-    plan = _conv_plan(layer, xa.shape, padding, activation)
+    plan = layer._plan(xa.shape, activation or None)
     layer._weights.execute(plan, xa, out.permute(0, 2, 3, 1).numpy(), _threads(num_threads))
     return out
 
 
-def _conv_layer(weight, bias, bn, bn_eps, stride, dilation, groups) -> _FcConv2d:
+def _conv_layer(weight, bias, bn, bn_eps, stride, padding, dilation, groups) -> _FcConv2d:
     w, b = _conv_weights(weight, bias, bn, bn_eps)
+    pt, pb, pl, pr = padding
     # HWIO, a view of the OIHW array (the packing reads it strided)
-    return _FcConv2d(w.transpose(2, 3, 1, 0), b, stride=tuple(stride),
-                     dilation=tuple(dilation), groups=groups)
-
-
-def _conv_plan(layer: Any, shape: Tuple[int, ...], padding: List[int], activation: str) -> Any:
-    """The layer's checked plan for an NHWC input shape, padding and
-    activation, kept on the layer (a network sees few shapes)."""
-    key = (shape, tuple(padding), activation)
-    plans = layer.__dict__.setdefault("_torch_plans", {})
-    plan = plans.get(key)
-    if plan is None:
-        pt, pb, pl, pr = padding
-        plan = layer._weights.plan(shape, ((pt, pb), (pl, pr)), activation or None)
-        if len(plans) >= 32:
-            plans.clear()
-        plans[key] = plan
-    return plan
+    return _FcConv2d(w.transpose(2, 3, 1, 0), b, stride=stride, padding=((pt, pb), (pl, pr)),
+                     dilation=dilation, groups=groups)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str,
