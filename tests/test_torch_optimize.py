@@ -231,9 +231,9 @@ def test_fusions_fx():
     assert opt.conv1._bn and opt.conv1.activation == "relu"
     assert type(opt.bn1) is ft.FoldedBatchNorm2d and type(opt.relu) is nn.Identity
     # in a block the ReLU module is called twice: in the store, and the
-    # module stays (applying it again changes nothing)
+    # module skips what the convolution activated (and computes the rest)
     block = opt.layer1[0]
-    assert block.conv1.activation == "relu" and type(block.relu) is nn.ReLU
+    assert block.conv1.activation == "relu" and type(block.relu) is ft.SkippingReLU
     # a block's last BatchNorm feeds the residual add: folded, no activation
     assert block.conv2._bn and block.conv2.activation == ""
     assert type(opt.layer1[1].downsample[1]) is ft.FoldedBatchNorm2d
@@ -245,6 +245,21 @@ def test_fusions_fx():
     # blocks' second conv takes the ReLU module after it
     un = ft.optimize(make("unet")[0])
     assert un.enc1[3].activation == "relu" and type(un.enc1[4]) is nn.Identity
+
+
+def test_a_skipping_relu_computes_what_no_convolution_activated():
+    conv = ft.Conv2d(nn.Conv2d(2, 3, 3).eval(), activation="relu")
+    relu = ft.SkippingReLU()
+    x = torch.randn(1, 2, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = conv(x)
+        assert relu(y) is y and (y >= 0).all()  # activated: passed through
+        y -= 1  # changed since: computed
+        torch.testing.assert_close(relu(y), F.relu(y))
+        z = torch.randn(4)
+        torch.testing.assert_close(relu(z), F.relu(z))
+    r6 = ft.SkippingReLU6()
+    torch.testing.assert_close(r6(torch.tensor([-1.0, 3.0, 9.0])), torch.tensor([0.0, 3.0, 6.0]))
 
 
 def test_fusions_by_sequential_order_when_fx_fails():

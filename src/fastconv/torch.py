@@ -43,7 +43,8 @@ from fastconv.nn.conv_transpose import ConvTranspose2d as _FcConvTranspose2d
 from fastconv.nn.layers import Conv2d as _FcConv2d
 from fastconv.nn.layers import Linear as _FcLinear
 
-__all__ = ["optimize", "clear_cache", "Conv2d", "Linear", "ConvTranspose2d", "FoldedBatchNorm2d"]
+__all__ = ["optimize", "clear_cache", "Conv2d", "Linear", "ConvTranspose2d", "FoldedBatchNorm2d",
+           "SkippingReLU", "SkippingReLU6"]
 
 _FLOATS = (torch.float32, torch.float64)
 # Activations a convolution can apply in its store, by the torch module
@@ -344,7 +345,12 @@ class Conv2d(_InferenceOnly):
         args = (x, self.weight, self.bias) + self._bn_args() + (
             list(self.stride), self._pads, list(self.dilation), self.groups, self.activation,
             self.num_threads)
-        return conv2d(*args) if _eager(x) else _conv2d_op(*args)
+        if not _eager(x):
+            return _conv2d_op(*args)
+        y = conv2d(*args)
+        if self.activation:  # for a shared activation module after it: see _Skips
+            y._fastconv_activated = (self.activation, y._version)
+        return y
 
     def _torch_forward(self, x: Tensor) -> Tensor:
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -454,6 +460,38 @@ class ConvTranspose2d(_InferenceOnly):
                 f"activation={self.activation!r}")
 
 
+class _Skips:
+    """An activation module called in several places, one of which at least
+    reads a convolution that applied the activation in its store (and that
+    nothing else reads): it passes a tensor so activated, unchanged since
+    (its version), through as it is (applying the activation again would
+    change nothing but cost a pass over the map), and computes the others.
+    Only in eager mode: a compiled model's convolutions mark nothing."""
+
+    _fastconv_activation = ""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() or type(x) is not Tensor:
+            return super().forward(x)
+        mark = x.__dict__.get("_fastconv_activated")
+        if mark is not None and mark == (self._fastconv_activation, x._version):
+            return x
+        return super().forward(x)
+
+
+class SkippingReLU(_Skips, nn.ReLU):
+    """nn.ReLU (see _Skips)."""
+    _fastconv_activation = "relu"
+
+
+class SkippingReLU6(_Skips, nn.ReLU6):
+    """nn.ReLU6 (see _Skips)."""
+    _fastconv_activation = "relu6"
+
+
+_SKIPPING = {nn.ReLU: SkippingReLU, nn.ReLU6: SkippingReLU6}
+
+
 def _torch_activation(y: Tensor, activation: str) -> Tensor:
     if activation == "relu":
         return F.relu(y)
@@ -495,14 +533,16 @@ def _to_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> Tuple[tup
 
 def _fusions(model: nn.Module) -> Tuple[Dict[str, str], Dict[str, str], set]:
     """What to fuse: {conv path: its BatchNorm's path}, {conv path: the
-    activation in its store} and the paths of the activation modules that
-    the fusion makes no-ops.
+    activation in its store}, the paths of the activation modules that the
+    fusion makes no-ops, and those of the activation modules called
+    elsewhere too, which become Skipping ones (see _Skips).
 
     With torch.fx (when the model traces): a BatchNorm2d (with running
     statistics) folds into a Conv2d whose output only it reads, and a
     ReLU/ReLU6 that alone reads the result goes into the store; each module
     must be called once in the graph. An activation module called elsewhere
-    too, or a functional relu, stays (applying it again changes nothing).
+    too skips what the convolution activated; a functional relu stays
+    (applying it again changes nothing).
     Otherwise, the same within each nn.Sequential, by the order of its
     children, for modules that appear once in the model."""
     counts: Dict[int, int] = {}
@@ -511,6 +551,7 @@ def _fusions(model: nn.Module) -> Tuple[Dict[str, str], Dict[str, str], set]:
     bns: Dict[str, str] = {}
     acts: Dict[str, str] = {}
     dropped: set = set()
+    shared: set = set()
 
     def is_bn(m: Any, conv: nn.Conv2d) -> bool:
         return (type(m) is nn.BatchNorm2d and m.running_mean is not None
@@ -548,12 +589,11 @@ def _fusions(model: nn.Module) -> Tuple[Dict[str, str], Dict[str, str], set]:
                 continue
             if user.op == "call_module" and type(modules[user.target]) in _ACTIVATIONS:
                 acts[node.target] = _ACTIVATIONS[type(modules[user.target])]
-                if calls[user.target] == 1:
-                    dropped.add(user.target)
+                (dropped if calls[user.target] == 1 else shared).add(user.target)
             elif ((user.op == "call_function" and user.target in (F.relu, torch.relu))
                   or (user.op == "call_method" and user.target == "relu")):
                 acts[node.target] = "relu"
-        return bns, acts, dropped
+        return bns, acts, dropped, shared
     for path, seq in model.named_modules():
         if type(seq) is not nn.Sequential:
             continue
@@ -571,7 +611,7 @@ def _fusions(model: nn.Module) -> Tuple[Dict[str, str], Dict[str, str], set]:
                     and counts[id(children[j][1])] == 1:
                 acts[conv_path] = _ACTIVATIONS[type(children[j][1])]
                 dropped.add(f"{path}.{children[j][0]}" if path else children[j][0])
-    return bns, acts, dropped
+    return bns, acts, dropped, shared
 
 
 
@@ -625,7 +665,7 @@ def optimize(model: nn.Module, inplace: bool = False, *,
         raise ValueError(f"{fn}: num_threads must be None or an int >= 1; got {num_threads!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    bns, acts, dropped = _fusions(model)
+    bns, acts, dropped, shared = _fusions(model)
     modules = dict(model.named_modules(remove_duplicate=False))
     replaced: Dict[int, nn.Module] = {}  # a module shared between paths: one replacement
     folded: Dict[str, FoldedBatchNorm2d] = {}
@@ -638,6 +678,10 @@ def optimize(model: nn.Module, inplace: bool = False, *,
             return folded[path]
         if path in dropped:
             return nn.Identity()
+        if path in shared:
+            new = _SKIPPING[type(m)](inplace=m.inplace)
+            new._fastconv_path = path
+            return new
         if id(m) in replaced:
             return replaced[id(m)]
         new: Optional[nn.Module] = None
