@@ -537,6 +537,22 @@ def test_other_devices_run_torch():
     assert y.device.type == "meta" and y.shape == (2, 2) + shape[1:]
 
 
+def test_inputs_the_module_cannot_take():
+    model = nn.Sequential(nn.Conv2d(3, 4, 5), nn.Linear(2, 3)).eval()
+    opt = ft.optimize(model)
+    with pytest.raises(ValueError, match=r"Conv2d '0': Conv2d: the kernel \(5x5.*larger than "
+                                         r"the padded input \(3x3\)"):
+        run(opt, torch.randn(1, 3, 3, 3))
+    # the wrong number of channels or features: torch's own error, as the original's
+    with pytest.raises(RuntimeError) as theirs:
+        run(model, torch.randn(1, 2, 9, 9))
+    with pytest.raises(RuntimeError) as ours:
+        run(opt, torch.randn(1, 2, 9, 9))
+    assert str(ours.value) == str(theirs.value)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        run(opt[1], torch.randn(4, 5))
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module; got list"):
         ft.optimize([nn.Conv2d(1, 1, 1)])

@@ -162,6 +162,13 @@ def _transpose_out_hw(h: int, w: int, kernel: Tuple[int, int], stride: List[int]
         (h, w), kernel, stride, padding, output_padding, dilation))
 
 
+def _out(plan: Any, x: Tensor) -> Tensor:
+    """The result of a plan as a new channels_last tensor (plan.result is
+    its NHWC shape)."""
+    n, ho, wo, k = plan.result
+    return _channels_last_empty((n, k, ho, wo), x)
+
+
 def _channels_last_empty(shape: Tuple[int, ...], like: Tensor) -> Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device,
                        memory_format=torch.channels_last)
@@ -184,11 +191,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], bn_weight: Optiona
     options = (bn_eps, tuple(stride), tuple(padding), tuple(dilation), groups)
     layer = _packed("conv2d", (weight, bias) + bn, options,
                     lambda: _conv_layer(weight, bias, bn, *options))
-    n, _, h, w = x.shape
-    ho, wo = _conv_out_hw(h, w, tuple(weight.shape[2:]), stride, padding, dilation)
-    out = _channels_last_empty((n, weight.shape[0], ho, wo), x)
     xa = _nhwc(x)
-    plan = layer._plan(xa.shape, activation or None)
+    plan = layer._plan(xa.shape, activation or None)  # (checks the shapes)
+    out = _out(plan, x)
     layer._weights.execute(plan, xa, out.permute(0, 2, 3, 1).numpy(), _threads(num_threads))
     return out
 
@@ -231,12 +236,9 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: 
                                                padding=tuple(padding),
                                                output_padding=tuple(output_padding),
                                                dilation=tuple(dilation), groups=groups))
-    n, _, h, w = x.shape
-    ho, wo = _transpose_out_hw(h, w, tuple(weight.shape[2:]), stride, padding, output_padding,
-                               dilation)
-    out = _channels_last_empty((n, weight.shape[1] * groups, ho, wo), x)
     xa = _nhwc(x)
-    plan = layer._plan(xa.shape, None, activation or None)
+    plan = layer._plan(xa.shape, None, activation or None)  # (checks the shapes)
+    out = _out(plan, x)
     layer._weights.execute(plan, xa, out.permute(0, 2, 3, 1).numpy(), _threads(num_threads))
     return out
 
@@ -303,6 +305,15 @@ class _InferenceOnly(nn.Module):
         return (x.dtype in _FLOATS and x.dtype == w.dtype and x.is_cpu and w.is_cpu
                 and x.numel() > 0)
 
+    def _run(self, kernel: Any, args: tuple) -> Tensor:
+        """kernel(*args), a ValueError of fastconv's (an input the module
+        cannot take: a kernel larger than the padded input...) naming the
+        module."""
+        try:
+            return kernel(*args)
+        except ValueError as e:
+            raise ValueError(f"fastconv.torch: {self._label()}: {e}") from None
+
     def _label(self) -> str:
         path = repr(self._fastconv_path) if self._fastconv_path else "(the model itself)"
         return f"{type(self).__name__} {path}"
@@ -340,14 +351,14 @@ class Conv2d(_InferenceOnly):
         return bn.weight, bn.bias, bn.running_mean, bn.running_var, float(bn.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self._check(x) and x.dim() == 4):
+        if not (self._check(x) and x.dim() == 4 and x.shape[1] == self.in_channels):
             return self._torch_forward(x)
         args = (x, self.weight, self.bias) + self._bn_args() + (
             list(self.stride), self._pads, list(self.dilation), self.groups, self.activation,
             self.num_threads)
         if not _eager(x):
             return _conv2d_op(*args)
-        y = conv2d(*args)
+        y = self._run(conv2d, args)
         if self.activation:  # for a shared activation module after it: see _Skips
             y._fastconv_activated = (self.activation, y._version)
         return y
@@ -414,7 +425,7 @@ class Linear(_InferenceOnly):
         if not (self._check(x) and x.dim() >= 1 and x.shape[-1] == self.in_features):
             return _torch_activation(F.linear(x, self.weight, self.bias), self.activation)
         args = (x, self.weight, self.bias, self.activation, self.num_threads)
-        return linear(*args) if _eager(x) else _linear_op(*args)
+        return self._run(linear, args) if _eager(x) else _linear_op(*args)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -443,14 +454,15 @@ class ConvTranspose2d(_InferenceOnly):
         output_padding = nn.ConvTranspose2d._output_padding(
             self, x, output_size, list(self.stride), list(self.padding),
             list(self.kernel_size), 2, list(self.dilation))
-        if not (self._check(x) and x.dim() == 4):
+        if not (self._check(x) and x.dim() == 4 and x.shape[1] == self.in_channels):
             y = F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
                                    output_padding, self.groups, self.dilation)
             return _torch_activation(y, self.activation)
         args = (x, self.weight, self.bias, list(self.stride), list(self.padding),
                 list(output_padding), list(self.dilation), self.groups, self.activation,
                 self.num_threads)
-        return conv_transpose2d(*args) if _eager(x) else _conv_transpose2d_op(*args)
+        return (self._run(conv_transpose2d, args) if _eager(x)
+                else _conv_transpose2d_op(*args))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
