@@ -485,8 +485,9 @@ def test_clear_cache_packs_a_change_through_data_again():
 # ---------------------------------------------------------------------------
 # Inference only; dtypes and devices torch runs
 
-def test_inference_mode():
-    model, shape = make("unet")
+@pytest.mark.parametrize("name", ["unet", "resnet"])
+def test_inference_mode(name):
+    model, shape = make(name)
     opt = ft.optimize(model)
     x = torch.randn((2,) + shape)
     with torch.inference_mode():

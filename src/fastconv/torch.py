@@ -359,7 +359,9 @@ class Conv2d(_InferenceOnly):
         if not _eager(x):
             return _conv2d_op(*args)
         y = self._run(conv2d, args)
-        if self.activation:  # for a shared activation module after it: see _Skips
+        # for a shared activation module after it (see _Skips); an inference
+        # tensor has no version to guard the mark with
+        if self.activation and not y.is_inference():
             y._fastconv_activated = (self.activation, y._version)
         return y
 
