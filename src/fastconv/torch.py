@@ -20,10 +20,11 @@ The kernels are also torch.library custom ops (``fastconv::conv2d``,
 ``fastconv::linear``, ``fastconv::conv_transpose2d``) with fake
 implementations, so an optimized model runs under ``torch.compile`` and
 ``torch.export``. The ops take the weights as tensors; their packed form is
-kept in a cache keyed by each tensor's data pointer, shape, strides and
-dtype and checked against its ``_version``, so weights changed in place
-(``with torch.no_grad(): conv.weight.mul_(2)``) are packed again at the next
-call. A change made in place through ``.data`` bypasses the version counter
+kept in a cache keyed by the tensors (their ids, while they live) and
+checked against each one's data pointer, ``_version``, shape, strides and
+dtype, so weights changed in place (``with torch.no_grad():
+conv.weight.mul_(2)``, ``load_state_dict``) or given other memory
+(``.data =``, ``.to()``) are packed again at the next call. A change made in place through ``.data`` bypasses the version counter
 and is not seen (nor one to a tensor made under ``torch.inference_mode``,
 which has none): ``clear_cache()`` then makes every weight be packed again.
 """
