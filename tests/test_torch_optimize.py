@@ -601,6 +601,22 @@ def test_export():
     torch.testing.assert_close(run(ep.module(), x2), run(model, x2), rtol=1e-4, atol=1e-4)
 
 
+def test_dynamic_shapes():
+    """The fake implementations compute the shapes symbolically."""
+    model, shape = make("unet")
+    opt = ft.optimize(model)
+    compiled = torch.compile(opt, backend="eager", dynamic=True)
+    for hw in ((16, 24), (32, 16), (48, 40)):
+        x = torch.randn((2, 3) + hw)
+        torch.testing.assert_close(run(compiled, x), run(model, x), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        ep = torch.export.export(opt, (torch.randn((2,) + shape),),
+                                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    for n in (1, 4):
+        x = torch.randn((n,) + shape)
+        torch.testing.assert_close(run(ep.module(), x), run(model, x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_compile(backend):
     model, shape = make("resnet")
