@@ -24,9 +24,10 @@ kept in a cache keyed by the tensors (their ids, while they live) and
 checked against each one's data pointer, ``_version``, shape, strides and
 dtype, so weights changed in place (``with torch.no_grad():
 conv.weight.mul_(2)``, ``load_state_dict``) or given other memory
-(``.data =``, ``.to()``) are packed again at the next call. A change made in place through ``.data`` bypasses the version counter
-and is not seen (nor one to a tensor made under ``torch.inference_mode``,
-which has none): ``clear_cache()`` then makes every weight be packed again.
+(``.data =``, ``.to()``) are packed again at the next call. A change made
+in place through ``.data`` bypasses the version counter and is not seen (nor
+one to a tensor made under ``torch.inference_mode``, which has none):
+``clear_cache()`` then makes every weight be packed again.
 """
 from __future__ import annotations
 
@@ -343,7 +344,9 @@ class Conv2d(_InferenceOnly):
         self._bn = [folded_bn] if folded_bn is not None else []
         self.activation = activation
         self.num_threads = num_threads or 0
+        # the ops' arguments, made once (the options are fixed, as in torch)
         self._pads = _resolve_padding(conv)
+        self._stride, self._dilation = list(conv.stride), list(conv.dilation)
 
     def _bn_args(self) -> tuple:
         if not self._bn:
@@ -355,7 +358,7 @@ class Conv2d(_InferenceOnly):
         if not (self._check(x) and x.dim() == 4 and x.shape[1] == self.in_channels):
             return self._torch_forward(x)
         args = (x, self.weight, self.bias) + self._bn_args() + (
-            list(self.stride), self._pads, list(self.dilation), self.groups, self.activation,
+            self._stride, self._pads, self._dilation, self.groups, self.activation,
             self.num_threads)
         if not _eager(x):
             return _conv2d_op(*args)
