@@ -1114,6 +1114,9 @@ def _squeeze_axes(im: _Importer, rank: int, shape: Tuple[Any, ...]) -> List[int]
     else:
         axes = list(im.attr("axes", []))
     if not axes:
+        if shape[0] == 1:
+            raise im.fail("squeezes every axis of size 1 (no axes given), which would remove "
+                          "the batch axis of this graph's batch size 1; give axes")
         axes = [i for i in range(1, rank) if shape[i] == 1]
     return axes
 
