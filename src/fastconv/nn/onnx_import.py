@@ -909,8 +909,9 @@ def _concat(im: _Importer):
     vals = [im.values[i] for i in im.inputs if i != ""]
     if not any(isinstance(v, _Dyn) for v in vals):
         raise _Fold()
-    if not all(isinstance(v, _Dyn) for v in vals):
-        raise im.fail("concatenates run-time tensors with constants; not supported")
+    dyns = [v for v in vals if isinstance(v, _Dyn)]
+    if len(dyns) < len(vals):
+        return _concat_constants(im, vals)
     first = vals[0]
     axis = im.logical_axis(int(im.attr("axis", 1)), first.rank)
     if len(vals) == 1:
@@ -918,6 +919,35 @@ def _concat(im: _Importer):
     syms = [im.plain(first)] + [im.version(v, first.perm) for v in vals[1:]]
     layer = Concatenate(axis=first.perm.index(axis), name=im.name())
     return im.new(layer(syms), first.perm, first.shape[0])
+
+
+def _concat_constants(im: _Importer, vals: List[Any]) -> _Dyn:
+    """One run-time tensor joined with constants (batch axis 1, broadcast,
+    or the graph's static batch size)."""
+    from fastconv.nn.tensor_ops import ConcatConstant
+    dyns = [k for k, v in enumerate(vals) if isinstance(v, _Dyn)]
+    if len(dyns) != 1:
+        raise im.fail("concatenates several run-time tensors with constants; only one "
+                      "run-time tensor among constants is supported")
+    k = dyns[0]
+    x = vals[k]
+    axis = im.logical_axis(int(im.attr("axis", 1)), x.rank)
+    parts = []
+    for consts in (vals[:k], vals[k + 1:]):
+        if not consts:
+            parts.append(None)
+            continue
+        cs = [im.floats(c) for c in consts]
+        if any(c.ndim != x.rank for c in cs):
+            raise im.fail(f"constants of shapes {[c.shape for c in cs]} do not join a tensor "
+                          f"of shape {x.shape}")
+        c = np.concatenate(cs, axis=axis)
+        if c.shape[0] != 1 and c.shape[0] != x.shape[0]:
+            raise im.fail(f"a constant of shape {c.shape} would set the batch axis")
+        parts.append(np.ascontiguousarray(c.transpose(x.perm)))
+    sym = im.plain(x)
+    layer = ConcatConstant(x.perm.index(axis), parts[0], parts[1], name=im.name())
+    return im.new(layer(sym), x.perm, x.shape[0])
 
 
 def _slices_1d(start: int, end: int, step: int, n: int) -> slice:
@@ -1262,7 +1292,7 @@ def _softmax(im: _Importer):
 def _gemm(im: _Importer):
     a = im.dyn(0, "A")
     b = im.floats(im.const(1, "B"))
-    c = im.const(2, "C", True)
+    c = im.values.get(im.inputs[2]) if len(im.inputs) > 2 and im.inputs[2] else None
     if a.rank != 2 or b.ndim != 2:
         raise im.fail(f"A of shape {a.shape} and B of shape {b.shape} must be 2-D")
     if im.attr("transA", 0):
@@ -1271,6 +1301,8 @@ def _gemm(im: _Importer):
     alpha, beta = float(im.attr("alpha", 1.0)), float(im.attr("beta", 1.0))
     w = w.astype(np.float64) * alpha if alpha != 1 else w
     bias = None
+    if isinstance(c, _Dyn):
+        return _gemm_runtime_c(im, a, w, c, beta)
     if c is not None:
         c = im.floats(c)
         m = w.shape[1]
@@ -1279,6 +1311,19 @@ def _gemm(im: _Importer):
                           f"({m},) or a scalar; not supported")
         bias = np.broadcast_to(c.reshape(-1).astype(np.float64) * beta, (m,))
     return _linear(im, a, w, bias)
+
+
+def _gemm_runtime_c(im: _Importer, a: _Dyn, w: np.ndarray, c: _Dyn, beta: float) -> _Dyn:
+    """A @ B + beta * C with C computed at run time: a Linear, then the sum."""
+    from fastconv.nn.tensor_ops import Binary
+    y = _linear(im, a, w, None)
+    if c.rank != 2:
+        raise im.fail(f"C of shape {c.shape} must be 2-D (N, M) when computed at run time")
+    sc = im.plain(c)
+    if beta != 1:
+        sc = Binary("mul", np.full((1, 1), beta, im.dtype), name=im.name("beta"))(sc)
+    shape = _broadcast_shape(im, y.shape, c.shape)
+    return _Dyn(Binary("add", name=im.name("add_c"))([y.sym, sc]), shape, (0, 1))
 
 
 def _linear(im: _Importer, a: _Dyn, w: np.ndarray, bias: Optional[np.ndarray]) -> _Dyn:

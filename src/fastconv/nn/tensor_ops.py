@@ -23,7 +23,7 @@ from fastconv._validate import _is_int, check_nbytes, float_arrays
 from fastconv.nn.layers import Layer, Linear, Shape
 
 __all__ = ["Copy", "Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul",
-           "SoftmaxAxes", "Reduce", "Pool2d", "Resize"]
+           "ConcatConstant", "SoftmaxAxes", "Reduce", "Pool2d", "Resize"]
 
 
 def _x(fn: str, x: Any, min_ndim: int = 1) -> np.ndarray:
@@ -364,6 +364,79 @@ class Binary(Layer):
     def __repr__(self) -> str:
         what = "" if self._constant is None else f", constant of shape {self._constant.shape}"
         return f"Binary({self.op!r}{what})"
+
+
+class ConcatConstant(Layer):
+    """x joined along `axis` (>= 1) with constants before and after it (each
+    with a batch axis of 1, broadcast to x's batch, or of x's batch size)."""
+
+    def __init__(self, axis: int, before: Any = None, after: Any = None,
+                 before_shape: Optional[Sequence[int]] = None,
+                 after_shape: Optional[Sequence[int]] = None, *,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name)
+        fn = "ConcatConstant"
+        if not _is_int(axis) or int(axis) < 1:
+            raise ValueError(f"{fn}: axis must be an int >= 1 (0 is the batch axis); got "
+                             f"{axis!r}")
+        self.axis = int(axis)
+        parts = {}
+        for key, value, shape in (("before", before, before_shape), ("after", after, after_shape)):
+            if value is None:
+                parts[key] = None
+                continue
+            dtype, arr = float_arrays(fn, **{key: value})
+            c = arr[key] if shape is None else arr[key].reshape(_ints(fn, key, shape))
+            if c.ndim <= self.axis:
+                raise ValueError(f"{fn}: {key} of shape {c.shape} has no axis {self.axis}")
+            parts[key] = np.array(c, order="C")
+            parts[key].flags.writeable = False
+            self.dtype = dtype
+        if parts["before"] is None and parts["after"] is None:
+            raise ValueError(f"{fn}: give before, after or both")
+        self._before, self._after = parts["before"], parts["after"]
+
+    def _parts(self, shape: Shape, batch: Optional[int]):
+        out = []
+        for c in (self._before, self._after):
+            if c is None:
+                out.append(None)
+                continue
+            rest = c.shape[1:]
+            if len(rest) != len(shape) or any(
+                    i + 1 != self.axis and a != b for i, (a, b) in enumerate(zip(rest, shape))):
+                raise ValueError(f"ConcatConstant: a constant of shape {c.shape} does not join "
+                                 f"an input of shape {tuple(shape)} on axis {self.axis}")
+            if batch is not None and c.shape[0] not in (1, batch):
+                raise ValueError(f"ConcatConstant: a constant with a batch of {c.shape[0]} "
+                                 f"cannot join an input with a batch of {batch}")
+            out.append(c if batch is None or c.shape[0] == batch else
+                       np.broadcast_to(c, (batch,) + rest))
+        return out
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        xa = _x("ConcatConstant", x, self.axis + 1)
+        before, after = self._parts(xa.shape[1:], xa.shape[0])
+        return np.concatenate([a for a in (before, xa, after) if a is not None],
+                              axis=self.axis)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        before, after = self._parts(shape, None)
+        a = self.axis - 1
+        n = shape[a] + sum(c.shape[self.axis] for c in (before, after) if c is not None)
+        return tuple(shape[:a]) + (n,) + tuple(shape[a + 1:])
+
+    def _describe(self):
+        params: Dict[str, Any] = dict(axis=self.axis)
+        arrays = {}
+        for key, c in (("before", self._before), ("after", self._after)):
+            if c is not None:
+                params[f"{key}_shape"] = list(c.shape)
+                arrays[key] = c.reshape(-1)
+        return params, arrays
+
+    def __repr__(self) -> str:
+        return f"ConcatConstant(axis={self.axis})"
 
 
 class MatMul(Layer):
@@ -723,6 +796,7 @@ def _register() -> None:
     for cls in (Copy, Transpose, Reshape, Slice, Gather, Pad, SoftmaxAxes, Reduce, Pool2d, Resize):
         register_layer_type(cls)
     register_layer_type(Binary, {"constant": 1})
+    register_layer_type(ConcatConstant, {"before": 1, "after": 1})
     register_layer_type(MatMul, {"weight": 2, "bias": 1}, ("weight",))
 
 
