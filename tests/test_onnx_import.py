@@ -517,3 +517,24 @@ def test_tensor_ops_shapes_are_symbolic():
     y = tensor_ops.Reshape((2, 2))(y)
     assert y.shape == (2, 2)
     assert os.path.basename(tensor_ops.__file__) == "tensor_ops.py"
+
+
+def test_import_allocates_nothing_for_the_declared_activation_sizes():
+    """A graph declaring a 2**20 x 2**20 map imports at once (the pools'
+    divisors and the flattened features' permutation are not made for it)."""
+    side = 1 << 20
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2],
+                              pads=[0, 0, 1, 1], name="pool"),
+             helper.make_node("Flatten", ["p"], ["y"], name="flat")]
+    m = nn.from_onnx(make(nodes, [("x", ["N", 2, side, side])], ["y"]))
+    assert m.output_shape((2, side, side)) == (2 * side * side,)
+
+
+def test_folding_refuses_a_huge_broadcast():
+    model = make([helper.make_node("Add", ["a", "b"], ["s"], name="big_add"),
+                  helper.make_node("Reshape", ["x", "s"], ["y"])],
+                 [("x", ["N", 3])], ["y"],
+                 [tensor("a", np.zeros((1 << 14, 1), np.int64)),
+                  tensor("b", np.zeros((1, 1 << 14), np.int64))])
+    with pytest.raises(ValueError, match="'big_add'.*more than"):
+        nn.from_onnx(model)

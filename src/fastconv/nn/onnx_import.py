@@ -1088,7 +1088,7 @@ def _reshape_to(im: _Importer, x: _Dyn, shape: Tuple[Any, ...]) -> _Dyn:
         im.plain(x)
     if _free(x.shape, x.perm):
         sym = x.sym
-    elif len(shape) == 2 and x.rank > 2:
+    elif len(shape) == 2 and x.rank > 2 and shape[1] <= MAX_FOLDED:
         # Flattened in its own order: the features carry the permutation
         # (a Gemm after it permutes its weight rows instead).
         logical = np.arange(math.prod(x.shape[1:])).reshape(x.shape[1:])
@@ -1605,8 +1605,13 @@ def _int_div(a, b):
 
 def _np_binary(fn):
     def folder(im, args):
-        a, b = args[0], args[1]
-        return np.asarray(fn(np.asarray(a), np.asarray(b)))
+        a, b = np.asarray(args[0]), np.asarray(args[1])
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise im.fail(f"shapes {a.shape} and {b.shape} do not broadcast") from None
+        _check_count(im, shape)
+        return np.asarray(fn(a, b))
     return folder
 
 
@@ -1739,6 +1744,7 @@ def _fold_expand(im: _Importer, args):
 
 
 def _fold_where(im: _Importer, args):
+    _check_count(im, np.broadcast_shapes(*(np.shape(a) for a in args[:3])))
     return np.where(args[0], args[1], args[2])
 
 

@@ -614,14 +614,20 @@ class Pool2d(Layer):
             return np.minimum(start + k, n + pads[1]) - start
         return np.minimum(start + k, n) - np.maximum(start, 0)
 
+    def _out_hw(self, h: int, w: int) -> Tuple[int, int]:
+        (sh, sw) = self.stride
+        # (a dilated window spans (k - 1) * d + 1)
+        kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
+        return self._size(h, kh, sh, self.padding[0]), self._size(w, kw, sw, self.padding[1])
+
     def _plan(self, h: int, w: int):
+        """What forward needs for an (h, w) input (made when an input of that
+        size first runs: the divisor map is the output's size)."""
         plan = self._plans.get((h, w))
         if plan is None:
-            (kh, kw), (sh, sw) = self.kernel_size, self.stride
-            # (a dilated window spans (k - 1) * d + 1)
+            (sh, sw) = self.stride
             kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
-            ho = self._size(h, kh, sh, self.padding[0])
-            wo = self._size(w, kw, sw, self.padding[1])
+            ho, wo = self._out_hw(h, w)
             # the padded extent the windows cover exactly (ceil_mode's may pass the padding)
             eh, ew = (ho - 1) * sh + kh, (wo - 1) * sw + kw
             (top, _), (left, _) = self.padding
@@ -668,7 +674,7 @@ class Pool2d(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         _rank("Pool2d", shape, 3)
-        ho, wo = self._plan(shape[0], shape[1])[:2]
+        ho, wo = self._out_hw(shape[0], shape[1])
         return (ho, wo, shape[2])
 
     def _describe(self):
