@@ -538,3 +538,40 @@ def test_folding_refuses_a_huge_broadcast():
                   tensor("b", np.zeros((1, 1 << 14), np.int64))])
     with pytest.raises(ValueError, match="'big_add'.*more than"):
         nn.from_onnx(model)
+
+
+def test_layer_norm_as_exported_from_reduce_mean_pow_sqrt():
+    """LayerNorm over the last axis as exporters decompose it (ReduceMean,
+    Sub, Pow, Add, Sqrt, Div, Mul, Add) after a MatMul by a constant."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("ReduceMean", ["h"], ["mu"], axes=[-1], name="mean"),
+             helper.make_node("Sub", ["h", "mu"], ["d"], name="center"),
+             helper.make_node("Pow", ["d", "two"], ["d2"], name="square"),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1], name="var"),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="eps_add"),
+             helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+             helper.make_node("Div", ["d", "sd"], ["n"], name="norm"),
+             helper.make_node("Mul", ["n", "g"], ["ng"], name="gamma"),
+             helper.make_node("Add", ["ng", "b"], ["y"], name="beta")]
+    model = make(nodes, [("x", ["N", 5, 6])], ["y"], [
+        tensor("w", rng.standard_normal((6, 8)).astype(np.float32)),
+        tensor("two", np.array(2, np.float32)), tensor("eps", np.array(1e-5, np.float32)),
+        tensor("g", rng.uniform(0.5, 1.5, 8).astype(np.float32)),
+        tensor("b", rng.uniform(-0.5, 0.5, 8).astype(np.float32))], opset=13)
+    m = nn.from_onnx(model)
+    assert isinstance(m.get_layer("sqrt"), tensor_ops.Unary)
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    assert_close(m(x), run_ort(model, {"x": x}))
+
+
+def test_input_shapes_fix_dynamic_dims():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2],
+                              name="conv")]
+    w = np.random.default_rng(7).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    model = make(nodes, [("x", ["N", 1, "H", "W"])], ["y"], [tensor("w", w)])
+    with pytest.raises(ValueError, match="input_shapes"):
+        nn.from_onnx(model)
+    m = nn.from_onnx(model, input_shapes={"x": (None, 1, 7, 9)})
+    x = np.random.default_rng(8).standard_normal((2, 1, 7, 9)).astype(np.float32)
+    assert_close(m(x), run_ort(model, {"x": x}))

@@ -854,7 +854,15 @@ def _prelu(im: _Importer):
     return _Dyn(Binary("prelu", c, name=im.name())(x.sym), x.shape, x.perm, x.cols)
 
 
-_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
+_UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Neg": "neg", "Abs": "abs",
+          "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil"}
+
+
+def _unary_op(im: _Importer):
+    from fastconv.nn.tensor_ops import Unary
+    x = im.dyn(0)
+    return _Dyn(Unary(_UNARY[im.op], name=im.name())(x.sym), x.shape, x.perm, x.cols)
 
 
 def _broadcast_shape(im: _Importer, a: Sequence[Any], b: Sequence[Any]) -> Tuple[Any, ...]:
@@ -1573,7 +1581,7 @@ def _handlers():
         "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batchnorm,
         "Gemm": _gemm, "MatMul": _matmul, "PRelu": _prelu, "Clip": _clip,
         "HardSwish": _hard_swish,
-        "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,
+        "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary, "Pow": _binary,
         "Concat": _concat, "Split": _split, "Slice": _slice, "Reshape": _reshape,
         "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
         "Unsqueeze": _unsqueeze, "MaxPool": _pool, "AveragePool": _pool,
@@ -1583,6 +1591,7 @@ def _handlers():
         "Pad": _pad, "Identity": _alias, "Dropout": _alias, "Gather": _gather, "Cast": _cast,
         "Shape": _shape_of, "Size": _size,
     })
+    table.update({op: _unary_op for op in _UNARY})
     for op in _FOLDERS:
         table.setdefault(op, _fold_only)
     return table
@@ -1792,6 +1801,8 @@ _FOLDERS: Dict[str, Any] = {
     "Neg": _fold_unary(np.negative), "Abs": _fold_unary(np.abs),
     "Floor": _fold_unary(np.floor), "Ceil": _fold_unary(np.ceil),
     "Sqrt": _fold_unary(np.sqrt), "Not": _fold_unary(np.logical_not),
+    "Exp": _fold_unary(np.exp), "Log": _fold_unary(np.log),
+    "Reciprocal": _fold_unary(np.reciprocal),
     "Identity": lambda im, args: args[0], "Dropout": lambda im, args: args[0],
     "ReduceProd": _fold_reduce(np.prod), "ReduceSum": _fold_reduce(np.sum),
     "ReduceMax": _fold_reduce(np.max), "ReduceMin": _fold_reduce(np.min),
