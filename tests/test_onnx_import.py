@@ -575,3 +575,33 @@ def test_input_shapes_fix_dynamic_dims():
     m = nn.from_onnx(model, input_shapes={"x": (None, 1, 7, 9)})
     x = np.random.default_rng(8).standard_normal((2, 1, 7, 9)).astype(np.float32)
     assert_close(m(x), run_ort(model, {"x": x}))
+
+
+def test_save_and_load_the_other_tensor_layers(tmp_path):
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Concat", ["x", "k"], ["c"], axis=1, name="cat"),
+             helper.make_node("Exp", ["c"], ["e"], name="exp"),
+             helper.make_node("MatMul", ["e", "w"], ["mm"], name="mm"),
+             helper.make_node("Gather", ["mm", "i"], ["g"], axis=2, name="pick"),
+             helper.make_node("Softmax", ["g"], ["s"], axis=1, name="soft", ),
+             helper.make_node("MatMul", ["s", "w3"], ["y"], name="mm3"),
+             helper.make_node("Identity", ["x"], ["x_again"], name="again")]
+    model = make(nodes, [("x", [2, 2, 4, 5])], ["y", "x_again"], [
+        tensor("k", rng.standard_normal((2, 1, 4, 5)).astype(np.float32)),
+        tensor("w", rng.standard_normal((5, 3)).astype(np.float32)),
+        tensor("i", np.array([2, 0], np.int64)),
+        tensor("w3", rng.standard_normal((1, 3, 3, 2)).astype(np.float32))], opset=13)
+    m = nn.from_onnx(model)
+    assert {"ConcatConstant", "Unary", "MatMul", "Gather", "SoftmaxAxes", "Binary",
+            "Copy"} <= set(kinds(m))
+    x = rng.standard_normal((2, 2, 4, 5)).astype(np.float32)
+    assert_close(m(x), run_ort(model, {"x": x}))
+    out = m(x)
+    assert out[1] is not x  # (the input given back is a copy, as onnxruntime's)
+    passthrough = make([], [("x", ["N", 3])], ["x"])
+    with pytest.raises(ValueError, match="'x' is also a graph input"):
+        nn.from_onnx(passthrough)
+    path = tmp_path / "more.npz"
+    m.save(path)
+    for a, b in zip(nn.load(path)(x), m(x)):
+        np.testing.assert_array_equal(a, b)

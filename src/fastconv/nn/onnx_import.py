@@ -422,6 +422,10 @@ class _Importer:
             if o.name in seen:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is listed twice")
             seen.add(o.name)
+            if any(o.name == t.name for t in inputs):
+                raise ValueError(f"from_onnx: graph output {o.name!r} is also a graph input; "
+                                 f"not supported (a model's inputs and layers, which name its "
+                                 f"outputs, have unique names)")
             v = self.values.get(o.name)
             if v is None:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is not computed by any "
