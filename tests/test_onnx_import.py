@@ -329,7 +329,6 @@ def test_unsupported_attribute_value_is_named():
 @pytest.mark.parametrize("node, what", [
     (helper.make_node("Concat", ["x", "x"], ["y"], axis=0, name="n"), "batch axis"),
     (helper.make_node("Softmax", ["x"], ["y"], axis=0, name="n"), "batch axis"),
-    (helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2, 3], name="n"), "batch axis"),
     (helper.make_node("Flatten", ["x"], ["y"], axis=0, name="n"), "batch axis"),
 ])
 def test_ops_on_the_batch_axis_are_refused(node, what):
@@ -605,3 +604,41 @@ def test_save_and_load_the_other_tensor_layers(tmp_path):
     m.save(path)
     for a, b in zip(nn.load(path)(x), m(x)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_attention_moves_the_batch_axis_and_gathers_it_back():
+    """SVTR-style attention: (N, L, 3, H, d) transposed to (3, N, H, L, d)
+    (the batch axis moved: a change of order, no layer), q, k and v gathered
+    off axis 0 (the batch first again), q @ k^T, softmax, @ v."""
+    rng = np.random.default_rng(10)
+    L, H, d = 5, 2, 3
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["qkv"], name="qkv"),
+             helper.make_node("Reshape", ["qkv", "s5"], ["r"], name="split_heads"),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4], name="t"),
+             helper.make_node("Gather", ["t", "i0"], ["q"], axis=0, name="q"),
+             helper.make_node("Gather", ["t", "i1"], ["k"], axis=0, name="k"),
+             helper.make_node("Slice", ["t", "two", "three", "zero"], ["v5"], name="v5"),
+             helper.make_node("Squeeze", ["v5", "zero"], ["v"], name="v"),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2], name="kt"),
+             helper.make_node("MatMul", ["q", "kt"], ["a"], name="scores"),
+             helper.make_node("Softmax", ["a"], ["p"], axis=-1, name="softmax"),
+             helper.make_node("MatMul", ["p", "v"], ["o"], name="mix"),
+             helper.make_node("Transpose", ["o"], ["y"], perm=[0, 2, 1, 3], name="merge")]
+    model = make(nodes, [("x", ["N", L, 4])], ["y"], [
+        tensor("w", rng.standard_normal((4, 3 * H * d)).astype(np.float32)),
+        tensor("s5", np.array([0, L, 3, H, d], np.int64)),
+        tensor("i0", np.array(0, np.int64)), tensor("i1", np.array(1, np.int64)),
+        tensor("two", np.array([2], np.int64)), tensor("three", np.array([3], np.int64)),
+        tensor("zero", np.array([0], np.int64))], opset=13)
+    m = nn.from_onnx(model)
+    x = rng.standard_normal((2, L, 4)).astype(np.float32)
+    assert_close(m(x), run_ort(model, {"x": x}))
+    bad = make([helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2], name="t"),
+                helper.make_node("Relu", ["t"], ["y"], name="relu")],
+               [("x", ["N", L, 4])], ["y"])
+    with pytest.raises(ValueError, match="'relu'.*batch axis a Transpose moved"):
+        nn.from_onnx(bad)
+    moved_out = make([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2])],
+                     [("x", ["N", L, 4])], ["y"])
+    with pytest.raises(ValueError, match="output 'y' has its batch axis at position 1"):
+        nn.from_onnx(moved_out)
