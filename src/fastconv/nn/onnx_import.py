@@ -14,11 +14,21 @@ A map flattened for a Gemm/MatMul keeps its NHWC order: the flat features
 carry a column permutation that the Gemm's weight rows absorb at import.
 
 The batch axis: the model's inputs are declared without it (nn.Input) and
-axis 0 of every tensor is the batch. An op that acts on axis 0 (Concat,
-Split, Slice, Gather, Softmax or a reduction over it, a Transpose moving it,
-a Reshape or Flatten that changes it) is refused with a ValueError. A
-dynamic batch ("N") works, including torch's ``x.view(x.size(0), -1)``
-(Shape(x)[0] feeding a Reshape); a static batch (1) runs any batch size.
+axis 0 of every graph input is the batch, which stays the physical arrays'
+axis 0 throughout. An op that acts on the batch axis (Concat, Split, Slice,
+Gather, Softmax or a reduction over it, a Reshape or Flatten that changes
+it) is refused with a ValueError. A Transpose may move it (attention's
+(3, N, heads, L, d)): only Transpose, and Gather, Slice and Squeeze on other
+axes, read such a tensor; every other op and the graph outputs need the
+batch first again. A dynamic batch ("N") works, including torch's
+``x.view(x.size(0), -1)`` (Shape(x)[0] feeding a Reshape); a static batch
+(1) runs any batch size where the ops allow.
+
+Other dynamic sizes (an image's H and W): convolutions (explicit pads),
+pools, Resize by scales, ConvTranspose without output_shape,
+BatchNormalization, Concat and the elementwise ops take them; an op that
+needs static sizes (Reshape, Flatten, Slice, Pad, auto_pad SAME, Shape, ...)
+refuses, and ``input_shapes=`` fixes them at import.
 
 Shape, Gather, Cast, ConstantOfShape, Concat, Unsqueeze, Range and the
 arithmetic ops fold to constants where their inputs are constants or static
@@ -1896,8 +1906,9 @@ def from_onnx(model: Any, *, input_shapes: Optional[Dict[str, Sequence[Optional[
         A path (external data is read from beside it), the serialized model,
         or a loaded ModelProto (without external data).
     input_shapes : dict, optional
-        Shapes (batch axis first, None for a dynamic batch) for graph inputs
-        whose other axes are dynamic.
+        Shapes (batch axis first, None for a dynamic axis) for graph inputs,
+        by name: fixes dynamic sizes the graph's ops need static (see the
+        module docstring).
 
     Returns
     -------
