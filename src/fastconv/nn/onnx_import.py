@@ -342,9 +342,6 @@ class _Importer:
             raise self.fail(f"{what} must be integers known at import; got {a!r}")
         return [int(v) for v in a.reshape(-1)]
 
-    def add(self, layer: Any, args: Any) -> Any:
-        return layer(args)
-
     def version(self, dyn: _Dyn, perm: Tuple[int, ...]) -> Any:
         """dyn's symbolic tensor in physical order perm (a Transpose layer
         the first time this order is asked for)."""
@@ -444,7 +441,7 @@ class _Importer:
             if t.name in self.values:
                 raise ValueError(f"from_onnx: initializer {t.name!r} is defined twice")
             self.values[t.name] = self.reader.tensor(t, f"initializer {t.name!r}")
-        inputs, outputs = self.graph_inputs(graph)
+        inputs = self.graph_inputs(graph)
         self.used_names.update(o.name for o in graph.output)
         self.used_names.update(t.name for t in inputs)
         nodes = self.order(graph)
@@ -493,7 +490,6 @@ class _Importer:
 
     def graph_inputs(self, graph: Any):
         from fastconv.nn import Input
-        from fastconv.nn.tensor_ops import Transpose  # noqa: F401  (edge layers come lazily)
         inputs = []
         dtypes = set()
         for vi in graph.input:
@@ -540,7 +536,7 @@ class _Importer:
             sym = Input(shape[1:], name=name, dtype=self.dtype)
             self.values[name] = _Dyn(sym, (shape[0],) + shape[1:], _identity(len(shape)))
             syms.append(sym)
-        return syms, None
+        return syms
 
     def order(self, graph: Any):
         """The nodes in an order where each reads only what is defined
@@ -609,6 +605,9 @@ class _Importer:
                             "batch) where only moving it to a Reshape is supported") from None
         except _Unsupported:
             raise
+        except (IndexError, KeyError):
+            raise self.fail(f"has {len(self.inputs)} inputs, fewer than this op reads (or "
+                            f"one of them is empty)") from None
         except (TypeError, ValueError) as exc:
             text = str(exc)
             if text.startswith("from_onnx: node"):
@@ -727,10 +726,6 @@ def _from_2d(im: _Importer, sym: Any, x: _Dyn, channels: int) -> _Dyn:
         h, w, c = sym.layer.output_shape(tuple(x.shape[2:]) + (x.shape[1],))
         shape = (batch, c, h, w)
     return im.new(sym, _channels_last(rank), batch, shape=shape)
-
-
-def _kernel_2d(values: List[int], rank: int, fill: int) -> List[int]:
-    return values if rank == 4 else [fill] + values
 
 
 def _conv(im: _Importer):
@@ -1624,14 +1619,10 @@ def _gather(im: _Importer):
 def _cast(im: _Importer):
     x = im.dyn(0)
     to = int(im.attr("to", 0))
-    if _DTYPES.get(to, (None,))[0] != self_dtype(im):
+    if _DTYPES.get(to, (None,))[0] != im.dtype.type:
         raise im.fail(f"casts a run-time tensor to type {to}; only to the model's own "
                       f"{im.dtype} is supported")
     return x
-
-
-def self_dtype(im: _Importer):
-    return im.dtype.type
 
 
 def _shape_of(im: _Importer):
