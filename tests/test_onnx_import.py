@@ -205,7 +205,8 @@ def torch_nets():
             self.down = tnn.Sequential(tnn.MaxPool2d(2), tnn.Conv2d(8, 16, 3, padding=1),
                                        tnn.ReLU())
             self.up = tnn.ConvTranspose2d(16, 8, 2, stride=2)
-            self.dec = tnn.Sequential(tnn.Conv2d(16, 8, 3, padding=1), tnn.LeakyReLU(0.1))
+            # (a slope exact in float32, in which ONNX keeps attributes)
+            self.dec = tnn.Sequential(tnn.Conv2d(16, 8, 3, padding=1), tnn.LeakyReLU(0.125))
             self.head = tnn.Conv2d(8, 2, 1)
 
         def forward(self, x):
@@ -676,3 +677,21 @@ def test_dynamic_height_and_width_run_any_size():
                 [("x", ["N", 3, "H", "W"])], ["y"])
     with pytest.raises(ValueError, match="'flat'.*static sizes.*input_shapes"):
         nn.from_onnx(flat)
+
+
+@pytest.mark.parametrize("net", ["residual", "unet"])
+def test_float64_networks_against_torch(net):
+    """A float64 graph runs in float64 (onnxruntime has no double Conv:
+    torch in float64 is the reference, to float64 rounding)."""
+    cls, shape = torch_nets()[net]
+    torch.manual_seed(1)
+    module = cls().double().eval()
+    randomize_batchnorm(module)
+    x = torch.randn((2,) + shape, dtype=torch.float64)
+    m = nn.from_onnx(export(module, x, dynamo=False))
+    with torch.no_grad():
+        expected = module(x).numpy()
+    got = m(x.numpy())
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=1e-12 * max(1.0, float(np.abs(expected).max())))
