@@ -1,0 +1,1002 @@
+"""fastconv.nn.from_onnx against onnxruntime, op by op, on graphs built with
+onnx.helper (tests/onnx_graphs.py builds, runs and compares them; its module
+doc states the tolerances), then graph-level behaviour, malformed files, and
+the trained PP-OCRv4 models rapidocr-onnxruntime ships.
+
+The inputs hold the batch on axis 0 as a dynamic dimension "N" (batch 2
+unless a test says otherwise). Both float dtypes run; where onnxruntime's CPU
+provider has no double kernel for an op the float64 case is skipped with the
+provider's message (onnx_graphs.ort_run)."""
+
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import helper  # noqa: E402
+
+from onnx_graphs import (  # noqa: E402
+    ULPS,
+    gamma,
+    check,
+    compare,
+    fc_run,
+    ints,
+    make_model,
+    ort_run,
+    single,
+    tensor,
+)
+
+DTYPES = [np.float32, np.float64]
+DT = pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+
+
+def rand(rng, shape, dtype, low=-1.0, high=1.0):
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def away_from_zero(rng, shape, dtype):
+    """Values in +-[0.5, 1.5]: divisors, and inputs whose sign a test needs."""
+    return (rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1, 1], size=shape)).astype(dtype)
+
+
+def sum_magnitude(n, *operands, bias=None):
+    """M of the module doc: n * prod(max|operand|) + max|bias|."""
+    m = float(n)
+    for op in operands:
+        m *= float(np.max(np.abs(op)))
+    return m + (float(np.max(np.abs(bias))) if bias is not None else 0.0)
+
+
+# ==========================================================================
+# Conv
+# ==========================================================================
+CONV_CASES = {
+    # name: (spatial input, kernel, attrs, C, M, groups)
+    "2d": ((7, 8), (3, 3), {}, 4, 6, 1),
+    "2d_pads": ((7, 8), (3, 3), dict(pads=[1, 1, 1, 1]), 4, 6, 1),
+    "2d_asym_pads": ((7, 8), (3, 2), dict(pads=[0, 1, 2, 0]), 4, 6, 1),
+    "2d_stride2": ((9, 8), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1]), 3, 5, 1),
+    "2d_stride_hw": ((9, 8), (3, 3), dict(strides=[2, 1]), 3, 5, 1),
+    "2d_dilated": ((9, 10), (3, 3), dict(dilations=[2, 2], pads=[2, 2, 2, 2]), 4, 4, 1),
+    "2d_dilated_hw": ((9, 10), (3, 3), dict(dilations=[1, 3]), 4, 4, 1),
+    "2d_1x1": ((5, 6), (1, 1), {}, 8, 6, 1),
+    "2d_groups2": ((6, 7), (3, 3), dict(group=2, pads=[1, 1, 1, 1]), 4, 6, 2),
+    "2d_depthwise": ((6, 7), (3, 3), dict(group=6, pads=[1, 1, 1, 1]), 6, 6, 6),
+    "2d_depthwise_mult2": ((6, 7), (3, 3), dict(group=3, strides=[2, 2]), 3, 6, 3),
+    "2d_depthwise_s2_asym": ((8, 8), (3, 3), dict(group=4, strides=[2, 2],
+                                                  pads=[0, 0, 1, 1]), 4, 4, 4),
+    "2d_same_upper": ((7, 8), (3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2]), 3, 4, 1),
+    "2d_same_lower": ((7, 8), (4, 4), dict(auto_pad="SAME_LOWER", strides=[2, 2]), 3, 4, 1),
+    "2d_same_upper_even": ((6, 6), (2, 2), dict(auto_pad="SAME_UPPER"), 3, 4, 1),
+    "2d_valid": ((7, 8), (3, 3), dict(auto_pad="VALID"), 3, 4, 1),
+    "2d_notset": ((7, 8), (3, 3), dict(auto_pad="NOTSET", pads=[1, 0, 0, 1]), 3, 4, 1),
+    "2d_kernel_shape_attr": ((7, 8), (3, 3), dict(kernel_shape=[3, 3]), 3, 4, 1),
+    "1d": ((11,), (3,), {}, 4, 5, 1),
+    "1d_pads_stride": ((11,), (5,), dict(pads=[2, 1], strides=[2]), 4, 5, 1),
+    "1d_dilated_groups": ((12,), (3,), dict(dilations=[2], group=2), 4, 6, 2),
+    "1d_depthwise_same": ((10,), (3,), dict(group=4, auto_pad="SAME_UPPER"), 4, 4, 4),
+}
+
+
+def conv_model(rng, case, dtype, bias=True, opset=17, batch="N"):
+    spatial, kernel, attrs, c, m, groups = CONV_CASES[case]
+    w = rand(rng, (m, c // groups) + kernel, dtype)
+    b = rand(rng, (m,), dtype) if bias else None
+    inits = [tensor("W", w)] + ([tensor("B", b)] if bias else [])
+    model = single("Conv", ["X", "W"] + (["B"] if bias else []), attrs, initializers=inits,
+                   graph_inputs=[("X", [batch, c] + list(spatial))], opset=opset, dtype=dtype)
+    x = rand(rng, (2, c) + spatial, dtype)
+    n = (c // groups) * math.prod(kernel)
+    return model, x, n, sum_magnitude(n, x, w, bias=b)
+
+
+@DT
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv(rng, case, dtype):
+    model, x, n, mag = conv_model(rng, case, dtype)
+    check(model, x, "sum", n, mag)
+
+
+@pytest.mark.parametrize("case", ["2d", "2d_depthwise", "1d"])
+def test_conv_without_bias(rng, case):
+    model, x, n, mag = conv_model(rng, case, np.float32, bias=False)
+    check(model, x, "sum", n, mag)
+
+
+# ==========================================================================
+# ConvTranspose
+# ==========================================================================
+CONVT_CASES = {
+    # name: (spatial input, kernel, attrs, C, M(total), groups)
+    "basic": ((4, 5), (3, 3), {}, 4, 3, 1),
+    "stride2": ((4, 5), (3, 3), dict(strides=[2, 2]), 4, 3, 1),
+    "stride2_k4_pads": ((4, 5), (4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1]), 4, 3, 1),
+    "stride2_k2": ((4, 5), (2, 2), dict(strides=[2, 2]), 4, 6, 1),
+    "output_padding": ((4, 5), (3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1],
+                                            output_padding=[1, 1]), 4, 3, 1),
+    "output_padding_h": ((4, 5), (3, 3), dict(strides=[3, 2], output_padding=[2, 0]), 4, 3, 1),
+    "asym_pads": ((4, 5), (3, 3), dict(strides=[2, 2], pads=[0, 1, 2, 0]), 4, 3, 1),
+    "output_shape": ((4, 5), (3, 3), dict(strides=[2, 2], output_shape=[8, 10]), 4, 3, 1),
+    "output_shape_odd": ((4, 5), (3, 3), dict(strides=[2, 2], output_shape=[9, 11]), 4, 3, 1),
+    "groups2": ((4, 5), (3, 3), dict(strides=[2, 2], group=2), 4, 6, 2),
+    "depthwise": ((4, 5), (4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1], group=4), 4, 4, 4),
+    "dilated": ((4, 5), (3, 3), dict(dilations=[2, 2]), 4, 3, 1),
+    "same_upper": ((4, 5), (3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER"), 4, 3, 1),
+    "same_lower": ((4, 5), (4, 4), dict(strides=[2, 2], auto_pad="SAME_LOWER"), 4, 3, 1),
+    "1d": ((6,), (4,), dict(strides=[2], pads=[1, 1]), 4, 3, 1),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(CONVT_CASES))
+def test_conv_transpose(rng, case, dtype):
+    spatial, kernel, attrs, c, m, groups = CONVT_CASES[case]
+    w = rand(rng, (c, m // groups) + kernel, dtype)
+    b = rand(rng, (m,), dtype)
+    model = single("ConvTranspose", ["X", "W", "B"], attrs,
+                   initializers=[tensor("W", w), tensor("B", b)],
+                   graph_inputs=[("X", ["N", c] + list(spatial))], dtype=dtype)
+    x = rand(rng, (2, c) + spatial, dtype)
+    # each output sums at most (C/groups) * prod(kernel) products
+    n = (c // groups) * math.prod(kernel)
+    check(model, x, "sum", n, sum_magnitude(n, x, w, bias=b))
+
+
+def test_conv_transpose_without_bias(rng):
+    w = rand(rng, (4, 3, 3, 3), np.float32)
+    model = single("ConvTranspose", ["X", "W"], dict(strides=[2, 2]),
+                   initializers=[tensor("W", w)], graph_inputs=[("X", ["N", 4, 3, 4])])
+    x = rand(rng, (2, 4, 3, 4), np.float32)
+    check(model, x, "sum", 36, sum_magnitude(36, x, w))
+
+
+# ==========================================================================
+# Gemm, MatMul
+# ==========================================================================
+GEMM_CASES = {
+    # name: (attrs, C shape or None)
+    "plain": ({}, None),
+    "bias_n": ({}, (5,)),
+    "bias_1n": ({}, (1, 5)),
+    "bias_mn": ({}, (2, 5)),
+    "bias_m1": ({}, (2, 1)),
+    "bias_scalar": ({}, ()),
+    "transB": (dict(transB=1), (5,)),
+    "alpha_beta": (dict(alpha=0.5, beta=2.0), (5,)),
+    "alpha_transB": (dict(alpha=-1.5, transB=1), None),
+    "beta0": (dict(beta=0.0), (5,)),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(GEMM_CASES))
+def test_gemm(rng, case, dtype):
+    attrs, c_shape = GEMM_CASES[case]
+    k, m = 6, 5
+    w = rand(rng, (m, k) if attrs.get("transB") else (k, m), dtype)
+    inits = [tensor("B", w)]
+    inputs = ["A", "B"]
+    c = None
+    if c_shape is not None:
+        c = rand(rng, c_shape, dtype)
+        inits.append(tensor("C", c))
+        inputs.append("C")
+    model = single("Gemm", inputs, attrs, initializers=inits, graph_inputs=[("A", [2, k])],
+                   dtype=dtype)
+    x = rand(rng, (2, k), dtype)
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    # alpha * (sum) + beta * c: two more products
+    mag = abs(alpha) * sum_magnitude(k, x, w) + (abs(beta) * np.max(np.abs(c)) if c is not None
+                                                 else 0.0)
+    check(model, x, "sum", k + 2, mag)
+
+
+@DT
+def test_gemm_trans_a(rng, dtype):
+    """transA on the graph input transposes the batch axis: the import either
+    matches onnxruntime or refuses with a ValueError that names transA."""
+    w = rand(rng, (4, 5), dtype)
+    model = single("Gemm", ["A", "B"], dict(transA=1), initializers=[tensor("B", w)],
+                   graph_inputs=[("A", [4, 3])], dtype=dtype)
+    x = rand(rng, (4, 3), dtype)
+    theirs, _ = ort_run(model, x)
+    try:
+        ours, _ = fc_run(model, x)
+    except ValueError as exc:
+        assert "transA" in str(exc) or "axis 0" in str(exc) or "batch" in str(exc), str(exc)
+        return
+    compare(ours, theirs, "sum", 4, sum_magnitude(4, x, w))
+
+
+@DT
+def test_gemm_with_input_c(rng, dtype):
+    """C a graph input (tensor-tensor): the bias added per call."""
+    w = rand(rng, (6, 5), dtype)
+    model = single("Gemm", ["A", "B", "C"], dict(beta=0.5), initializers=[tensor("B", w)],
+                   graph_inputs=[("A", ["N", 6]), ("C", ["N", 5])], dtype=dtype)
+    x, c = rand(rng, (2, 6), dtype), rand(rng, (2, 5), dtype)
+    check(model, [x, c], "sum", 8, sum_magnitude(6, x, w) + 0.5)
+
+
+MATMUL_CASES = {
+    # name: (input shape, constant shape, constant on the left)
+    "2d": ((2, 6), (6, 5), False),
+    "3d": ((2, 3, 6), (6, 5), False),
+    "4d_map_last_axis": ((2, 3, 4, 6), (6, 5), False),
+    "const_left_3d": ((2, 6, 4), (5, 6), True),
+    "batched_const": ((2, 3, 5, 6), (3, 6, 4), False),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(MATMUL_CASES))
+def test_matmul_with_constant(rng, case, dtype):
+    x_shape, w_shape, left = MATMUL_CASES[case]
+    w = rand(rng, w_shape, dtype)
+    model = single("MatMul", ["W", "X"] if left else ["X", "W"], initializers=[tensor("W", w)],
+                   graph_inputs=[("X", ["N"] + list(x_shape[1:]))], dtype=dtype)
+    x = rand(rng, x_shape, dtype)
+    n = 6
+    check(model, x, "sum", n, sum_magnitude(n, x, w))
+
+
+# ==========================================================================
+# BatchNormalization
+# ==========================================================================
+def bn_params(rng, c, dtype):
+    scale = rand(rng, (c,), dtype, 0.5, 1.5)
+    bias = rand(rng, (c,), dtype)
+    mean = rand(rng, (c,), dtype)
+    var = rand(rng, (c,), dtype, 0.25, 2.0)
+    return [tensor("bn_s", scale), tensor("bn_b", bias), tensor("bn_m", mean),
+            tensor("bn_v", var)], scale, var
+
+
+def bn_node(x, y, opset, **attrs):
+    if opset < 9:
+        attrs.setdefault("spatial", 1)
+    return helper.make_node("BatchNormalization", [x, "bn_s", "bn_b", "bn_m", "bn_v"], [y],
+                            name="bn", epsilon=1e-3, **attrs)
+
+
+@DT
+@pytest.mark.parametrize("opset", [7, 9, 14, 15])
+@pytest.mark.parametrize("shape", [(2, 4, 5, 6), (2, 4), (2, 4, 7)], ids=["4d", "2d", "3d"])
+def test_batchnorm_alone(rng, shape, opset, dtype):
+    c = shape[1]
+    inits, scale, var = bn_params(rng, c, dtype)
+    model = make_model([bn_node("X", "Y", opset)], [("X", ["N"] + list(shape[1:]))], ["Y"],
+                       inits, opset, dtype)
+    x = rand(rng, shape, dtype)
+    # y = (x - mean) * (scale / sqrt(var + eps)) + bias: a few roundings of
+    # terms bounded by (|x| + |mean|) * max multiplier + |bias|
+    mult = float(np.max(np.abs(scale) / np.sqrt(var + 1e-3)))
+    check(model, x, "sum", 6, 2 * mult + 1)
+
+
+@DT
+@pytest.mark.parametrize("shared", [False, True], ids=["folded", "conv_also_output"])
+def test_batchnorm_after_conv(rng, dtype, shared):
+    """Conv -> BN (foldable), and Conv read by BN and as a graph output (the
+    BN cannot fold into the conv the output needs)."""
+    w, b = rand(rng, (5, 3, 3, 3), dtype), rand(rng, (5,), dtype)
+    inits, scale, var = bn_params(rng, 5, dtype)
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             bn_node("c", "Y", 15),
+             helper.make_node("Relu", ["Y"], ["R"], name="relu")]
+    outputs = ["R", "c"] if shared else ["R"]
+    model = make_model(nodes, [("X", ["N", 3, 6, 7])], outputs,
+                       inits + [tensor("W", w), tensor("B", b)], 15, dtype)
+    x = rand(rng, (2, 3, 6, 7), dtype)
+    mult = float(np.max(np.abs(scale) / np.sqrt(var + 1e-3)))
+    conv_mag = sum_magnitude(27, x, w, bias=b)
+    theirs, _ = ort_run(model, x)
+    ours, m = fc_run(model, x)
+    compare(ours[:1], theirs[:1], "sum", 27 + 6, mult * (conv_mag + 1) + 1)
+    if shared:
+        compare(ours[1:], theirs[1:], "sum", 27, conv_mag)
+
+
+# ==========================================================================
+# Activations
+# ==========================================================================
+ACTIVATIONS = {
+    # name: (op_type, attrs, opset, tolerance)
+    "relu": ("Relu", {}, 14, "exact"),
+    "leaky_relu": ("LeakyRelu", dict(alpha=0.1), 16, "exact_or_1"),
+    "leaky_relu_default": ("LeakyRelu", {}, 6, "exact_or_1"),
+    "sigmoid": ("Sigmoid", {}, 13, "ulp"),
+    "tanh": ("Tanh", {}, 13, "ulp"),
+    "hard_sigmoid": ("HardSigmoid", {}, 6, "ulp"),
+    "hard_sigmoid_ab": ("HardSigmoid", dict(alpha=0.25, beta=0.4), 6, "ulp"),
+    "hard_swish": ("HardSwish", {}, 14, "ulp"),
+    "clip_attrs_6": ("Clip", dict(min=-0.5, max=0.25), 6, "exact"),
+    "clip_attrs_default_max": ("Clip", dict(min=0.0), 6, "exact"),
+    "clip_attrs_max_only": ("Clip", dict(max=0.3), 10, "exact"),
+}
+
+
+@DT
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 7)], ids=["4d", "2d"])
+@pytest.mark.parametrize("case", list(ACTIVATIONS))
+def test_activation(rng, case, shape, dtype):
+    op, attrs, opset, tol = ACTIVATIONS[case]
+    model = single(op, ["X"], attrs, graph_inputs=[("X", ["N"] + list(shape[1:]))],
+                   opset=opset, dtype=dtype)
+    x = rand(rng, shape, dtype, -4, 4)
+    if tol == "exact_or_1":
+        # alpha * x: one rounding, in either implementation
+        check(model, x, "sum", 1, np.abs(x))
+    else:
+        check(model, x, tol)
+
+
+CLIP_INPUT_FORMS = {"both": (-0.5, 0.25), "min_only": (-0.5, None), "max_only": (None, 0.25),
+                    "none": (None, None), "relu6": (0.0, 6.0)}
+
+
+@DT
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("form", list(CLIP_INPUT_FORMS))
+def test_clip_input_form(rng, form, opset, dtype):
+    lo, hi = CLIP_INPUT_FORMS[form]
+    inits, inputs = [], ["X"]
+    for name, v in (("lo", lo), ("hi", hi)):
+        if v is None:
+            inputs.append("")
+        else:
+            inits.append(tensor(name, np.array(v, dtype)))
+            inputs.append(name)
+    while inputs[-1] == "":
+        inputs.pop()
+    model = single("Clip", inputs, initializers=inits, graph_inputs=[("X", ["N", 3, 4, 5])],
+                   opset=opset, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype, -8, 8), "exact")
+
+
+@DT
+def test_clip_min_from_constant_node(rng, dtype):
+    """Clip's bounds from Constant nodes (as torch.onnx writes them)."""
+    nodes = [helper.make_node("Constant", [], ["lo"], value=tensor("v", np.array(0, dtype))),
+             helper.make_node("Constant", [], ["hi"], value=tensor("v", np.array(6, dtype))),
+             helper.make_node("Clip", ["X", "lo", "hi"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype, -8, 8), "exact")
+
+
+PRELU_SLOPES = {"per_channel": (3, 1, 1), "scalar": (1,), "full": (3, 4, 5), "0d": ()}
+
+
+@DT
+@pytest.mark.parametrize("slope", list(PRELU_SLOPES))
+def test_prelu(rng, slope, dtype):
+    s = rand(rng, PRELU_SLOPES[slope], dtype)
+    model = single("PRelu", ["X", "S"], initializers=[tensor("S", s)],
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=16, dtype=dtype)
+    x = rand(rng, (2, 3, 4, 5), dtype)
+    check(model, x, "sum", 1, np.abs(x))
+
+
+# ==========================================================================
+# Softmax
+# ==========================================================================
+SOFTMAX_CASES = {
+    # name: (shape, axis or None for the default, opset)
+    "2d_default_11": ((2, 10), None, 11),
+    "2d_default_13": ((2, 10), None, 13),
+    "4d_axis1_11_flattens": ((2, 3, 4, 5), 1, 11),
+    "4d_axis2_11_flattens": ((2, 3, 4, 5), 2, 11),
+    "4d_axis1_13": ((2, 3, 4, 5), 1, 13),
+    "4d_axis_last_13": ((2, 3, 4, 5), -1, 13),
+    "4d_default_13": ((2, 3, 4, 5), None, 13),
+    "3d_axis_last_11": ((2, 4, 6), -1, 11),
+    "3d_axis1_13": ((2, 4, 6), 1, 13),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(SOFTMAX_CASES))
+def test_softmax(rng, case, dtype):
+    shape, axis, opset = SOFTMAX_CASES[case]
+    attrs = {} if axis is None else dict(axis=axis)
+    model = single("Softmax", ["X"], attrs, graph_inputs=[("X", ["N"] + list(shape[1:]))],
+                   opset=opset, dtype=dtype)
+    x = rand(rng, shape, dtype, -3, 3)
+    if opset < 13:
+        # coerced to 2-D at axis: the softmax runs over all axes from `axis` on
+        length = math.prod(shape[(1 if axis is None else axis % len(shape)):])
+    else:
+        length = shape[-1 if axis is None else axis]
+    # Relative error of each implementation: x - max rounds by u * |x - max|
+    # <= 6u (inputs in [-3, 3]) before exp, which is within ULPS / 2 ulp; the
+    # sum of `length` exps and the division within gamma_{length + 2}.
+    eps = np.finfo(dtype).eps
+    rel = 2 * (gamma(length + 2, dtype) + (ULPS / 2 + 6) * eps)
+    check(model, x, "rel", rel)
+
+
+# ==========================================================================
+# Add / Sub / Mul / Div
+# ==========================================================================
+X4 = (2, 3, 4, 5)
+BINARY_CASES = {
+    # name: (shape of X, shape of the other operand, other is constant, const on the left)
+    "tensor_tensor": (X4, X4, False, False),
+    "tensor_tensor_bcast_c11": (X4, (3, 1, 1), False, False),
+    "tensor_tensor_bcast_n111": (X4, (2, 1, 1, 1), False, False),
+    "tensor_tensor_bcast_nc11": (X4, (2, 3, 1, 1), False, False),
+    "tensor_tensor_bcast_other_bigger": ((2, 3, 1, 1), X4, False, False),
+    "const_c11": (X4, (3, 1, 1), True, False),
+    "const_1c11": (X4, (1, 3, 1, 1), True, False),
+    "const_scalar": (X4, (), True, False),
+    "const_1": (X4, (1,), True, False),
+    "const_last_axis": (X4, (5,), True, False),
+    "const_hw": (X4, (4, 5), True, False),
+    "const_full": (X4, (1, 3, 4, 5), True, False),
+    "const_left_c11": (X4, (3, 1, 1), True, True),
+    "const_left_scalar": (X4, (), True, True),
+    "2d_const_row": ((2, 6), (6,), True, False),
+    "2d_const_left": ((2, 6), (1, 6), True, True),
+    "2d_tensor_tensor": ((2, 6), (2, 6), False, False),
+    "3d_const": ((2, 4, 6), (4, 1), True, False),
+}
+
+
+@DT
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("case", list(BINARY_CASES))
+def test_binary(rng, case, op, dtype):
+    x_shape, o_shape, const, left = BINARY_CASES[case]
+    x = rand(rng, x_shape, dtype)
+    other = away_from_zero(rng, o_shape, dtype)
+    if const:
+        inputs = ["K", "X"] if left else ["X", "K"]
+        model = single(op, inputs, initializers=[tensor("K", other)],
+                       graph_inputs=[("X", ["N"] + list(x_shape[1:]))], opset=14, dtype=dtype)
+        feeds = x
+    else:
+        graph_inputs = [("X", ["N"] + list(x_shape[1:])),
+                        ("Z", (["N"] + list(o_shape[1:])) if len(o_shape) == len(x_shape)
+                         else list(o_shape))]
+        model = single(op, ["X", "Z"], graph_inputs=graph_inputs, opset=14, dtype=dtype)
+        feeds = [x, other]
+    # one correctly rounded operation; a division by a constant may be
+    # computed as a product with its reciprocal (two roundings)
+    if op == "Div":
+        check(model, feeds, "rel", 2 * gamma(2, dtype))
+    else:
+        check(model, feeds, "exact")
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_binary_older_opsets(rng, opset):
+    """Multidirectional broadcasting since opset 7."""
+    k = away_from_zero(rng, (3, 1, 1), np.float32)
+    nodes = [helper.make_node("Mul", ["X", "K"], ["m"]), helper.make_node("Add", ["m", "X"],
+                                                                         ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], [tensor("K", k)], opset)
+    x = rand(rng, (2, 3, 4, 5), np.float32)
+    check(model, x, "sum", 2, 2 * np.abs(x) * 1.5)
+
+
+# ==========================================================================
+# Concat, Split, Slice
+# ==========================================================================
+@DT
+@pytest.mark.parametrize("axis", [1, -1, 2, 3, -3])
+def test_concat(rng, axis, dtype):
+    shapes = [[2, 3, 4, 5], [2, 3, 4, 5], [2, 3, 4, 5]]
+    for i, s in enumerate(shapes):
+        s[axis] += i
+    nodes = [helper.make_node("Concat", ["A", "B", "C"], ["Y"], axis=axis)]
+    model = make_model(nodes, [(n, ["N"] + s[1:]) for n, s in zip("ABC", shapes)], ["Y"],
+                       opset=13, dtype=dtype)
+    check(model, [rand(rng, s, dtype) for s in shapes])
+
+
+@DT
+@pytest.mark.parametrize("axis", [1, -1])
+def test_concat_2d(rng, axis, dtype):
+    nodes = [helper.make_node("Concat", ["A", "B"], ["Y"], axis=axis)]
+    model = make_model(nodes, [("A", ["N", 4]), ("B", ["N", 3])], ["Y"], opset=11, dtype=dtype)
+    check(model, [rand(rng, (2, 4), dtype), rand(rng, (2, 3), dtype)])
+
+
+@DT
+def test_concat_with_constant(rng, dtype):
+    """A constant map concatenated on the channels (broadcast over nothing:
+    the batch is 2 in this graph's static shape)."""
+    k = rand(rng, (2, 2, 4, 5), dtype)
+    nodes = [helper.make_node("Concat", ["X", "K"], ["Y"], axis=1)]
+    model = make_model(nodes, [("X", [2, 3, 4, 5])], ["Y"], [tensor("K", k)], 13, dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+SPLIT_CASES = {
+    # name: (opset, axis, split (attribute < 13, input >= 13) or None, num_outputs, outputs)
+    "equal_11": (11, 1, None, None, 2),
+    "attr_11": (11, 1, [2, 4], None, 2),
+    "attr_axis_last_11": (11, -1, [1, 3, 1], None, 3),
+    "attr_axis2_7": (7, 2, [1, 3], None, 2),
+    "input_13": (13, 1, [2, 4], None, 2),
+    "input_axis3_13": (13, 3, [3, 2], None, 2),
+    "equal_13": (13, 1, None, None, 3),
+    "num_outputs_18": (18, 1, None, 2, 2),
+    "num_outputs_uneven_18": (18, -1, None, 2, 2),
+    "num_outputs3_18": (18, 1, None, 3, 3),
+    "input_18": (18, 2, [3, 1], None, 2),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_split(rng, case, dtype):
+    opset, axis, split, num_outputs, n_out = SPLIT_CASES[case]
+    shape = (2, 6, 4, 5)
+    attrs, inputs, inits = dict(axis=axis), ["X"], []
+    if split is not None and opset < 13:
+        attrs["split"] = split
+    elif split is not None:
+        inputs.append("split")
+        inits.append(ints("split", split))
+    if num_outputs is not None:
+        attrs["num_outputs"] = num_outputs
+    model = single("Split", inputs, attrs, initializers=inits,
+                   graph_inputs=[("X", ["N", 6, 4, 5])], opset=opset, dtype=dtype,
+                   n_outputs=n_out)
+    check(model, rand(rng, shape, dtype))
+
+
+INT64_MAX = 2**63 - 1
+SLICE_CASES = {
+    # name: (starts, ends, axes or None, steps or None)
+    "hw": ([1, 0], [3, 4], [2, 3], None),
+    "channels": ([1], [3], [1], None),
+    "negative": ([-3, -4], [-1, -1], [2, 3], None),
+    "steps2": ([0, 1], [4, 5], [2, 3], [2, 2]),
+    "negative_step": ([-1], [-INT64_MAX], [3], [-1]),
+    "negative_step2": ([3, 4], [0, 0], [2, 3], [-2, -1]),
+    "clamped_end": ([1], [INT64_MAX], [3], None),
+    "clamped_big": ([0, 2], [100, 1000], [1, 2], None),
+    "axes_negative": ([1], [-1], [-1], None),
+    "no_axes": ([0, 1, 1], [2**62, 3, 3], None, None),
+    "channel_step": ([0], [6], [1], [2]),
+    "empty_start_past_end": ([0, 2], [2, 2**40], [1, 3], [1, 1]),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(SLICE_CASES))
+def test_slice(rng, case, dtype):
+    starts, ends, axes, steps = SLICE_CASES[case]
+    if axes is None:
+        # slicing from axis 0 on: the batch axis taken whole
+        starts, ends = [0] + starts[1:], [INT64_MAX] + ends[1:]
+    inputs, inits = ["X", "starts", "ends"], [ints("starts", starts), ints("ends", ends)]
+    if axes is not None or steps is not None:
+        inputs.append("axes")
+        inits.append(ints("axes", axes if axes is not None else list(range(len(starts)))))
+    if steps is not None:
+        inputs.append("steps")
+        inits.append(ints("steps", steps))
+    model = single("Slice", inputs, initializers=inits, graph_inputs=[("X", ["N", 6, 4, 5])],
+                   opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 6, 4, 5), dtype))
+
+
+@pytest.mark.parametrize("axes", [[2, 3], None], ids=["axes", "no_axes"])
+def test_slice_attribute_form_opset9(rng, axes):
+    attrs = dict(starts=[0, 1], ends=[3, -1])
+    if axes is not None:
+        attrs["axes"] = axes
+    else:
+        attrs = dict(starts=[0, 1, 1], ends=[INT64_MAX, 5, -1])
+    model = single("Slice", ["X"], attrs, graph_inputs=[("X", ["N", 6, 4, 5])], opset=9)
+    check(model, rand(rng, (2, 6, 4, 5), np.float32))
+
+
+# ==========================================================================
+# Reshape, Flatten, Transpose, Squeeze, Unsqueeze
+# ==========================================================================
+RESHAPE_CASES = {
+    "flatten": [0, -1],
+    "c_hw": [0, 6, -1],
+    "hw_last": [0, -1, 5],
+    "split_channels": [0, 2, 3, 4, 5],
+    "to_4d": [0, 3, 2, 20],
+    "keep_all": [0, 0, 0, 0],
+    "minus_one_mid": [0, 0, -1, 10],
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(RESHAPE_CASES))
+def test_reshape(rng, case, dtype):
+    model = single("Reshape", ["X", "shape"], initializers=[ints("shape", RESHAPE_CASES[case])],
+                   graph_inputs=[("X", ["N", 6, 4, 5])], opset=14, dtype=dtype)
+    check(model, rand(rng, (2, 6, 4, 5), dtype))
+
+
+def test_reshape_then_gemm(rng):
+    """Reshape of a map feeding a Gemm: the row order must be NCHW's."""
+    w = rand(rng, (24, 5), np.float32)
+    nodes = [helper.make_node("Reshape", ["X", "shape"], ["r"]),
+             helper.make_node("Gemm", ["r", "W"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 2, 3, 4])], ["Y"],
+                       [ints("shape", [0, 24]),
+                        tensor("W", w)], 13)
+    x = rand(rng, (2, 2, 3, 4), np.float32)
+    check(model, x, "sum", 24, sum_magnitude(24, x, w))
+
+
+@DT
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_flatten(rng, axis, dtype):
+    model = single("Flatten", ["X"], dict(axis=axis), graph_inputs=[("X", ["N", 3, 4, 5])],
+                   opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_flatten_then_gemm(rng, opset):
+    """Flatten -> Gemm (a classifier head): the weights' rows follow NCHW."""
+    w, b = rand(rng, (5, 60), np.float32), rand(rng, (5,), np.float32)
+    nodes = [helper.make_node("Flatten", ["X"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W", "B"], ["Y"], transB=1)]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], [tensor("W", w), tensor("B", b)],
+                       opset)
+    x = rand(rng, (2, 3, 4, 5), np.float32)
+    check(model, x, "sum", 60, sum_magnitude(60, x, w, bias=b))
+
+
+TRANSPOSE_CASES = {
+    "nhwc": [0, 2, 3, 1],
+    "swap_hw": [0, 1, 3, 2],
+    "cycle": [0, 3, 1, 2],
+    "identity": [0, 1, 2, 3],
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
+def test_transpose(rng, case, dtype):
+    model = single("Transpose", ["X"], dict(perm=TRANSPOSE_CASES[case]),
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+def test_transpose_3d_and_back(rng):
+    """A (N, C, L) -> (N, L, C) -> MatMul -> back, as sequence models do."""
+    w = rand(rng, (3, 4), np.float32)
+    nodes = [helper.make_node("Transpose", ["X"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "W"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["Y"], perm=[0, 2, 1])]
+    model = make_model(nodes, [("X", ["N", 3, 7])], ["Y"], [tensor("W", w)], 13)
+    x = rand(rng, (2, 3, 7), np.float32)
+    check(model, x, "sum", 3, sum_magnitude(3, x, w))
+
+
+@DT
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axes", [[2, 3], [-1, -2], None], ids=["axes", "negative", "all"])
+def test_squeeze(rng, axes, opset, dtype):
+    inputs, inits, attrs = ["X"], [], {}
+    if axes is not None and opset < 13:
+        attrs["axes"] = axes
+    elif axes is not None:
+        inputs.append("axes")
+        inits.append(ints("axes", axes))
+    model = single("Squeeze", inputs, attrs, initializers=inits,
+                   graph_inputs=[("X", [2, 6, 1, 1] if axes is None else ["N", 6, 1, 1])],
+                   opset=opset, dtype=dtype)
+    check(model, rand(rng, (2, 6, 1, 1), dtype))
+
+
+@DT
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axes", [[2, 3], [-1], [1]], ids=["hw", "last", "one"])
+def test_unsqueeze(rng, axes, opset, dtype):
+    inputs, inits, attrs = ["X"], [], {}
+    if opset < 13:
+        attrs["axes"] = axes
+    else:
+        inputs.append("axes")
+        inits.append(ints("axes", axes))
+    model = single("Unsqueeze", inputs, attrs, initializers=inits,
+                   graph_inputs=[("X", ["N", 6])], opset=opset, dtype=dtype)
+    check(model, rand(rng, (2, 6), dtype))
+
+
+def test_squeeze_then_unsqueeze_around_gemm(rng):
+    """GlobalAveragePool -> Squeeze -> Gemm -> Unsqueeze(2, 3) -> Mul with the map
+    (a squeeze-excitation block)."""
+    w = rand(rng, (4, 4), np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["X"], ["g"]),
+             helper.make_node("Squeeze", ["g", "axes"], ["s"]),
+             helper.make_node("Gemm", ["s", "W"], ["e"]),
+             helper.make_node("Sigmoid", ["e"], ["sig"]),
+             helper.make_node("Unsqueeze", ["sig", "axes"], ["u"]),
+             helper.make_node("Mul", ["X", "u"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 4, 5, 6])], ["Y"],
+                       [ints("axes", [2, 3]), tensor("W", w)], 13)
+    x = rand(rng, (2, 4, 5, 6), np.float32)
+    # the mean (30 terms, |mean| <= 1), the gemm (4 products <= 1: |e| <= 4,
+    # M = 4 + 1 with the mean's error carried), the sigmoid (Lipschitz 1/4,
+    # ULPS ulp of a value < 1, counted as ULPS more roundings) and the product
+    # with |x| <= 1 (one rounding): n = 30 + 4 + ULPS + 1, M = 5.
+    check(model, x, "sum", 35 + ULPS, 5.0)
+
+
+# ==========================================================================
+# Pools
+# ==========================================================================
+POOL_CASES = {
+    # name: (attrs, spatial)
+    "k2s2": (dict(kernel_shape=[2, 2], strides=[2, 2]), (6, 8)),
+    "k3s2": (dict(kernel_shape=[3, 3], strides=[2, 2]), (7, 8)),
+    "k3s1_pads": (dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), (5, 6)),
+    "k3s2_ceil": (dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), (8, 9)),
+    "k2s2_ceil_odd": (dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), (7, 9)),
+    "k3s2_ceil_pads": (dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+                            pads=[1, 1, 1, 1]), (8, 7)),
+    "asym_pads": (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]), (8, 8)),
+    "asym_pads_other": (dict(kernel_shape=[2, 3], strides=[1, 2], pads=[1, 0, 0, 2]), (6, 7)),
+    "same_upper": (dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), (7, 8)),
+    "same_lower": (dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER"), (7, 8)),
+    "same_upper_s1": (dict(kernel_shape=[2, 2], auto_pad="SAME_UPPER"), (5, 6)),
+    "valid": (dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="VALID"), (7, 8)),
+    "rect": (dict(kernel_shape=[1, 3], strides=[1, 2], pads=[0, 1, 0, 1]), (4, 9)),
+    "1d": (dict(kernel_shape=[3], strides=[2], pads=[1, 1]), (9,)),
+}
+
+
+@DT
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_maxpool(rng, case, dtype):
+    attrs, spatial = POOL_CASES[case]
+    model = single("MaxPool", ["X"], attrs, graph_inputs=[("X", ["N", 3] + list(spatial))],
+                   opset=12, dtype=dtype)
+    check(model, rand(rng, (2, 3) + spatial, dtype))
+
+
+@DT
+@pytest.mark.parametrize("dilations", [[2, 2], [1, 2]])
+def test_maxpool_dilations(rng, dilations, dtype):
+    model = single("MaxPool", ["X"], dict(kernel_shape=[2, 2], dilations=dilations,
+                                          pads=[1, 1, 0, 0]),
+                   graph_inputs=[("X", ["N", 3, 7, 8])], opset=12, dtype=dtype)
+    check(model, rand(rng, (2, 3, 7, 8), dtype))
+
+
+@pytest.mark.parametrize("opset", [7, 10])
+def test_maxpool_older_opsets(rng, opset):
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    if opset >= 10:
+        attrs["ceil_mode"] = 1
+    model = single("MaxPool", ["X"], attrs, graph_inputs=[("X", ["N", 3, 8, 8])], opset=opset)
+    check(model, rand(rng, (2, 3, 8, 8), np.float32))
+
+
+@DT
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_average_pool(rng, case, count_include_pad, dtype):
+    attrs, spatial = POOL_CASES[case]
+    attrs = dict(attrs, count_include_pad=count_include_pad)
+    model = single("AveragePool", ["X"], attrs, graph_inputs=[("X", ["N", 3] + list(spatial))],
+                   opset=19, dtype=dtype)
+    x = rand(rng, (2, 3) + spatial, dtype)
+    # a sum of at most k terms times 1/count (or divided by it): n = k + 1
+    # products of magnitude <= max|x| each, over the mean's k terms
+    k = math.prod(attrs["kernel_shape"])
+    check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+
+
+@DT
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("spatial", [(5, 6), (1, 1), (7,)], ids=["5x6", "1x1", "1d"])
+def test_global_pool(rng, op, spatial, dtype):
+    model = single(op, ["X"], graph_inputs=[("X", ["N", 4] + list(spatial))], opset=13,
+                   dtype=dtype)
+    x = rand(rng, (2, 4) + spatial, dtype)
+    if op == "GlobalMaxPool":
+        check(model, x)
+    else:
+        k = math.prod(spatial)
+        check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+
+
+@DT
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("axes", [[2, 3], [-2, -1], [3]], ids=["hw", "negative", "w"])
+def test_reduce_mean(rng, axes, keepdims, opset, dtype):
+    attrs, inputs, inits = dict(keepdims=keepdims), ["X"], []
+    if opset < 18:
+        attrs["axes"] = axes
+    else:
+        inputs.append("axes")
+        inits.append(ints("axes", axes))
+    model = single("ReduceMean", inputs, attrs, initializers=inits,
+                   graph_inputs=[("X", ["N", 4, 5, 6])], opset=opset, dtype=dtype)
+    x = rand(rng, (2, 4, 5, 6), dtype)
+    k = 30 if len(axes) == 2 else 6
+    check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+
+
+# ==========================================================================
+# Resize, Upsample
+# ==========================================================================
+RESIZE_CASES = {
+    # name: (attrs, scales or None, sizes or None)
+    "nearest_asym_floor_x2": (dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                                   nearest_mode="floor"), [1, 1, 2, 2], None),
+    "nearest_asym_floor_x3x2": (dict(mode="nearest",
+                                     coordinate_transformation_mode="asymmetric",
+                                     nearest_mode="floor"), [1, 1, 3, 2], None),
+    "nearest_default_x2": (dict(mode="nearest"), [1, 1, 2, 2], None),
+    "nearest_asym_floor_sizes": (dict(mode="nearest",
+                                      coordinate_transformation_mode="asymmetric",
+                                      nearest_mode="floor"), None, [2, 3, 8, 15]),
+    "nearest_half_pixel_x2": (dict(mode="nearest", coordinate_transformation_mode="half_pixel"),
+                              [1, 1, 2, 2], None),
+    "nearest_half_pixel_sizes": (dict(mode="nearest",
+                                      coordinate_transformation_mode="half_pixel"),
+                                 None, [2, 3, 9, 13]),
+    "nearest_half_pixel_down": (dict(mode="nearest",
+                                     coordinate_transformation_mode="half_pixel"),
+                                [1, 1, 0.5, 0.5], None),
+    "linear_half_pixel_x2": (dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+                             [1, 1, 2, 2], None),
+    "linear_half_pixel_sizes": (dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+                                None, [2, 3, 9, 13]),
+    "linear_align_corners_x2": (dict(mode="linear",
+                                     coordinate_transformation_mode="align_corners"),
+                                [1, 1, 2, 2], None),
+    "linear_align_corners_sizes": (dict(mode="linear",
+                                        coordinate_transformation_mode="align_corners"),
+                                   None, [2, 3, 7, 11]),
+    "linear_pytorch_half_pixel_x2": (dict(mode="linear",
+                                          coordinate_transformation_mode="pytorch_half_pixel"),
+                                     [1, 1, 2, 2], None),
+    "linear_asymmetric_x2": (dict(mode="linear", coordinate_transformation_mode="asymmetric"),
+                             [1, 1, 2, 2], None),
+    "linear_half_pixel_down": (dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+                               [1, 1, 0.5, 0.5], None),
+}
+
+
+def resize_tolerance(case, dtype, x, out_hw):
+    """Nearest selects (exact). Linear: per output a convex combination of 4
+    inputs (n = 4 products + the weights' 2 roundings) plus the coordinate
+    transform computed in float: its error, about 3 roundings of a value <=
+    the output size, moves the weights by that much and so the result by at
+    most that times the largest input difference (2 max|x|) per axis."""
+    if case.startswith("nearest"):
+        return dict(tol="exact")
+    size = max(out_hw)
+    big = float(np.max(np.abs(x)))
+    return dict(tol="sum", n=6 + 2 * 3 * size, magnitude=2 * big)
+
+
+@DT
+@pytest.mark.parametrize("opset", [11, 13, 19])
+@pytest.mark.parametrize("case", list(RESIZE_CASES))
+def test_resize(rng, case, opset, dtype):
+    attrs, scales, sizes = RESIZE_CASES[case]
+    inits = []
+    if opset < 13:
+        inits.append(tensor("roi", np.zeros(0, np.float32)))
+        inputs = ["X", "roi"]
+    else:
+        inputs = ["X", ""]
+    if scales is not None:
+        inits.append(tensor("scales", np.array(scales, np.float32)))
+        inputs.append("scales")
+    else:
+        inits.append(tensor("scales", np.zeros(0, np.float32)))
+        inputs += ["scales", "sizes"]
+        inits.append(ints("sizes", sizes))
+    model = single("Resize", inputs, attrs, initializers=inits,
+                   graph_inputs=[("X", ["N", 3, 5, 6])], opset=opset, dtype=dtype)
+    x = rand(rng, (2, 3, 5, 6), dtype)
+    out_hw = sizes[2:] if sizes else [int(5 * scales[2]), int(6 * scales[3])]
+    check(model, x, **resize_tolerance(case, dtype, x, out_hw))
+
+
+@DT
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_opset10(rng, mode, dtype):
+    """Opset 10: scales only, the asymmetric transform (nearest: floor)."""
+    model = single("Resize", ["X", "scales"], dict(mode=mode),
+                   initializers=[tensor("scales", np.array([1, 1, 2, 2], np.float32))],
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=10, dtype=dtype)
+    x = rand(rng, (2, 3, 4, 5), dtype)
+    check(model, x, **resize_tolerance(mode, dtype, x, [8, 10]))
+
+
+@DT
+@pytest.mark.parametrize("opset", [7, 9])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_upsample(rng, mode, opset, dtype):
+    scales = [1.0, 1.0, 2.0, 3.0]
+    if opset == 7:
+        model = single("Upsample", ["X"], dict(mode=mode, scales=scales),
+                       graph_inputs=[("X", ["N", 3, 4, 5])], opset=7, dtype=dtype)
+    else:
+        model = single("Upsample", ["X", "scales"], dict(mode=mode),
+                       initializers=[tensor("scales", np.array(scales, np.float32))],
+                       graph_inputs=[("X", ["N", 3, 4, 5])], opset=9, dtype=dtype)
+    x = rand(rng, (2, 3, 4, 5), dtype)
+    check(model, x, **resize_tolerance(mode, dtype, x, [8, 15]))
+
+
+def test_resize_scales_from_constant_node(rng):
+    """Scales from a Constant node (torch.onnx writes them so)."""
+    nodes = [helper.make_node("Constant", [], ["scales"],
+                              value=tensor("v", np.array([1, 1, 2, 2], np.float32))),
+             helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="nearest")]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], opset=13)
+    check(model, rand(rng, (2, 3, 4, 5), np.float32))
+
+
+# ==========================================================================
+# Pad
+# ==========================================================================
+PAD_CASES = {
+    # name: (pads over (N, C, H, W) begins then ends, value)
+    "hw": ([0, 0, 1, 2, 0, 0, 1, 2], 0.0),
+    "asym_value": ([0, 0, 0, 1, 0, 0, 2, 0], 1.5),
+    "channels": ([0, 1, 0, 0, 0, 2, 0, 0], -0.5),
+    "negative_crop": ([0, 0, -1, 1, 0, 0, 1, -2], 0.0),
+}
+
+
+@DT
+@pytest.mark.parametrize("opset", [7, 11, 13, 18])
+@pytest.mark.parametrize("case", list(PAD_CASES))
+def test_pad_constant(rng, case, opset, dtype):
+    pads, value = PAD_CASES[case]
+    if opset < 11:
+        model = single("Pad", ["X"], dict(mode="constant", pads=pads, value=value),
+                       graph_inputs=[("X", ["N", 3, 4, 5])], opset=opset, dtype=dtype)
+    else:
+        inits = [ints("pads", pads), tensor("value", np.array(value, dtype))]
+        model = single("Pad", ["X", "pads", "value"], dict(mode="constant"),
+                       initializers=inits, graph_inputs=[("X", ["N", 3, 4, 5])], opset=opset,
+                       dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+def test_pad_axes_input_opset18(rng):
+    inits = [ints("pads", [1, 2, 0, 1]), tensor("value", np.array(0.25, np.float32)),
+             ints("axes", [2, 3])]
+    model = single("Pad", ["X", "pads", "value", "axes"], initializers=inits,
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=18)
+    check(model, rand(rng, (2, 3, 4, 5), np.float32))
+
+
+def test_pad_without_value(rng):
+    model = single("Pad", ["X", "pads"], initializers=[ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])],
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=13)
+    check(model, rand(rng, (2, 3, 4, 5), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_pad_other_modes(rng, mode):
+    """Reflect and edge padding: matched, or refused naming the mode."""
+    model = single("Pad", ["X", "pads"], dict(mode=mode),
+                   initializers=[ints("pads", [0, 0, 1, 2, 0, 0, 2, 1])],
+                   graph_inputs=[("X", ["N", 3, 4, 5])], opset=13)
+    x = rand(rng, (2, 3, 4, 5), np.float32)
+    theirs, _ = ort_run(model, x)
+    try:
+        ours, _ = fc_run(model, x)
+    except ValueError as exc:
+        assert mode in str(exc) and "pad_node" in str(exc), str(exc)
+        return
+    compare(ours, theirs)
