@@ -86,23 +86,30 @@ def single(op_type, inputs, attrs=None, *, initializers=(), graph_inputs, opset=
 # Running
 # --------------------------------------------------------------------------
 # Ops whose onnx.reference implementation agrees with onnxruntime on every
-# float32 graph of test_onnx_ops.py (check() verifies it on each run). It is
-# wrong elsewhere (onnx 1.23): BatchNormalization before opset 14, Softmax's
-# opset < 13 flattening, grouped ConvTranspose and its output_shape, MaxPool
-# SAME_LOWER, 1-D GlobalMaxPool, Upsample, Resize opset 10.
+# float32 graph of test_onnx_ops.py (check() verifies that on each float32
+# run). It is wrong elsewhere (onnx 1.23): BatchNormalization before opset 14,
+# Softmax's opset < 13 flattening, grouped ConvTranspose and its
+# output_shape, MaxPool SAME_LOWER, 1-D GlobalMaxPool, Upsample, Resize
+# opset 10.
 REFERENCE_TRUSTED = {"Conv", "AveragePool", "GlobalAveragePool", "Clip", "HardSigmoid",
                      "LeakyRelu", "Resize", "Relu", "Add", "Sub", "Mul", "Div", "Identity",
-                     "Constant", "BatchNormalization"}
+                     "Constant", "BatchNormalization", "MaxPool", "Softmax", "Flatten", "Gemm",
+                     "MatMul", "Sigmoid", "Tanh", "Reshape", "Transpose", "Concat",
+                     "ConvTranspose", "HardSwish"}
 
 
 def reference_trusted(model):
     opset = opset_of(model)
     for node in model.graph.node:
-        if node.op_type not in REFERENCE_TRUSTED:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        op = node.op_type
+        if op not in REFERENCE_TRUSTED:
             return False
-        if node.op_type == "Resize" and opset < 11:
-            return False
-        if node.op_type == "BatchNormalization" and opset < 14:
+        if (op == "Resize" and opset < 11 or op == "BatchNormalization" and opset < 14
+                or op == "Softmax" and opset < 13
+                or op == "MaxPool" and attrs.get("auto_pad") == b"SAME_LOWER"
+                or op == "ConvTranspose" and (attrs.get("group", 1) != 1
+                                              or "output_shape" in attrs)):
             return False
     return True
 

@@ -15,14 +15,16 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 from onnx_graphs import (  # noqa: E402
     ULPS,
-    gamma,
+    assert_bound,
     check,
     compare,
+    fc_import,
     fc_run,
+    gamma,
     ints,
     make_model,
     ort_run,
@@ -1000,3 +1002,330 @@ def test_pad_other_modes(rng, mode):
         assert mode in str(exc) and "pad_node" in str(exc), str(exc)
         return
     compare(ours, theirs)
+
+
+# ==========================================================================
+# Identity, Dropout, Constant, shape arithmetic, Cast, ConstantOfShape
+# ==========================================================================
+@DT
+def test_identity(rng, dtype):
+    nodes = [helper.make_node("Identity", ["X"], ["i"]), helper.make_node("Relu", ["i"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], opset=14, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+@DT
+@pytest.mark.parametrize("opset", [7, 12, 13])
+def test_dropout_is_identity(rng, opset, dtype):
+    if opset < 12:
+        node = helper.make_node("Dropout", ["X"], ["d"], ratio=0.5)
+        inits = []
+    else:
+        node = helper.make_node("Dropout", ["X", "ratio"], ["d"])
+        inits = [tensor("ratio", np.array(0.5, dtype))]
+    nodes = [node, helper.make_node("Relu", ["d"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], inits, opset, dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+@DT
+def test_dropout_mask_output_unused(rng, dtype):
+    """Dropout with its mask output declared (as older exporters write it)."""
+    nodes = [helper.make_node("Dropout", ["X"], ["d", "mask"], ratio=0.2),
+             helper.make_node("Sigmoid", ["d"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 6])], ["Y"], opset=10, dtype=dtype)
+    check(model, rand(rng, (2, 6), dtype), "ulp")
+
+
+CONSTANT_FORMS = {
+    "value_tensor": (dict(value="tensor"), 9),
+    "value_float": (dict(value_float=0.75), 12),
+    "value_floats": (dict(value_floats=[0.5, -1.0, 2.0]), 12),
+}
+
+
+@DT
+@pytest.mark.parametrize("form", list(CONSTANT_FORMS))
+def test_constant(rng, form, dtype):
+    attrs, opset = CONSTANT_FORMS[form]
+    k = away_from_zero(rng, (3, 1, 1), dtype)
+    if attrs.get("value") == "tensor":
+        attrs = dict(value=tensor("v", k))
+    elif dtype == np.float64:
+        # value_float(s) are float32 constants: cast to the graph's dtype
+        pytest.skip("value_float/value_floats are float32 by definition")
+    nodes = [helper.make_node("Constant", [], ["k"], **attrs)]
+    nodes.append(helper.make_node("Mul", ["X", "k"], ["Y"]))
+    x_shape = (2, 3, 4, 3) if "value_floats" in attrs else (2, 3, 4, 5)
+    shape = ["N"] + list(x_shape[1:])
+    model = make_model(nodes, [("X", shape)], ["Y"], opset=opset, dtype=dtype)
+    check(model, rand(rng, x_shape, dtype))
+
+
+def flatten_by_shape_nodes(batch_from_shape=True):
+    """torch's x.view(x.size(0), -1): Shape -> Gather(0) -> Unsqueeze ->
+    Concat with [-1] -> Reshape (as torch.onnx's TorchScript exporter writes it)."""
+    return [
+        helper.make_node("Shape", ["X"], ["shape"]),
+        helper.make_node("Constant", [], ["zero"], value=ints("z", 0)),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["X", "target"], ["flat"]),
+    ]
+
+
+@DT
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_view_batch_minus_one(rng, batch, dtype):
+    w, b = rand(rng, (60, 4), dtype), rand(rng, (4,), dtype)
+    nodes = flatten_by_shape_nodes() + [helper.make_node("Gemm", ["flat", "W", "B"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], [("Y", ["N", 4])],
+                       [ints("axes0", [0]), ints("minus1", [-1]), tensor("W", w),
+                        tensor("B", b)], opset=13, dtype=dtype)
+    x = rand(rng, (batch, 3, 4, 5), dtype)
+    check(model, x, "sum", 60, sum_magnitude(60, x, w, bias=b))
+
+
+@DT
+def test_shape_of_spatial_dims_feeding_reshape(rng, dtype):
+    """Shape -> Slice(1:) -> Concat: a Reshape keeping the batch and merging
+    the rest from static dims read off the graph."""
+    nodes = [helper.make_node("Shape", ["X"], ["shape"]),
+             helper.make_node("Slice", ["shape", "s", "e"], ["tail"]),
+             helper.make_node("ReduceProd", ["tail"], ["prod"], keepdims=1),
+             helper.make_node("Concat", ["zero", "prod"], ["target"], axis=0),
+             helper.make_node("Reshape", ["X", "target"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], [("Y", ["N", 60])],
+                       [ints("s", [1]), ints("e", [4]), ints("zero", [0])], opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+@DT
+def test_cast_of_a_shape_to_float(rng, dtype):
+    """Shape -> Cast(float) -> divide: a scale computed from the static dims."""
+    to = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    nodes = [helper.make_node("Shape", ["X"], ["shape"]),
+             helper.make_node("Gather", ["shape", "idx"], ["hw"], axis=0),
+             helper.make_node("Cast", ["hw"], ["hwf"], to=to),
+             helper.make_node("Div", ["X", "hwf"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 4])], ["Y"], [ints("idx", [3])], opset=13,
+                       dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 4), dtype), "rel", 2 * gamma(2, dtype))
+
+
+@DT
+def test_cast_to_same_float(rng, dtype):
+    to = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    nodes = [helper.make_node("Cast", ["X"], ["c"], to=to),
+             helper.make_node("Relu", ["c"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 6])], ["Y"], opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 6), dtype))
+
+
+@DT
+@pytest.mark.parametrize("value", [None, 0.5])
+def test_constant_of_shape(rng, value, dtype):
+    """ConstantOfShape of a constant shape, added to the input."""
+    attrs = {} if value is None else dict(value=tensor("v", np.array([value], dtype)))
+    if value is None and dtype == np.float64:
+        pytest.skip("ConstantOfShape's default value is float32 zero")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["k"], **attrs),
+             helper.make_node("Add", ["X", "k"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], [ints("shape", [1, 3, 1, 1])],
+                       opset=13, dtype=dtype)
+    check(model, rand(rng, (2, 3, 4, 5), dtype))
+
+
+def test_range_and_expand_fold(rng):
+    """Range -> Reshape -> Add: a constant built at import from constants."""
+    nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["k"]),
+             helper.make_node("Add", ["X", "k"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"],
+                       [tensor("start", np.array(0, np.float32)),
+                        tensor("limit", np.array(3, np.float32)),
+                        tensor("delta", np.array(1, np.float32)), ints("shape", [3, 1, 1])],
+                       opset=13)
+    check(model, rand(rng, (2, 3, 4, 5), np.float32))
+
+
+# ==========================================================================
+# A small network at every opset the importer claims
+# ==========================================================================
+def small_network(rng, opset, dtype):
+    """Conv -> BN -> Relu -> MaxPool -> Conv(depthwise) -> Add(residual) ->
+    Clip -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
+    w1, b1 = rand(rng, (4, 3, 3, 3), dtype), rand(rng, (4,), dtype)
+    w2, b2 = rand(rng, (4, 1, 3, 3), dtype), rand(rng, (4,), dtype)
+    wf, bf = rand(rng, (3, 4), dtype), rand(rng, (3,), dtype)
+    bn_inits, scale, var = bn_params(rng, 4, dtype)
+    inits = bn_inits + [tensor("w1", w1), tensor("b1", b1), tensor("w2", w2), tensor("b2", b2),
+                        tensor("wf", wf), tensor("bf", bf)]
+    pool = dict(kernel_shape=[2, 2], strides=[2, 2])
+    if opset < 11:
+        clip = helper.make_node("Clip", ["a"], ["c"], min=0.0, max=6.0)
+    else:
+        clip = helper.make_node("Clip", ["a", "lo", "hi"], ["c"])
+        inits += [tensor("lo", np.array(0, dtype)), tensor("hi", np.array(6, dtype))]
+    nodes = [
+        helper.make_node("Conv", ["X", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        bn_node("c1", "bn", opset),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], **pool),
+        helper.make_node("Conv", ["p", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=4),
+        helper.make_node("Add", ["c2", "p"], ["a"]),
+        clip,
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["Y"], axis=1),
+    ]
+    model = make_model(nodes, [("X", ["N", 3, 8, 8])], ["Y", "logits"], inits, opset, dtype)
+    mult = float(np.max(np.abs(scale) / np.sqrt(var + 1e-3)))
+    # the magnitude bound carried along the chain: conv1 (27 products), BN,
+    # conv2 over (9 products of that), + residual, mean, gemm (4 products)
+    m1 = mult * (sum_magnitude(27, np.ones(1), w1, bias=b1) + 1) + 1
+    m2 = sum_magnitude(9, np.full(1, m1), w2, bias=b2) + m1
+    m3 = sum_magnitude(4, np.full(1, m2), wf, bias=bf)
+    return model, m3, 27 + 6 + 9 + 1 + 16 + 4
+
+
+@DT
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 17, 21])
+def test_small_network_at_opset(rng, opset, dtype):
+    model, magnitude, n = small_network(rng, opset, dtype)
+    x = rand(rng, (2, 3, 8, 8), dtype)
+    theirs, _ = ort_run(model, x)
+    ours, m = fc_run(model, x)
+    assert m.output_names == ["Y", "logits"]
+    compare(ours[1:], theirs[1:], "sum", n, magnitude)
+    # softmax of logits that already differ by the bound above: softmax is
+    # 1-Lipschitz in the max norm per entry times 2, plus its own rounding
+    eps = np.finfo(dtype).eps
+    bound = (2 * 2 * gamma(n + 2, dtype) * magnitude + 2 * (gamma(5, dtype) + (ULPS / 2 + 6)
+                                                             * eps))
+    assert_bound(ours[0], theirs[0], bound, "softmax output")
+
+
+# ==========================================================================
+# Graph-level behaviour
+# ==========================================================================
+def two_in_two_out(dtype=np.float32):
+    """inputs (b, a) in that order (not sorted), outputs (second, first,
+    shared); 'shared' is also read by another node."""
+    w = np.linspace(-1, 1, 4 * 3 * 9).reshape(4, 3, 3, 3).astype(dtype)
+    nodes = [helper.make_node("Conv", ["b", "W"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["conv"], ["shared"], name="relu"),
+             helper.make_node("Mul", ["shared", "a"], ["second"], name="mul"),
+             helper.make_node("Sigmoid", ["shared"], ["first"], name="sigmoid")]
+    return make_model(nodes, [("b", ["N", 3, 5, 6]), ("a", ["N", 4, 5, 6])],
+                      ["second", "first", "shared"], [tensor("W", w)], 13, dtype)
+
+
+def test_input_and_output_names_and_order(rng):
+    model = two_in_two_out()
+    _, session = ort_run(model, [rand(rng, (1, 3, 5, 6), np.float32),
+                                 rand(rng, (1, 4, 5, 6), np.float32)])
+    m = fc_import(model)
+    assert list(m.input_names) == [i.name for i in session.get_inputs()] == ["b", "a"]
+    assert list(m.output_names) == [o.name for o in session.get_outputs()] == [
+        "second", "first", "shared"]
+
+
+@pytest.mark.parametrize("form", ["list", "dict", "dict_reordered"])
+def test_several_inputs_and_outputs(rng, form):
+    model = two_in_two_out()
+    b, a = rand(rng, (2, 3, 5, 6), np.float32), rand(rng, (2, 4, 5, 6), np.float32)
+    feeds = {"list": [b, a], "dict": {"b": b, "a": a}, "dict_reordered": {"a": a, "b": b}}[form]
+    theirs, _ = ort_run(model, {"b": b, "a": a})
+    m = fc_import(model)
+    ours = m(feeds)
+    assert isinstance(ours, (list, tuple)) and len(ours) == 3
+    # conv of 27 products (|w| <= 1, |x| <= 1), then a product with |a| <= 1,
+    # a sigmoid (ULPS ulp of 1 at most, counted as ULPS more roundings)
+    compare([ours[0]], [theirs[0]], "sum", 28, 27.0)
+    compare([ours[1]], [theirs[1]], "sum", 27 + ULPS, 27.0)
+    compare([ours[2]], [theirs[2]], "sum", 27, 27.0)
+
+
+def test_single_input_as_array_list_and_dict(rng):
+    model, x, n, mag = conv_model(rng, "2d", np.float32)
+    theirs, _ = ort_run(model, x)
+    m = fc_import(model)
+    for feeds in (x, [x], {"X": x}):
+        out = m(feeds)
+        assert isinstance(out, np.ndarray), type(out)
+        compare([out], theirs, "sum", n, mag)
+
+
+@DT
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dynamic_batch(rng, batch, dtype):
+    """One imported model run at batch 1 and 2 (the batch is "N")."""
+    model, _, n, _ = conv_model(rng, "2d_stride2", dtype)
+    m = fc_import(model)
+    for b in (batch, 3 - batch):
+        x = rand(rng, (b, 3, 9, 8), dtype)
+        theirs, _ = ort_run(model, x)
+        w = onnx.numpy_helper.to_array(model.graph.initializer[0])
+        bias = onnx.numpy_helper.to_array(model.graph.initializer[1])
+        compare([m(x)], theirs, "sum", n, sum_magnitude(n, x, w, bias=bias))
+
+
+def test_static_batch_1(rng):
+    model, x, n, mag = conv_model(rng, "2d_depthwise", np.float32, batch=1)
+    check(model, x[:1], "sum", n, mag)
+
+
+def test_graph_input_that_is_also_an_output(rng):
+    nodes = [helper.make_node("Relu", ["X"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y", ("X", ["N", 3, 4, 5])], opset=13)
+    check(model, rand(rng, (2, 3, 4, 5), np.float32))
+
+
+def test_initializer_listed_as_graph_input(rng):
+    """IR < 4 style: initializers also listed as graph inputs (torch.onnx's
+    keep_initializers_as_inputs=True writes them). onnxruntime lists them
+    among its inputs, as overridable with the initializer as default; an
+    importer that packs weights once treats them as constants: the model's
+    inputs are the graph inputs without an initializer."""
+    w = rand(rng, (4, 3, 3, 3), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["X", "W"], ["Y"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 3, 5, 5]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 3, 3, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4, 3, 3])],
+        [tensor("W", w)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    x = rand(rng, (2, 3, 5, 5), np.float32)
+    theirs, session = ort_run(model, {"X": x})
+    m = fc_import(model)
+    assert [i.name for i in session.get_inputs()] == ["X", "W"]
+    assert list(m.input_names) == ["X"]
+    compare([m(x)], theirs, "sum", 27, sum_magnitude(27, x, w))
+
+
+def test_model_from_path_and_bytes(rng, tmp_path):
+    model, x, n, mag = conv_model(rng, "2d_pads", np.float32)
+    theirs, _ = ort_run(model, x)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    from fastconv.nn import from_onnx
+    for source in (path, str(path), path.read_bytes()):
+        compare([from_onnx(source)(x)], theirs, "sum", n, mag)
+
+
+def test_outputs_are_not_views_of_each_other(rng):
+    """Two graph outputs computed from the same tensor are separate arrays:
+    writing into one leaves the other (and the next call) unchanged."""
+    nodes = [helper.make_node("Relu", ["X"], ["A"]), helper.make_node("Identity", ["A"], ["B"])]
+    model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["A", "B"], opset=13)
+    x = rand(rng, (2, 3, 4, 5), np.float32)
+    m = fc_import(model)
+    a, b = m(x)
+    expected = np.maximum(x, 0)
+    a[...] = 7
+    np.testing.assert_array_equal(b, expected)
+    np.testing.assert_array_equal(m(x)[0], expected)
