@@ -9,6 +9,7 @@ provider has no double kernel for an op the float64 case is skipped with the
 provider's message (onnx_graphs.ort_run)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -310,14 +311,14 @@ ACTIVATIONS = {
     # name: (op_type, attrs, opset, tolerance)
     "relu": ("Relu", {}, 14, "exact"),
     "leaky_relu": ("LeakyRelu", dict(alpha=0.1), 16, "exact_or_1"),
-    "leaky_relu_default": ("LeakyRelu", {}, 6, "exact_or_1"),
+    "leaky_relu_default": ("LeakyRelu", {}, 9, "exact_or_1"),
     "sigmoid": ("Sigmoid", {}, 13, "ulp"),
     "tanh": ("Tanh", {}, 13, "ulp"),
-    "hard_sigmoid": ("HardSigmoid", {}, 6, "ulp"),
-    "hard_sigmoid_ab": ("HardSigmoid", dict(alpha=0.25, beta=0.4), 6, "ulp"),
+    "hard_sigmoid": ("HardSigmoid", {}, 7, "ulp"),
+    "hard_sigmoid_ab": ("HardSigmoid", dict(alpha=0.25, beta=0.4), 10, "ulp"),
     "hard_swish": ("HardSwish", {}, 14, "ulp"),
-    "clip_attrs_6": ("Clip", dict(min=-0.5, max=0.25), 6, "exact"),
-    "clip_attrs_default_max": ("Clip", dict(min=0.0), 6, "exact"),
+    "clip_attrs_7": ("Clip", dict(min=-0.5, max=0.25), 7, "exact"),
+    "clip_attrs_default_max": ("Clip", dict(min=0.0), 9, "exact"),
     "clip_attrs_max_only": ("Clip", dict(max=0.3), 10, "exact"),
 }
 
@@ -1329,3 +1330,414 @@ def test_outputs_are_not_views_of_each_other(rng):
     a[...] = 7
     np.testing.assert_array_equal(b, expected)
     np.testing.assert_array_equal(m(x)[0], expected)
+
+
+# ==========================================================================
+# Errors: unsupported ops and attributes, malformed files
+# ==========================================================================
+def from_onnx_error(source, *fragments):
+    """from_onnx(source) raises ValueError whose message holds every fragment
+    (case-insensitive); returns the message."""
+    from fastconv.nn import from_onnx
+    with pytest.raises(ValueError) as info:
+        from_onnx(source)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), (fragment, message)
+    return message
+
+
+def lstm_model(name):
+    w = np.zeros((1, 8, 3), np.float32)
+    r = np.zeros((1, 8, 2), np.float32)
+    nodes = [helper.make_node("Relu", ["X"], ["r"], name="first"),
+             helper.make_node("LSTM", ["r", "W", "R"], ["Y"], hidden_size=2, name=name)]
+    return make_model(nodes, [("X", [5, "N", 3])], [("Y", [5, 1, "N", 2])],
+                      [tensor("W", w), tensor("R", r)], 13)
+
+
+def test_unsupported_op_names_node_op_and_supported():
+    message = from_onnx_error(lstm_model("my_lstm"), "my_lstm", "LSTM")
+    # the message lists what is supported
+    assert "Conv" in message and "Relu" in message, message
+
+
+def test_unsupported_unnamed_node_named_by_index():
+    model = lstm_model("")
+    message = from_onnx_error(model, "LSTM")
+    assert "1" in message.replace("LSTM", ""), message
+
+
+@pytest.mark.parametrize("case", ["resize_cubic", "conv_auto_pad", "pad_wrap",
+                                  "resize_nearest_mode"])
+def test_unsupported_attribute_value(case):
+    if case == "resize_cubic":
+        node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="cubic", name="rs")
+        inits = [tensor("scales", np.array([1, 1, 2, 2], np.float32))]
+        fragments = ("rs", "mode", "cubic")
+    elif case == "resize_nearest_mode":
+        node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="nearest",
+                                nearest_mode="sideways", name="rs")
+        inits = [tensor("scales", np.array([1, 1, 2, 2], np.float32))]
+        fragments = ("rs", "nearest_mode", "sideways")
+    elif case == "conv_auto_pad":
+        node = helper.make_node("Conv", ["X", "W"], ["Y"], auto_pad="SIDEWAYS", name="cv")
+        inits = [tensor("W", np.ones((2, 3, 3, 3), np.float32))]
+        fragments = ("cv", "auto_pad", "SIDEWAYS")
+    else:
+        node = helper.make_node("Pad", ["X", "pads"], ["Y"], mode="wrap", name="pd")
+        inits = [ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])]
+        fragments = ("pd", "mode", "wrap")
+    model = make_model([node], [("X", ["N", 3, 4, 5])], [("Y", None)], inits, 19, check=False)
+    from_onnx_error(model, *fragments)
+
+
+def valid_model_bytes():
+    w = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3) / 100
+    nodes = [helper.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["Y"])]
+    return make_model(nodes, [("X", ["N", 3, 6, 6])], ["Y"], [tensor("W", w)], 13)
+
+
+def test_random_bytes():
+    rng = np.random.default_rng(14)
+    for size in (0, 1, 16, 1000):
+        from_onnx_error(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "x.onnx"
+    path.write_text("this is not a model\n")
+    from_onnx_error(path)
+    from_onnx_error(tmp_path / "missing.onnx", "missing.onnx")
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_model(fraction):
+    data = valid_model_bytes().SerializeToString()
+    from_onnx_error(data[:int(len(data) * fraction)])
+
+
+def model_with_initializer(dims, raw, name="W", data_type=TensorProto.FLOAT):
+    """A Conv reading initializer `name` with the given dims and raw bytes,
+    built without onnx's checks."""
+    init = TensorProto(name=name, data_type=data_type, dims=dims, raw_data=raw)
+    nodes = [helper.make_node("Conv", ["X", name], ["Y"])]
+    graph = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["N", 3, 6, 6])], [helper.make_tensor_value_info(
+            "Y", TensorProto.FLOAT, None)], [init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("case", ["short", "long", "empty"])
+def test_raw_data_size_disagrees_with_dims(case):
+    need = 4 * 3 * 3 * 3 * 4
+    size = {"short": need - 4, "long": need + 4, "empty": 0}[case]
+    model = model_with_initializer([4, 3, 3, 3], b"\0" * size)
+    from_onnx_error(model, "W")
+    from_onnx_error(model.SerializeToString(), "W")
+
+
+@pytest.mark.parametrize("dims", [[2**40, 3, 3, 3], [2**20, 2**20, 2**20, 2**20],
+                                  [4, 3, 3, -3], [-1, 3, 3, 3], [2**62, 4, 1, 1]],
+                         ids=["2^40", "product_2^80", "negative", "minus_one", "overflow"])
+def test_huge_or_negative_dims(dims):
+    """Declared sizes the data cannot hold: a ValueError before any allocation
+    (no MemoryError)."""
+    model = model_with_initializer(dims, b"\0" * 432)
+    from_onnx_error(model, "W")
+
+
+def test_huge_dims_in_float_data():
+    """dims of 2**40 with the values in float_data (not raw_data)."""
+    init = helper.make_tensor("W", TensorProto.FLOAT, [4, 3, 3, 3], np.zeros(108).tolist())
+    init.dims[0] = 2**40
+    model = model_with_initializer([4, 3, 3, 3], b"")
+    model.graph.initializer[0].CopyFrom(init)
+    from_onnx_error(model, "W")
+
+
+def test_node_reading_an_undefined_tensor():
+    nodes = [helper.make_node("Relu", ["X"], ["r"]),
+             helper.make_node("Add", ["r", "ghost"], ["Y"], name="adder")]
+    model = make_model(nodes, [("X", ["N", 3])], [("Y", None)], opset=13, check=False)
+    from_onnx_error(model, "ghost")
+
+
+def test_output_never_computed():
+    nodes = [helper.make_node("Relu", ["X"], ["r"])]
+    model = make_model(nodes, [("X", ["N", 3])], [("nowhere", None)], opset=13, check=False)
+    from_onnx_error(model, "nowhere")
+
+
+def test_cycle():
+    nodes = [helper.make_node("Add", ["X", "b"], ["a"], name="n1"),
+             helper.make_node("Relu", ["a"], ["b"], name="n2")]
+    model = make_model(nodes, [("X", ["N", 3])], [("b", None)], opset=13, check=False)
+    from_onnx_error(model)
+
+
+def external_model(tmp_path, location, offset=0, length=None, file_bytes=432):
+    """A model in tmp_path/model/ whose initializer W lives in external data."""
+    directory = tmp_path / "model"
+    directory.mkdir(exist_ok=True)
+    (directory / "weights.bin").write_bytes(b"\0" * file_bytes)
+    init = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 3, 3, 3])
+    init.data_location = TensorProto.EXTERNAL
+    entries = {"location": location, "offset": str(offset)}
+    if length is not None:
+        entries["length"] = str(length)
+    for key, value in entries.items():
+        entry = init.external_data.add()
+        entry.key, entry.value = key, value
+    model = model_with_initializer([4, 3, 3, 3], b"")
+    model.graph.initializer[0].CopyFrom(init)
+    path = directory / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_external_data_that_loads(tmp_path, rng):
+    """The control case: valid external data loads and matches onnxruntime."""
+    w = rand(rng, (4, 3, 3, 3), np.float32)
+    path = external_model(tmp_path, "weights.bin", length=432)
+    (path.parent / "weights.bin").write_bytes(w.tobytes())
+    x = rand(rng, (2, 3, 6, 6), np.float32)
+    session = onnx_session_from_path(path)
+    from fastconv.nn import from_onnx
+    compare([from_onnx(path)(x)], session.run(None, {"X": x}), "sum", 27,
+            sum_magnitude(27, x, w))
+
+
+def onnx_session_from_path(path):
+    import onnxruntime
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "../weights.bin",
+                                      "sub/../../weights.bin"])
+def test_external_data_escaping_the_model_directory(tmp_path, location):
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 432)
+    path = external_model(tmp_path, location, length=432)
+    from_onnx_error(path, "W")
+
+
+@pytest.mark.parametrize("offset,length", [(400, 432), (0, 10**12), (10**15, 432), (0, 431),
+                                           (-8, 432)],
+                         ids=["past_end", "huge_length", "huge_offset", "short_length",
+                              "negative_offset"])
+def test_external_data_beyond_the_file(tmp_path, offset, length):
+    path = external_model(tmp_path, "weights.bin", offset=offset, length=length)
+    from_onnx_error(path, "W")
+
+
+def test_external_data_missing_file(tmp_path):
+    path = external_model(tmp_path, "nothere.bin", length=432)
+    from_onnx_error(path, "nothere.bin")
+
+
+def test_external_data_without_a_directory():
+    """External data in a model given as bytes: no directory to read from."""
+    init = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 3, 3, 3])
+    init.data_location = TensorProto.EXTERNAL
+    entry = init.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"
+    model = model_with_initializer([4, 3, 3, 3], b"")
+    model.graph.initializer[0].CopyFrom(init)
+    from_onnx_error(model.SerializeToString(), "W")
+
+
+@pytest.mark.parametrize("version", [5, 6, 22, 99])
+def test_unsupported_opset(version):
+    nodes = [helper.make_node("Relu", ["X"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", 3])], [("Y", ["N", 3])], opset=version, check=False)
+    from_onnx_error(model, "opset", str(version))
+
+
+def test_other_domain():
+    nodes = [helper.make_node("FusedConv", ["X"], ["Y"], domain="com.microsoft", name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["N", 3])], [helper.make_tensor_value_info(
+            "Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    from_onnx_error(model, "FusedConv")
+
+
+def test_wrong_argument_type():
+    from fastconv.nn import from_onnx
+    with pytest.raises(TypeError, match="model"):
+        from_onnx(12345)
+
+
+def test_feeds_checked(rng):
+    """Wrong feeds: a ValueError naming the input, the expected and the given."""
+    m = fc_import(two_in_two_out())
+    b, a = rand(rng, (2, 3, 5, 6), np.float32), rand(rng, (2, 4, 5, 6), np.float32)
+    with pytest.raises(ValueError, match="a"):
+        m({"b": b})
+    with pytest.raises(ValueError):
+        m([b])
+    with pytest.raises(ValueError, match="5"):
+        m([b[:, :, :4], a])
+
+
+def test_import_error_without_onnx(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    from fastconv.nn import from_onnx
+    with pytest.raises(ImportError, match="pip install onnx"):
+        from_onnx(b"\x08\x07")
+
+
+# ==========================================================================
+# Trained models a pip package ships: PP-OCRv4 (rapidocr-onnxruntime 1.4.4)
+# ==========================================================================
+def rapidocr_model(filename):
+    import importlib.util
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or spec.origin is None:
+        pytest.skip("rapidocr-onnxruntime is not installed "
+                    "(pip install --no-deps rapidocr-onnxruntime==1.4.4)")
+    path = os.path.join(os.path.dirname(spec.origin), "models", filename)
+    if not os.path.exists(path):
+        pytest.skip(f"{filename} is not in this rapidocr-onnxruntime")
+    return path
+
+
+def float_constants(model):
+    """The model's float tensors by name: initializers and Constant nodes'
+    values (paddle2onnx stores the weights as Constant nodes)."""
+    found = {t.name: t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                    found[node.output[0]] = a.t
+    return found
+
+
+def longest_reduction(model):
+    """The most products any Conv/ConvTranspose/Gemm/MatMul output sums."""
+    consts = float_constants(model)
+    longest = 1
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        if node.input[1] in consts:
+            dims = list(consts[node.input[1]].dims)
+        elif node.input[0] in consts:  # MatMul with the constant on the left
+            dims = list(consts[node.input[0]].dims)[::-1]
+        else:  # a MatMul of two tensors: its length is not a weight's
+            continue
+        if node.op_type == "Conv":
+            n = math.prod(dims[1:])
+        elif node.op_type == "ConvTranspose":
+            n = dims[0] * math.prod(dims[2:])
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            n = dims[1] if trans_b else dims[0]
+        else:
+            n = dims[-2]
+        longest = max(longest, n)
+    return longest
+
+
+WEIGHT_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+
+
+def rounding_sensitivity(model, feeds, session):
+    """How far onnxruntime's outputs move when every weight (the constant
+    operands of Conv, ConvTranspose, Gemm, MatMul, BatchNormalization; not
+    the structural constants such as Resize's scales) is perturbed by one
+    unit roundoff (w * (1 + u s), s random signs): the model's response to
+    one rounding per weight."""
+    import onnxruntime
+    perturbed = onnx.ModelProto()
+    perturbed.CopyFrom(model)
+    rng = np.random.default_rng(0)
+    u = np.finfo(np.float32).eps / 2
+    consts = float_constants(perturbed)
+    weights = {name for node in perturbed.graph.node if node.op_type in WEIGHT_READERS
+               for name in node.input if name in consts}
+    for name in sorted(weights):
+        t = consts[name]
+        w = onnx.numpy_helper.to_array(t).astype(np.float64)
+        w = (w * (1 + u * rng.choice([-1.0, 1.0], w.shape))).astype(np.float32)
+        t.CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+    other = onnxruntime.InferenceSession(perturbed.SerializeToString(),
+                                         providers=["CPUExecutionProvider"])
+    base = session.run(None, feeds)
+    return [np.abs(a.astype(np.float64) - b).max() for a, b in zip(other.run(None, feeds), base)]
+
+
+def text_image(rng, shape):
+    """A page-like input normalised as rapidocr does ((x - 0.5) / 0.5): white
+    (+1) with lines of dark glyph-sized blobs, and a little noise."""
+    n, c, h, w = shape
+    img = np.ones((n, h, w))
+    for b in range(n):
+        for top in range(4, h - 12, 24):
+            left = int(rng.integers(2, 12))
+            while left < w - 12:
+                gw = int(rng.integers(5, 10))
+                glyph = rng.random((12, gw)) < 0.45
+                img[b, top:top + 12, left:left + gw][glyph] = -1.0
+                left += gw + int(rng.integers(1, 4))
+    img = np.repeat(img[:, None], c, axis=1) + rng.normal(0, 0.05, (n, c, h, w))
+    return np.clip(img, -1, 1).astype(np.float32)
+
+
+def check_trained(path, shapes, rng):
+    """from_onnx on a trained model against onnxruntime, for each input shape
+    in `shapes` (one import: the dynamic dims vary).
+
+    Tolerance: a float32 evaluation whose reductions sum at most n products
+    has a backward error of at most gamma_n per weight; the outputs' response
+    to one roundoff per weight (rounding_sensitivity, measured, D) scaled by
+    n + 2 bounds each implementation's deviation, so the two differ by at
+    most 2 (n + 2) D (plus 8 ulp of the output's largest value for the
+    final activation's own rounding)."""
+    import onnxruntime
+    model = onnx.load(path)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    from fastconv.nn import from_onnx
+    m = from_onnx(path)
+    assert list(m.input_names) == [name]
+    assert list(m.output_names) == [o.name for o in session.get_outputs()]
+    n = longest_reduction(model)
+    for shape in shapes:
+        x = text_image(rng, shape)
+        theirs = session.run(None, {name: x})
+        sensitivity = rounding_sensitivity(model, {name: x}, session)
+        ours = m(x)
+        ours = list(ours) if isinstance(ours, (list, tuple)) else [ours]
+        for i, (a, b, d) in enumerate(zip(ours, theirs, sensitivity)):
+            assert np.asarray(a).shape == b.shape, (shape, np.asarray(a).shape, b.shape)
+            assert np.asarray(a).dtype == b.dtype
+            bound = 2 * (n + 2) * d + ULPS * np.spacing(np.float32(np.abs(b).max()))
+            assert_bound(a, b, bound, f"{os.path.basename(path)} output {i} at input {shape}")
+    return m
+
+
+def test_ppocr_v4_det(rng):
+    """Text detection (DBNet, MobileNetV3 + FPN with Resize, ConvTranspose,
+    HardSigmoid SE blocks); H and W dynamic (multiples of 32)."""
+    path = rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+    check_trained(path, [(1, 3, 96, 128), (1, 3, 64, 160)], rng)
+
+
+def test_ppocr_v4_rec(rng):
+    """Text recognition (PPLCNetV3 + SVTR neck: LayerNorm from ReduceMean/Pow/
+    Sqrt, attention MatMuls, Softmax over 6625 classes)."""
+    path = rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
+    check_trained(path, [(1, 3, 48, 160)], rng)
+
+
+def test_ppocr_mobile_cls(rng):
+    """Text direction classifier (MobileNetV3 small); batch dynamic."""
+    path = rapidocr_model("ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    check_trained(path, [(1, 3, 48, 192), (2, 3, 48, 192)], rng)
