@@ -24,7 +24,8 @@ structural (Add, Multiply, Concatenate, Identity, ZeroPad2d, Cropping2d),
 symbolic (Input and symbolic tensors), model (Model, Sequential and
 to_fully_convolutional), fcn (nn.fcn, the FCN-32s/16s/8s segmentation
 networks), serialize (save and load), torch_import and
-keras_import (the importers from_torch and from_keras).
+keras_import (the importers from_torch and from_keras), onnx_import (from_onnx)
+and tensor_ops (the generic tensor layers an imported ONNX graph uses).
 """
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax)
@@ -40,6 +41,8 @@ from fastconv.nn.fcn import fcn, predict_labels
 from fastconv.nn.serialize import load
 from fastconv.nn.torch_import import from_torch
 from fastconv.nn.keras_import import from_keras
+from fastconv.nn import tensor_ops  # noqa: F401  (registers its layers with save/load)
+from fastconv.nn.onnx_import import from_onnx
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
            "Flatten", "Softmax", "Dropout", "Add", "Multiply", "Concatenate", "Identity",
@@ -47,4 +50,4 @@ __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "Globa
            "to_fully_convolutional", "load", "from_torch", "from_keras", "ConvTranspose2d",
            "bilinear_kernel", "Activation", "ReLU6", "Sigmoid", "Tanh", "SiLU", "HardSigmoid",
            "HardSwish", "LeakyReLU", "Clip", "Upsample", "BatchNorm2d", "PReLU",
-           "fold_batchnorm", "fcn", "predict_labels"]
+           "fold_batchnorm", "fcn", "predict_labels", "from_onnx"]
