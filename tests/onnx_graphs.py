@@ -89,17 +89,18 @@ def single(op_type, inputs, attrs=None, *, initializers=(), graph_inputs, opset=
 # float32 graph of test_onnx_ops.py (check() verifies that on each float32
 # run). It is wrong elsewhere (onnx 1.23): BatchNormalization before opset 14,
 # Softmax's opset < 13 flattening, grouped ConvTranspose and its
-# output_shape, MaxPool SAME_LOWER, 1-D GlobalMaxPool, Upsample, Resize
-# opset 10.
+# output_shape, MaxPool SAME_LOWER, GlobalMaxPool but on 4-D graph inputs,
+# Upsample, Resize opset 10.
 REFERENCE_TRUSTED = {"Conv", "AveragePool", "GlobalAveragePool", "Clip", "HardSigmoid",
                      "LeakyRelu", "Resize", "Relu", "Add", "Sub", "Mul", "Div", "Identity",
                      "Constant", "BatchNormalization", "MaxPool", "Softmax", "Flatten", "Gemm",
                      "MatMul", "Sigmoid", "Tanh", "Reshape", "Transpose", "Concat",
-                     "ConvTranspose", "HardSwish"}
+                     "ConvTranspose", "HardSwish", "GlobalMaxPool"}
 
 
 def reference_trusted(model):
     opset = opset_of(model)
+    ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input}
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         op = node.op_type
@@ -108,6 +109,7 @@ def reference_trusted(model):
         if (op == "Resize" and opset < 11 or op == "BatchNormalization" and opset < 14
                 or op == "Softmax" and opset < 13
                 or op == "MaxPool" and attrs.get("auto_pad") == b"SAME_LOWER"
+                or op == "GlobalMaxPool" and ranks != {4}
                 or op == "ConvTranspose" and (attrs.get("group", 1) != 1
                                               or "output_shape" in attrs)):
             return False

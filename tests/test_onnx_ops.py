@@ -1078,22 +1078,19 @@ def test_dropout_mask_output_unused(rng, dtype):
 
 
 CONSTANT_FORMS = {
-    "value_tensor": (dict(value="tensor"), 9),
-    "value_float": (dict(value_float=0.75), 12),
-    "value_floats": (dict(value_floats=[0.5, -1.0, 2.0]), 12),
+    # name: (attributes, opset, dtypes: value_float(s) are float32 by definition)
+    "value_tensor": (dict(value="tensor"), 9, DTYPES),
+    "value_float": (dict(value_float=0.75), 12, [np.float32]),
+    "value_floats": (dict(value_floats=[0.5, -1.0, 2.0]), 12, [np.float32]),
 }
 
 
-@DT
-@pytest.mark.parametrize("form", list(CONSTANT_FORMS))
+@pytest.mark.parametrize("form,dtype", [(f, d) for f, v in CONSTANT_FORMS.items() for d in v[2]])
 def test_constant(rng, form, dtype):
-    attrs, opset = CONSTANT_FORMS[form]
+    attrs, opset, _ = CONSTANT_FORMS[form]
     k = away_from_zero(rng, (3, 1, 1), dtype)
     if attrs.get("value") == "tensor":
         attrs = dict(value=tensor("v", k))
-    elif dtype == np.float64:
-        # value_float(s) are float32 constants: cast to the graph's dtype
-        pytest.skip("value_float/value_floats are float32 by definition")
     nodes = [helper.make_node("Constant", [], ["k"], **attrs)]
     nodes.append(helper.make_node("Mul", ["X", "k"], ["Y"]))
     x_shape = (2, 3, 4, 3) if "value_floats" in attrs else (2, 3, 4, 5)
@@ -1167,13 +1164,12 @@ def test_cast_to_same_float(rng, dtype):
     check(model, rand(rng, (2, 6), dtype))
 
 
-@DT
-@pytest.mark.parametrize("value", [None, 0.5])
+@pytest.mark.parametrize("value,dtype", [(None, np.float32), (0.5, np.float32),
+                                         (0.5, np.float64)])
 def test_constant_of_shape(rng, value, dtype):
-    """ConstantOfShape of a constant shape, added to the input."""
+    """ConstantOfShape of a constant shape, added to the input (its default
+    value is a float32 zero: float32 graphs only)."""
     attrs = {} if value is None else dict(value=tensor("v", np.array([value], dtype)))
-    if value is None and dtype == np.float64:
-        pytest.skip("ConstantOfShape's default value is float32 zero")
     nodes = [helper.make_node("ConstantOfShape", ["shape"], ["k"], **attrs),
              helper.make_node("Add", ["X", "k"], ["Y"])]
     model = make_model(nodes, [("X", ["N", 3, 4, 5])], ["Y"], [ints("shape", [1, 3, 1, 1])],
@@ -1615,15 +1611,20 @@ def test_wrong_argument_type():
 
 
 def test_feeds_checked(rng):
-    """Wrong feeds: a ValueError naming the input, the expected and the given."""
+    """Wrong feeds: an error naming the input, what was expected and what was
+    given."""
     m = fc_import(two_in_two_out())
     b, a = rand(rng, (2, 3, 5, 6), np.float32), rand(rng, (2, 4, 5, 6), np.float32)
-    with pytest.raises(ValueError, match="a"):
+    with pytest.raises(ValueError, match="'a'"):
         m({"b": b})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zz"):
+        m({"b": b, "a": a, "zz": a})
+    with pytest.raises(ValueError, match="2 inputs"):
         m([b])
-    with pytest.raises(ValueError, match="5"):
+    with pytest.raises(ValueError, match=r"'b'.*\(2, 3, 4, 6\)"):
         m([b[:, :, :4], a])
+    with pytest.raises(TypeError, match="'a'.*float32.*float64"):
+        m([b, a.astype(np.float64)])
 
 
 def test_import_error_without_onnx(monkeypatch):
