@@ -396,6 +396,12 @@ class _Importer:
             raise ValueError(f"from_onnx: the model uses opset {self.opset} of the default "
                              f"domain; opsets {OPSETS.start} to {OPSETS.stop - 1} are supported")
         graph = proto.graph
+        for k, node in enumerate(graph.node):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _HANDLERS:
+                raise ValueError(
+                    f"from_onnx: node {_label(node, k)} has op_type {node.op_type!r}"
+                    f"{' of domain ' + repr(node.domain) if node.domain else ''}, which is not "
+                    f"supported; supported: {', '.join(SUPPORTED_OPS)}")
         if graph.sparse_initializer:
             raise ValueError("from_onnx: sparse initializers are not supported")
         for t in graph.initializer:
@@ -408,8 +414,10 @@ class _Importer:
         nodes = self.order(graph)
         for index, node in nodes:
             self.node(index, node)
+        from fastconv.nn.tensor_ops import Copy, Transpose
         outs = []
-        seen = set()
+        seen: set = set()
+        given: set = set()
         for o in graph.output:
             if o.name in seen:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is listed twice")
@@ -421,18 +429,19 @@ class _Importer:
             if not isinstance(v, _Dyn):
                 raise ValueError(f"from_onnx: graph output {o.name!r} is a constant (it does "
                                  f"not depend on the inputs); not supported")
-            if any(v is self.values.get(t.name) for t in inputs) and v.perm == _identity(v.rank) \
-                    and v.cols is None:
-                raise ValueError(f"from_onnx: graph output {o.name!r} is a graph input passed "
-                                 f"through unchanged; not supported")
             self.node_name, self.node_label, self.op = o.name, repr(o.name), "output"
             target = _identity(v.rank)
             if v.cols is None and target not in v.versions:
-                from fastconv.nn.tensor_ops import Transpose
                 q = v.perm
                 sym = Transpose(tuple(q.index(p) for p in target), name=o.name)(v.sym)
             else:
-                sym = Identity(name=o.name)(self.version(v, target))
+                sym = self.version(v, target)
+                # (an input, or a tensor already given as an output, is copied:
+                # onnxruntime's outputs are arrays of their own)
+                copy = sym.is_input or id(sym) in given
+                sym = (Copy if copy else Identity)(name=o.name)(sym)
+            given.add(id(sym))
+            given.update(id(t) for t in sym.inputs)
             outs.append(sym)
         try:
             return Model(inputs, outs, layout="NHWC", name=graph.name or None)
@@ -567,6 +576,7 @@ class _Importer:
         outputs = [o for o in node.output]
         for name, value in zip(outputs, results):
             if name != "":
+                value = _normal(value)
                 if isinstance(value, np.ndarray) and value.size > MAX_FOLDED:
                     raise self.fail(f"folds to a constant of {value.size} values; at most "
                                     f"{MAX_FOLDED} are made at import")
@@ -591,6 +601,21 @@ class _Importer:
             raise self.fail("mixes run-time tensors and constants in a way that is not "
                             "supported")
         return fn(self, args)
+
+
+def _normal(value: Any) -> Any:
+    """A folded value as an ndarray: object arrays (shapes holding the
+    dynamic batch) only while they hold it."""
+    if isinstance(value, _Dyn):
+        return value
+    if value is BATCH:
+        a = np.empty((), object)
+        a[()] = BATCH
+        return a
+    a = np.asarray(value)
+    if a.dtype == object and not any(v is BATCH for v in a.reshape(-1)):
+        a = np.array(a.tolist())
+    return a
 
 
 class _Fold(Exception):
@@ -708,8 +733,8 @@ def _conv_transpose(im: _Importer):
                 raise im.fail(f"output_shape {target} is larger than the transposed "
                               f"convolution makes ({full} with no padding)")
             small = total // 2
-            pairs.append((total - small, small) if auto == "SAME_UPPER" else
-                         (small, total - small))
+            pairs.append((small, total - small) if auto == "SAME_UPPER" else
+                         (total - small, small))
     elif auto == "VALID":
         pairs = [(0, 0)] * nsp
     else:
@@ -762,15 +787,45 @@ def _unary(make):
     return handler
 
 
-def _clip_layer(im: _Importer):
+def _hard_swish(im: _Importer):
+    """x * hard_sigmoid(x) with ONNX's alpha, 1/6 as a float32: in float32
+    the kernels' hard_swish (x * relu6(x + 3) / 6, which fuses into a
+    convolution's store) is within rounding of it; in float64 the float32
+    alpha shows, so x times a HardSigmoid layer with that alpha."""
+    from fastconv import nn
+    x = im.dyn(0)
+    if im.dtype == np.float32:
+        return _Dyn(nn.HardSwish(name=im.name())(x.sym), x.shape, x.perm, x.cols)
+    gate = nn.HardSigmoid(float(np.float32(1 / 6)), 0.5, name=im.name("gate"))(x.sym)
+    return _Dyn(nn.Multiply(name=im.name())([x.sym, gate]), x.shape, x.perm, x.cols)
+
+
+def _clip(im: _Importer):
+    """Clip with both bounds finite: the kernels' clip (which fuses into a
+    convolution's store); with one bound infinite, a maximum or minimum;
+    with none, nothing."""
     from fastconv.nn import Clip
+    from fastconv.nn.tensor_ops import Binary
+    x = im.dyn(0)
     if im.opset < 11:
-        low, high = im.attr("min", -np.inf), im.attr("max", np.inf)
+        low, high = float(im.attr("min", -np.inf)), float(im.attr("max", np.inf))
     else:
         lo, hi = im.const(1, "min", True), im.const(2, "max", True)
         low = -np.inf if lo is None else float(im.floats(lo).reshape(-1)[0])
         high = np.inf if hi is None else float(im.floats(hi).reshape(-1)[0])
-    return Clip(float(low), float(high), name=im.name())
+    if math.isfinite(low) and math.isfinite(high):
+        layer = Clip(low, high, name=im.name())
+    elif math.isfinite(low) or math.isfinite(high):
+        bound = low if math.isfinite(low) else high
+        const = np.full((1,) * x.rank, bound, im.dtype)
+        layer = Binary("max" if math.isfinite(low) else "min", const, name=im.name())
+    else:
+        return x
+    return _Dyn(layer(x.sym), x.shape, x.perm, x.cols)
+
+
+# ONNX's attribute defaults are float32 values (what onnxruntime computes with)
+_F32_02, _F32_001 = float(np.float32(0.2)), float(np.float32(0.01))
 
 
 def _activation_layers():
@@ -779,11 +834,10 @@ def _activation_layers():
         "Relu": lambda im: nn.ReLU(name=im.name()),
         "Sigmoid": lambda im: nn.Sigmoid(name=im.name()),
         "Tanh": lambda im: nn.Tanh(name=im.name()),
-        "HardSwish": lambda im: nn.HardSwish(name=im.name()),
-        "HardSigmoid": lambda im: nn.HardSigmoid(float(im.attr("alpha", 0.2)),
+        "HardSigmoid": lambda im: nn.HardSigmoid(float(im.attr("alpha", _F32_02)),
                                                  float(im.attr("beta", 0.5)), name=im.name()),
-        "LeakyRelu": lambda im: nn.LeakyReLU(float(im.attr("alpha", 0.01)), name=im.name()),
-        "Clip": _clip_layer,
+        "LeakyRelu": lambda im: nn.LeakyReLU(float(im.attr("alpha", _F32_001)),
+                                               name=im.name()),
     }
 
 
@@ -855,8 +909,9 @@ def _concat(im: _Importer):
     vals = [im.values[i] for i in im.inputs if i != ""]
     if not any(isinstance(v, _Dyn) for v in vals):
         raise _Fold()
-    if not all(isinstance(v, _Dyn) for v in vals):
-        raise im.fail("concatenates run-time tensors with constants; not supported")
+    dyns = [v for v in vals if isinstance(v, _Dyn)]
+    if len(dyns) < len(vals):
+        return _concat_constants(im, vals)
     first = vals[0]
     axis = im.logical_axis(int(im.attr("axis", 1)), first.rank)
     if len(vals) == 1:
@@ -864,6 +919,35 @@ def _concat(im: _Importer):
     syms = [im.plain(first)] + [im.version(v, first.perm) for v in vals[1:]]
     layer = Concatenate(axis=first.perm.index(axis), name=im.name())
     return im.new(layer(syms), first.perm, first.shape[0])
+
+
+def _concat_constants(im: _Importer, vals: List[Any]) -> _Dyn:
+    """One run-time tensor joined with constants (batch axis 1, broadcast,
+    or the graph's static batch size)."""
+    from fastconv.nn.tensor_ops import ConcatConstant
+    dyns = [k for k, v in enumerate(vals) if isinstance(v, _Dyn)]
+    if len(dyns) != 1:
+        raise im.fail("concatenates several run-time tensors with constants; only one "
+                      "run-time tensor among constants is supported")
+    k = dyns[0]
+    x = vals[k]
+    axis = im.logical_axis(int(im.attr("axis", 1)), x.rank)
+    parts = []
+    for consts in (vals[:k], vals[k + 1:]):
+        if not consts:
+            parts.append(None)
+            continue
+        cs = [im.floats(c) for c in consts]
+        if any(c.ndim != x.rank for c in cs):
+            raise im.fail(f"constants of shapes {[c.shape for c in cs]} do not join a tensor "
+                          f"of shape {x.shape}")
+        c = np.concatenate(cs, axis=axis)
+        if c.shape[0] != 1 and c.shape[0] != x.shape[0]:
+            raise im.fail(f"a constant of shape {c.shape} would set the batch axis")
+        parts.append(np.ascontiguousarray(c.transpose(x.perm)))
+    sym = im.plain(x)
+    layer = ConcatConstant(x.perm.index(axis), parts[0], parts[1], name=im.name())
+    return im.new(layer(sym), x.perm, x.shape[0])
 
 
 def _slices_1d(start: int, end: int, step: int, n: int) -> slice:
@@ -1004,7 +1088,7 @@ def _reshape_to(im: _Importer, x: _Dyn, shape: Tuple[Any, ...]) -> _Dyn:
         im.plain(x)
     if _free(x.shape, x.perm):
         sym = x.sym
-    elif len(shape) == 2 and x.rank > 2:
+    elif len(shape) == 2 and x.rank > 2 and shape[1] <= MAX_FOLDED:
         # Flattened in its own order: the features carry the permutation
         # (a Gemm after it permutes its weight rows instead).
         logical = np.arange(math.prod(x.shape[1:])).reshape(x.shape[1:])
@@ -1060,6 +1144,9 @@ def _squeeze_axes(im: _Importer, rank: int, shape: Tuple[Any, ...]) -> List[int]
     else:
         axes = list(im.attr("axes", []))
     if not axes:
+        if shape[0] == 1:
+            raise im.fail("squeezes every axis of size 1 (no axes given), which would remove "
+                          "the batch axis of this graph's batch size 1; give axes")
         axes = [i for i in range(1, rank) if shape[i] == 1]
     return axes
 
@@ -1117,8 +1204,8 @@ def _pool(im: _Importer):
         raise im.fail(f"kernel_shape {kernel} does not fit X of shape {x.shape} (1-D and 2-D "
                       f"pools are supported)")
     strides, dilations, pads = _spatial_attrs(im, x, kernel)
-    if any(d != 1 for d in dilations):
-        raise im.refuse_attr("dilations", dilations, "all 1")
+    if any(d != 1 for d in dilations) and not is_max:
+        raise im.refuse_attr("dilations", dilations, "all 1 (dilations are for MaxPool)")
     if im.attr("storage_order", 0) != 0:
         raise im.refuse_attr("storage_order", im.attr("storage_order"), "0")
     ceil = bool(im.attr("ceil_mode", 0))
@@ -1126,10 +1213,12 @@ def _pool(im: _Importer):
     sym = _as_2d(im, x, im.op)
     if x.rank == 3:
         kernel, strides, pads = [1] + kernel, [1] + strides, [(0, 0)] + pads
+        dilations = [1] + dilations
     general = Pool2d("max" if is_max else "avg", kernel, strides, pads, ceil, include,
-                     name=im.name())
+                     dilations, name=im.name())
     out_shape = general.output_shape(tuple(sym.shape))
-    symmetric = all(b == e and 2 * b <= k for (b, e), k in zip(pads, kernel))
+    symmetric = all(b == e and 2 * b <= k for (b, e), k in zip(pads, kernel)) and \
+        all(d == 1 for d in dilations)
     layer = general
     if symmetric and (is_max or not ceil):
         p = tuple(b for b, _ in pads)
@@ -1203,7 +1292,7 @@ def _softmax(im: _Importer):
 def _gemm(im: _Importer):
     a = im.dyn(0, "A")
     b = im.floats(im.const(1, "B"))
-    c = im.const(2, "C", True)
+    c = im.values.get(im.inputs[2]) if len(im.inputs) > 2 and im.inputs[2] else None
     if a.rank != 2 or b.ndim != 2:
         raise im.fail(f"A of shape {a.shape} and B of shape {b.shape} must be 2-D")
     if im.attr("transA", 0):
@@ -1212,6 +1301,8 @@ def _gemm(im: _Importer):
     alpha, beta = float(im.attr("alpha", 1.0)), float(im.attr("beta", 1.0))
     w = w.astype(np.float64) * alpha if alpha != 1 else w
     bias = None
+    if isinstance(c, _Dyn):
+        return _gemm_runtime_c(im, a, w, c, beta)
     if c is not None:
         c = im.floats(c)
         m = w.shape[1]
@@ -1220,6 +1311,19 @@ def _gemm(im: _Importer):
                           f"({m},) or a scalar; not supported")
         bias = np.broadcast_to(c.reshape(-1).astype(np.float64) * beta, (m,))
     return _linear(im, a, w, bias)
+
+
+def _gemm_runtime_c(im: _Importer, a: _Dyn, w: np.ndarray, c: _Dyn, beta: float) -> _Dyn:
+    """A @ B + beta * C with C computed at run time: a Linear, then the sum."""
+    from fastconv.nn.tensor_ops import Binary
+    y = _linear(im, a, w, None)
+    if c.rank != 2:
+        raise im.fail(f"C of shape {c.shape} must be 2-D (N, M) when computed at run time")
+    sc = im.plain(c)
+    if beta != 1:
+        sc = Binary("mul", np.full((1, 1), beta, im.dtype), name=im.name("beta"))(sc)
+    shape = _broadcast_shape(im, y.shape, c.shape)
+    return _Dyn(Binary("add", name=im.name("add_c"))([y.sym, sc]), shape, (0, 1))
 
 
 def _linear(im: _Importer, a: _Dyn, w: np.ndarray, bias: Optional[np.ndarray]) -> _Dyn:
@@ -1241,15 +1345,34 @@ def _linear(im: _Importer, a: _Dyn, w: np.ndarray, bias: Optional[np.ndarray]) -
 
 
 def _matmul(im: _Importer):
+    """A run-time A times a 2-D constant B: a Linear (packed weights);
+    anything else np.matmul on the logical layout (the leading axes
+    broadcast; the batch axis stays axis 0)."""
+    from fastconv.nn.tensor_ops import Binary
     va, vb = im.values[im.inputs[0]], im.values[im.inputs[1]]
     if not isinstance(va, _Dyn) and not isinstance(vb, _Dyn):
         raise _Fold()
-    if not isinstance(va, _Dyn) or isinstance(vb, _Dyn):
-        raise im.fail("only a run-time A times a constant B is supported")
-    b = im.floats(vb)
-    if b.ndim != 2 or va.rank < 2:
-        raise im.fail(f"B of shape {b.shape} must be 2-D and A ({va.shape}) at least 2-D")
-    return _linear(im, va, b, None)
+    if isinstance(va, _Dyn) and not isinstance(vb, _Dyn) and np.ndim(vb) == 2 and va.rank >= 2:
+        return _linear(im, va, im.floats(vb), None)
+    if isinstance(va, _Dyn) and isinstance(vb, _Dyn):
+        if va.rank != vb.rank or va.rank < 3:
+            raise im.fail(f"multiplies run-time tensors of shapes {va.shape} and {vb.shape}; "
+                          f"both must have one number of axes (3 or more: the batch first)")
+        sa, sb = (im.version(v, _identity(v.rank)) for v in (va, vb))
+        sym = Binary("matmul", name=im.name())([sa, sb])
+        return im.new(sym, _identity(va.rank), va.shape[0])
+    x, c = (va, vb) if isinstance(va, _Dyn) else (vb, va)
+    c = im.floats(c)
+    if c.ndim < 2 or c.ndim > x.rank or x.rank < 3:
+        raise im.fail(f"multiplies a run-time tensor of shape {x.shape} by a constant of shape "
+                      f"{c.shape}; the constant must have 2 to {x.rank} axes, the tensor 3 or "
+                      f"more (or 2 with a 2-D constant B)")
+    c = c.reshape((1,) * (x.rank - c.ndim) + c.shape)
+    if c.shape[0] != 1:
+        raise im.fail(f"a constant of shape {c.shape} would act on the batch axis")
+    sym = im.version(x, _identity(x.rank))
+    layer = Binary("matmul", np.ascontiguousarray(c), constant_first=x is vb, name=im.name())
+    return im.new(layer(sym), _identity(x.rank), x.shape[0])
 
 
 def _resize_params(im: _Importer, x: _Dyn):
@@ -1296,7 +1419,7 @@ def _resize(im: _Importer):
     scales, sizes = _resize_params(im, x)
     axes = im.attr("axes")
     h, w = x.shape[2], x.shape[3]
-    f = np.float32
+    f = im.dtype.type
     if axes is not None:
         axes = [a + 4 if a < 0 else a for a in axes]
         full_s, full_z = [1.0] * 4, list(x.shape)
@@ -1311,7 +1434,9 @@ def _resize(im: _Importer):
         if len(sizes) != 4:
             raise im.fail(f"sizes {sizes} do not fit X of shape {x.shape}")
         first = sizes[0]
-        if not (first is BATCH or first == x.shape[0]) or int(sizes[1]) != x.shape[1]:
+        # (a literal batch size in sizes, with a dynamic batch, is taken to be the batch)
+        if not (first is BATCH or x.shape[0] is None or first == x.shape[0]) \
+                or int(sizes[1]) != x.shape[1]:
             raise im.fail(f"sizes {sizes} resize the batch or channel axis; only height and "
                           f"width may change")
         oh, ow = int(sizes[2]), int(sizes[3])
@@ -1446,7 +1571,8 @@ def _handlers():
     table = {op: _unary(make) for op, make in acts.items()}
     table.update({
         "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batchnorm,
-        "Gemm": _gemm, "MatMul": _matmul, "PRelu": _prelu,
+        "Gemm": _gemm, "MatMul": _matmul, "PRelu": _prelu, "Clip": _clip,
+        "HardSwish": _hard_swish,
         "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,
         "Concat": _concat, "Split": _split, "Slice": _slice, "Reshape": _reshape,
         "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
@@ -1479,8 +1605,13 @@ def _int_div(a, b):
 
 def _np_binary(fn):
     def folder(im, args):
-        a, b = args[0], args[1]
-        return np.asarray(fn(np.asarray(a), np.asarray(b)))
+        a, b = np.asarray(args[0]), np.asarray(args[1])
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise im.fail(f"shapes {a.shape} and {b.shape} do not broadcast") from None
+        _check_count(im, shape)
+        return np.asarray(fn(a, b))
     return folder
 
 
@@ -1613,6 +1744,7 @@ def _fold_expand(im: _Importer, args):
 
 
 def _fold_where(im: _Importer, args):
+    _check_count(im, np.broadcast_shapes(*(np.shape(a) for a in args[:3])))
     return np.where(args[0], args[1], args[2])
 
 
@@ -1626,6 +1758,20 @@ def _fold_flatten(im: _Importer, args):
     data = args[0]
     axis = axis + data.ndim if axis < 0 else axis
     return data.reshape(math.prod(data.shape[:axis]), -1)
+
+
+def _fold_reduce(fn):
+    def folder(im: _Importer, args):
+        data = np.asarray(args[0])
+        if im.opset >= 18 or (im.op == "ReduceSum" and im.opset >= 13):
+            axes = im.ints(args[1], "axes") if len(args) > 1 and args[1] is not None else []
+        else:
+            axes = list(im.attr("axes", []))
+        if not axes and im.attr("noop_with_empty_axes", 0):
+            return data
+        axis = tuple(a + data.ndim if a < 0 else a for a in axes) if axes else None
+        return fn(data, axis=axis, keepdims=bool(im.attr("keepdims", 1)))
+    return folder
 
 
 def _fold_unary(fn):
@@ -1647,6 +1793,9 @@ _FOLDERS: Dict[str, Any] = {
     "Floor": _fold_unary(np.floor), "Ceil": _fold_unary(np.ceil),
     "Sqrt": _fold_unary(np.sqrt), "Not": _fold_unary(np.logical_not),
     "Identity": lambda im, args: args[0], "Dropout": lambda im, args: args[0],
+    "ReduceProd": _fold_reduce(np.prod), "ReduceSum": _fold_reduce(np.sum),
+    "ReduceMax": _fold_reduce(np.max), "ReduceMin": _fold_reduce(np.min),
+    "ReduceMean": _fold_reduce(np.mean),
 }
 
 _HANDLERS = _handlers()

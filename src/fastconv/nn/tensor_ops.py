@@ -22,8 +22,8 @@ from fastconv._config import resolve_threads
 from fastconv._validate import _is_int, check_nbytes, float_arrays
 from fastconv.nn.layers import Layer, Linear, Shape
 
-__all__ = ["Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul", "SoftmaxAxes",
-           "Reduce", "Pool2d", "Resize"]
+__all__ = ["Copy", "Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul",
+           "ConcatConstant", "SoftmaxAxes", "Reduce", "Pool2d", "Resize"]
 
 
 def _x(fn: str, x: Any, min_ndim: int = 1) -> np.ndarray:
@@ -75,6 +75,16 @@ class Transpose(Layer):
 
     def __repr__(self) -> str:
         return f"Transpose(perm={self.perm})"
+
+
+class Copy(Layer):
+    """A copy of its input (a graph output that must not share memory)."""
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        return np.array(_x("Copy", x))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
 
 
 class Reshape(Layer):
@@ -259,10 +269,15 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 BINARY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div,
-              "prelu": _prelu}
+              "prelu": _prelu, "max": np.maximum, "min": np.minimum, "matmul": np.matmul}
 
 
-def _broadcast(fn: str, a: Shape, b: Shape) -> Shape:
+def _broadcast(fn: str, a: Shape, b: Shape, matmul: bool = False) -> Shape:
+    if matmul:
+        if len(a) != len(b) or len(a) < 2 or a[-1] != b[-2]:
+            raise ValueError(f"{fn}: shapes {tuple(a)} and {tuple(b)} do not multiply as "
+                             f"matrices")
+        return _broadcast(fn, a[:-2], b[:-2]) + (a[-2], b[-1])
     if len(a) != len(b):
         raise ValueError(f"{fn}: the operands must have one number of axes; got shapes "
                          f"{tuple(a)} and {tuple(b)}")
@@ -274,7 +289,8 @@ def _broadcast(fn: str, a: Shape, b: Shape) -> Shape:
 
 class Binary(Layer):
     """An elementwise operation with numpy's broadcasting: op is "add",
-    "sub", "mul", "div" or "prelu" (x where x > 0, else x * slope).
+    "sub", "mul", "div", "max", "min", "prelu" (x where x > 0, else x *
+    slope), or "matmul" (np.matmul, broadcasting the leading axes).
 
     With a constant (its batch axis of size 1 included, as many axes as x),
     the layer takes one input x and computes op(x, constant), or op(constant,
@@ -316,23 +332,27 @@ class Binary(Layer):
                 raise TypeError(f"{fn}: takes a list of two arrays; got {type(x).__name__}")
             _, arr = float_arrays(fn, a=x[0], b=x[1])
             a, b = arr["a"], arr["b"]
-            _broadcast(fn, a.shape[1:], b.shape[1:])
+            _broadcast(fn, a.shape[1:], b.shape[1:], self.op == "matmul")
             return self._ufunc(a, b)
         xa = _x(fn, x)
         if xa.dtype != self._constant.dtype:
             raise TypeError(f"{fn}: x and the constant must share one dtype; got x {xa.dtype}, "
                             f"constant {self._constant.dtype}")
-        _broadcast(fn, xa.shape[1:], self._constant.shape[1:])
         if self.constant_first:
+            _broadcast(fn, self._constant.shape[1:], xa.shape[1:], self.op == "matmul")
             return self._ufunc(self._constant, xa)
+        _broadcast(fn, xa.shape[1:], self._constant.shape[1:], self.op == "matmul")
         return self._ufunc(xa, self._constant)
 
     def output_shape(self, shape: Any) -> Shape:
         if self._constant is None:
             if not isinstance(shape, (list, tuple)) or len(shape) != 2:
                 raise ValueError(f"Binary: takes two inputs; got {shape!r}")
-            return _broadcast("Binary", shape[0], shape[1])
-        return _broadcast("Binary", shape, self._constant.shape[1:])
+            return _broadcast("Binary", shape[0], shape[1], self.op == "matmul")
+        c = self._constant.shape[1:]
+        if self.constant_first:
+            return _broadcast("Binary", c, shape, self.op == "matmul")
+        return _broadcast("Binary", shape, c, self.op == "matmul")
 
     def _describe(self):
         if self._constant is None:
@@ -344,6 +364,79 @@ class Binary(Layer):
     def __repr__(self) -> str:
         what = "" if self._constant is None else f", constant of shape {self._constant.shape}"
         return f"Binary({self.op!r}{what})"
+
+
+class ConcatConstant(Layer):
+    """x joined along `axis` (>= 1) with constants before and after it (each
+    with a batch axis of 1, broadcast to x's batch, or of x's batch size)."""
+
+    def __init__(self, axis: int, before: Any = None, after: Any = None,
+                 before_shape: Optional[Sequence[int]] = None,
+                 after_shape: Optional[Sequence[int]] = None, *,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name)
+        fn = "ConcatConstant"
+        if not _is_int(axis) or int(axis) < 1:
+            raise ValueError(f"{fn}: axis must be an int >= 1 (0 is the batch axis); got "
+                             f"{axis!r}")
+        self.axis = int(axis)
+        parts = {}
+        for key, value, shape in (("before", before, before_shape), ("after", after, after_shape)):
+            if value is None:
+                parts[key] = None
+                continue
+            dtype, arr = float_arrays(fn, **{key: value})
+            c = arr[key] if shape is None else arr[key].reshape(_ints(fn, key, shape))
+            if c.ndim <= self.axis:
+                raise ValueError(f"{fn}: {key} of shape {c.shape} has no axis {self.axis}")
+            parts[key] = np.array(c, order="C")
+            parts[key].flags.writeable = False
+            self.dtype = dtype
+        if parts["before"] is None and parts["after"] is None:
+            raise ValueError(f"{fn}: give before, after or both")
+        self._before, self._after = parts["before"], parts["after"]
+
+    def _parts(self, shape: Shape, batch: Optional[int]):
+        out = []
+        for c in (self._before, self._after):
+            if c is None:
+                out.append(None)
+                continue
+            rest = c.shape[1:]
+            if len(rest) != len(shape) or any(
+                    i + 1 != self.axis and a != b for i, (a, b) in enumerate(zip(rest, shape))):
+                raise ValueError(f"ConcatConstant: a constant of shape {c.shape} does not join "
+                                 f"an input of shape {tuple(shape)} on axis {self.axis}")
+            if batch is not None and c.shape[0] not in (1, batch):
+                raise ValueError(f"ConcatConstant: a constant with a batch of {c.shape[0]} "
+                                 f"cannot join an input with a batch of {batch}")
+            out.append(c if batch is None or c.shape[0] == batch else
+                       np.broadcast_to(c, (batch,) + rest))
+        return out
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        xa = _x("ConcatConstant", x, self.axis + 1)
+        before, after = self._parts(xa.shape[1:], xa.shape[0])
+        return np.concatenate([a for a in (before, xa, after) if a is not None],
+                              axis=self.axis)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        before, after = self._parts(shape, None)
+        a = self.axis - 1
+        n = shape[a] + sum(c.shape[self.axis] for c in (before, after) if c is not None)
+        return tuple(shape[:a]) + (n,) + tuple(shape[a + 1:])
+
+    def _describe(self):
+        params: Dict[str, Any] = dict(axis=self.axis)
+        arrays = {}
+        for key, c in (("before", self._before), ("after", self._after)):
+            if c is not None:
+                params[f"{key}_shape"] = list(c.shape)
+                arrays[key] = c.reshape(-1)
+        return params, arrays
+
+    def __repr__(self) -> str:
+        return f"ConcatConstant(axis={self.axis})"
 
 
 class MatMul(Layer):
@@ -485,12 +578,17 @@ class Pool2d(Layer):
 
     def __init__(self, kind: str, kernel_size: Sequence[int], stride: Sequence[int],
                  padding: Sequence[Sequence[int]], ceil_mode: bool = False,
-                 count_include_pad: bool = False, *, name: Optional[str] = None) -> None:
+                 count_include_pad: bool = False, dilation: Sequence[int] = (1, 1), *,
+                 name: Optional[str] = None) -> None:
         super().__init__(name)
         fn = "Pool2d"
         if kind not in ("max", "avg"):
             raise ValueError(f"{fn}: kind must be 'max' or 'avg'; got {kind!r}")
         self.kind = kind
+        self.dilation = _pairs(fn, "dilation", dilation, 1)
+        if kind == "avg" and self.dilation != (1, 1):
+            raise ValueError(f"{fn}: dilation is supported for max pooling only; got "
+                             f"{self.dilation} for 'avg'")
         self.kernel_size = _pairs(fn, "kernel_size", kernel_size, 1)
         self.stride = _pairs(fn, "stride", stride, 1)
         if not isinstance(padding, (list, tuple)) or len(padding) != 2:
@@ -516,12 +614,20 @@ class Pool2d(Layer):
             return np.minimum(start + k, n + pads[1]) - start
         return np.minimum(start + k, n) - np.maximum(start, 0)
 
+    def _out_hw(self, h: int, w: int) -> Tuple[int, int]:
+        (sh, sw) = self.stride
+        # (a dilated window spans (k - 1) * d + 1)
+        kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
+        return self._size(h, kh, sh, self.padding[0]), self._size(w, kw, sw, self.padding[1])
+
     def _plan(self, h: int, w: int):
+        """What forward needs for an (h, w) input (made when an input of that
+        size first runs: the divisor map is the output's size)."""
         plan = self._plans.get((h, w))
         if plan is None:
-            (kh, kw), (sh, sw) = self.kernel_size, self.stride
-            ho = self._size(h, kh, sh, self.padding[0])
-            wo = self._size(w, kw, sw, self.padding[1])
+            (sh, sw) = self.stride
+            kh, kw = ((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation))
+            ho, wo = self._out_hw(h, w)
             # the padded extent the windows cover exactly (ceil_mode's may pass the padding)
             eh, ew = (ho - 1) * sh + kh, (wo - 1) * sw + kw
             (top, _), (left, _) = self.padding
@@ -549,6 +655,16 @@ class Pool2d(Layer):
         fill = -np.inf if self.kind == "max" else 0
         xp = np.pad(xa, widths, constant_values=fill) if any(map(any, widths)) else xa
         xp = np.ascontiguousarray(xp[:, :eh, :ew])
+        if self.dilation != (1, 1):
+            # the maximum over the window's taps, each a strided view
+            (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
+            y = None
+            for i in range(kh):
+                for j in range(kw):
+                    tap = xp[:, i * dh:i * dh + (ho - 1) * sh + 1:sh,
+                             j * dw:j * dw + (wo - 1) * sw + 1:sw]
+                    y = tap.copy() if y is None else np.maximum(y, tap, out=y)
+            return y
         y = np.empty((n, ho, wo, c), xa.dtype)
         _core.pool(xp, y, *self.kernel_size, *self.stride, 0, 0, self.kind == "max", True,
                    resolve_threads(fn, num_threads))
@@ -558,13 +674,13 @@ class Pool2d(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         _rank("Pool2d", shape, 3)
-        ho, wo = self._plan(shape[0], shape[1])[:2]
+        ho, wo = self._out_hw(shape[0], shape[1])
         return (ho, wo, shape[2])
 
     def _describe(self):
         return dict(kind=self.kind, kernel_size=list(self.kernel_size), stride=list(self.stride),
                     padding=[list(p) for p in self.padding], ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad), {}
+                    count_include_pad=self.count_include_pad, dilation=list(self.dilation)), {}
 
     def __repr__(self) -> str:
         return (f"Pool2d({self.kind!r}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -579,7 +695,7 @@ RESIZE_MODES = ("nearest", "linear")
 
 class Resize(Layer):
     """ONNX's Resize of NHWC maps to `size` (out_h, out_w), the coordinates
-    computed from `scales` (sh, sw) as onnxruntime does (in float32): mode
+    computed from `scales` (sh, sw) in the input's dtype: mode
     "nearest" (with nearest_mode) or "linear", and coordinate_mode one of
     COORDINATE_MODES (tf_half_pixel_for_nearest for nearest only)."""
 
@@ -609,8 +725,7 @@ class Resize(Layer):
         self.mode, self.coordinate_mode, self.nearest_mode = mode, coordinate_mode, nearest_mode
         self._plans: Dict[Tuple[int, int], Any] = {}
 
-    def _axis(self, n_in: int, n_out: int, scale: float):
-        f = np.float32
+    def _axis(self, n_in: int, n_out: int, scale: float, f: type):
         x = np.arange(n_out, dtype=f)
         s = f(scale)
         mode = self.coordinate_mode
@@ -641,15 +756,15 @@ class Resize(Layer):
         w1 = src - i0.astype(f)
         return i0, i1, f(1) - w1, w1
 
-    def _plan(self, h: int, w: int):
-        plan = self._plans.get((h, w))
+    def _plan(self, h: int, w: int, dtype: np.dtype):
+        plan = self._plans.get((h, w, dtype))
         if plan is None:
             if h < 1 or w < 1:
                 raise ValueError(f"Resize: x has an empty spatial side ({h}x{w})")
-            plan = (self._axis(h, self.size[0], self.scales[0]),
-                    self._axis(w, self.size[1], self.scales[1]))
+            plan = (self._axis(h, self.size[0], self.scales[0], dtype.type),
+                    self._axis(w, self.size[1], self.scales[1], dtype.type))
             if len(self._plans) < 32:
-                self._plans[(h, w)] = plan
+                self._plans[(h, w, dtype)] = plan
         return plan
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
@@ -657,7 +772,7 @@ class Resize(Layer):
         xa = _x(fn, x, 4)
         if xa.ndim != 4:
             raise ValueError(f"{fn}: x must be 4-D (N, H, W, C); got shape {xa.shape}")
-        hp, wp = self._plan(xa.shape[1], xa.shape[2])
+        hp, wp = self._plan(xa.shape[1], xa.shape[2], xa.dtype)
         check_nbytes(fn, "the result", (xa.shape[0],) + self.size + (xa.shape[3],),
                      xa.itemsize, f"x of shape {xa.shape}")
         if self.mode == "nearest":
@@ -684,9 +799,10 @@ class Resize(Layer):
 
 def _register() -> None:
     from fastconv.nn.serialize import register_layer_type
-    for cls in (Transpose, Reshape, Slice, Gather, Pad, SoftmaxAxes, Reduce, Pool2d, Resize):
+    for cls in (Copy, Transpose, Reshape, Slice, Gather, Pad, SoftmaxAxes, Reduce, Pool2d, Resize):
         register_layer_type(cls)
     register_layer_type(Binary, {"constant": 1})
+    register_layer_type(ConcatConstant, {"before": 1, "after": 1})
     register_layer_type(MatMul, {"weight": 2, "bias": 1}, ("weight",))
 
 
