@@ -249,3 +249,40 @@ def check_or_refuse(model, feeds, fragments, tol="exact", n=None, magnitude=None
         return message
     compare(ours, theirs, tol, n, magnitude)
     return None
+
+
+def behind_conv(model, after_conv=True):
+    """``model`` with every 3-D/4-D graph input X first passed through a 1x1
+    Conv that reverses its channels (weights 0 and 1: exact), so that the ops
+    under test read a convolution's output, which the importer keeps
+    channels-last, rather than a graph input: their axis remapping and
+    permuted constants are exercised. Outputs and tolerances are unchanged."""
+    if not after_conv:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    dtype = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
+    convs = []
+    for inp in graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) not in (3, 4) or not dims[1].HasField("dim_value"):
+            continue
+        c = dims[1].dim_value
+        w = np.eye(c)[::-1].reshape((c, c) + (1,) * (len(dims) - 2))
+        w = w.astype(dtype[inp.type.tensor_type.elem_type])
+        name = inp.name + "__reversed"
+        for node in graph.node:
+            node.input[:] = [name if i == inp.name else i for i in node.input]
+        for o in graph.output:
+            assert o.name != inp.name, "a graph output that is an input"
+        graph.initializer.append(numpy_helper.from_array(w, inp.name + "__w"))
+        convs.append(helper.make_node("Conv", [inp.name, inp.name + "__w"], [name],
+                                      name=inp.name + "__conv"))
+    if not convs:
+        pytest.skip("no 3-D/4-D map input to put behind a convolution")
+    nodes = convs + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out

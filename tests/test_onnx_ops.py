@@ -22,6 +22,7 @@ from onnx import TensorProto, helper  # noqa: E402
 from onnx_graphs import (  # noqa: E402
     ULPS,
     assert_bound,
+    behind_conv,
     check,
     check_or_refuse,
     compare,
@@ -37,6 +38,12 @@ from onnx_graphs import (  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 DT = pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+# f32-nhwc: the op reads a convolution's output (kept channels-last by the
+# importer) instead of a graph input; see onnx_graphs.behind_conv
+DT_LAYOUT = pytest.mark.parametrize("dtype,after_conv", [(np.float32, False),
+                                                         (np.float64, False),
+                                                         (np.float32, True)],
+                                    ids=["f32", "f64", "f32-nhwc"])
 
 
 def rand(rng, shape, dtype, low=-1.0, high=1.0):
@@ -278,10 +285,10 @@ def bn_node(x, y, opset, **attrs):
                             name="bn", epsilon=1e-3, **attrs)
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [7, 9, 14, 15])
 @pytest.mark.parametrize("shape", [(2, 4, 5, 6), (2, 4), (2, 4, 7)], ids=["4d", "2d", "3d"])
-def test_batchnorm_alone(rng, shape, opset, dtype):
+def test_batchnorm_alone(rng, shape, opset, dtype, after_conv):
     c = shape[1]
     inits, scale, var = bn_params(rng, c, dtype)
     model = make_model([bn_node("X", "Y", opset)], [("X", ["N"] + list(shape[1:]))], ["Y"],
@@ -290,7 +297,7 @@ def test_batchnorm_alone(rng, shape, opset, dtype):
     # y = (x - mean) * (scale / sqrt(var + eps)) + bias: a few roundings of
     # terms bounded by (|x| + |mean|) * max multiplier + |bias|
     mult = float(np.max(np.abs(scale) / np.sqrt(var + 1e-3)))
-    check(model, x, "sum", 6, 2 * mult + 1)
+    check(behind_conv(model, after_conv), x, "sum", 6, 2 * mult + 1)
 
 
 @DT
@@ -335,10 +342,10 @@ ACTIVATIONS = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 7)], ids=["4d", "2d"])
 @pytest.mark.parametrize("case", list(ACTIVATIONS))
-def test_activation(rng, case, shape, dtype):
+def test_activation(rng, case, shape, dtype, after_conv):
     op, attrs, opset, tol = ACTIVATIONS[case]
     model = single(op, ["X"], attrs, graph_inputs=[("X", ["N"] + list(shape[1:]))],
                    opset=opset, dtype=dtype)
@@ -348,9 +355,9 @@ def test_activation(rng, case, shape, dtype):
     # onnx.reference do
     if tol == "exact_or_1":
         # alpha * x: one rounding, in either implementation
-        check(model, x, "sum", 1, np.abs(x))
+        check(behind_conv(model, after_conv), x, "sum", 1, np.abs(x))
     else:
-        check(model, x, tol)
+        check(behind_conv(model, after_conv), x, tol)
 
 
 CLIP_INPUT_FORMS = {"both": (-0.5, 0.25), "min_only": (-0.5, None), "max_only": (None, 0.25),
@@ -389,14 +396,14 @@ def test_clip_min_from_constant_node(rng, dtype):
 PRELU_SLOPES = {"per_channel": (3, 1, 1), "scalar": (1,), "full": (3, 4, 5), "0d": ()}
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("slope", list(PRELU_SLOPES))
-def test_prelu(rng, slope, dtype):
+def test_prelu(rng, slope, dtype, after_conv):
     s = rand(rng, PRELU_SLOPES[slope], dtype)
     model = single("PRelu", ["X", "S"], initializers=[tensor("S", s)],
                    graph_inputs=[("X", ["N", 3, 4, 5])], opset=16, dtype=dtype)
     x = rand(rng, (2, 3, 4, 5), dtype)
-    check(model, x, "sum", 1, np.abs(x))
+    check(behind_conv(model, after_conv), x, "sum", 1, np.abs(x))
 
 
 # ==========================================================================
@@ -416,9 +423,9 @@ SOFTMAX_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(SOFTMAX_CASES))
-def test_softmax(rng, case, dtype):
+def test_softmax(rng, case, dtype, after_conv):
     shape, axis, opset = SOFTMAX_CASES[case]
     attrs = {} if axis is None else dict(axis=axis)
     model = single("Softmax", ["X"], attrs, graph_inputs=[("X", ["N"] + list(shape[1:]))],
@@ -434,7 +441,7 @@ def test_softmax(rng, case, dtype):
     # sum of `length` exps and the division within gamma_{length + 2}.
     eps = np.finfo(dtype).eps
     rel = 2 * (gamma(length + 2, dtype) + (ULPS / 2 + 6) * eps)
-    check(model, x, "rel", rel)
+    check(behind_conv(model, after_conv), x, "rel", rel)
 
 
 # ==========================================================================
@@ -463,10 +470,10 @@ BINARY_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 @pytest.mark.parametrize("case", list(BINARY_CASES))
-def test_binary(rng, case, op, dtype):
+def test_binary(rng, case, op, dtype, after_conv):
     x_shape, o_shape, const, left = BINARY_CASES[case]
     x = rand(rng, x_shape, dtype)
     other = away_from_zero(rng, o_shape, dtype)
@@ -484,9 +491,9 @@ def test_binary(rng, case, op, dtype):
     # one correctly rounded operation; a division by a constant may be
     # computed as a product with its reciprocal (two roundings)
     if op == "Div":
-        check(model, feeds, "rel", 2 * gamma(2, dtype))
+        check(behind_conv(model, after_conv), feeds, "rel", 2 * gamma(2, dtype))
     else:
-        check(model, feeds, "exact")
+        check(behind_conv(model, after_conv), feeds, "exact")
 
 
 @pytest.mark.parametrize("opset", [7, 13])
@@ -503,16 +510,16 @@ def test_binary_older_opsets(rng, opset):
 # ==========================================================================
 # Concat, Split, Slice
 # ==========================================================================
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("axis", [1, -1, 2, 3, -3])
-def test_concat(rng, axis, dtype):
+def test_concat(rng, axis, dtype, after_conv):
     shapes = [[2, 3, 4, 5], [2, 3, 4, 5], [2, 3, 4, 5]]
     for i, s in enumerate(shapes):
         s[axis] += i
     nodes = [helper.make_node("Concat", ["A", "B", "C"], ["Y"], axis=axis)]
     model = make_model(nodes, [(n, ["N"] + s[1:]) for n, s in zip("ABC", shapes)], ["Y"],
                        opset=13, dtype=dtype)
-    check(model, [rand(rng, s, dtype) for s in shapes])
+    check(behind_conv(model, after_conv), [rand(rng, s, dtype) for s in shapes])
 
 
 @DT
@@ -539,9 +546,9 @@ SPLIT_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
-def test_split(rng, case, dtype):
+def test_split(rng, case, dtype, after_conv):
     opset, axis, split, num_outputs, n_out = SPLIT_CASES[case]
     shape = (2, 6, 4, 5)
     attrs, inputs, inits = dict(axis=axis), ["X"], []
@@ -555,7 +562,7 @@ def test_split(rng, case, dtype):
     model = single("Split", inputs, attrs, initializers=inits,
                    graph_inputs=[("X", ["N", 6, 4, 5])], opset=opset, dtype=dtype,
                    n_outputs=n_out)
-    check(model, rand(rng, shape, dtype))
+    check(behind_conv(model, after_conv), rand(rng, shape, dtype))
 
 
 INT64_MAX = 2**63 - 1
@@ -576,9 +583,9 @@ SLICE_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(SLICE_CASES))
-def test_slice(rng, case, dtype):
+def test_slice(rng, case, dtype, after_conv):
     starts, ends, axes, steps = SLICE_CASES[case]
     if axes is None:
         # slicing from axis 0 on: the batch axis taken whole
@@ -592,7 +599,7 @@ def test_slice(rng, case, dtype):
         inits.append(ints("steps", steps))
     model = single("Slice", inputs, initializers=inits, graph_inputs=[("X", ["N", 6, 4, 5])],
                    opset=13, dtype=dtype)
-    check(model, rand(rng, (2, 6, 4, 5), dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 6, 4, 5), dtype))
 
 
 @pytest.mark.parametrize("axes", [[2, 3], None], ids=["axes", "no_axes"])
@@ -620,12 +627,12 @@ RESHAPE_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(RESHAPE_CASES))
-def test_reshape(rng, case, dtype):
+def test_reshape(rng, case, dtype, after_conv):
     model = single("Reshape", ["X", "shape"], initializers=[ints("shape", RESHAPE_CASES[case])],
                    graph_inputs=[("X", ["N", 6, 4, 5])], opset=14, dtype=dtype)
-    check(model, rand(rng, (2, 6, 4, 5), dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 6, 4, 5), dtype))
 
 
 def test_reshape_then_gemm(rng):
@@ -640,18 +647,18 @@ def test_reshape_then_gemm(rng):
     check(model, x, "sum", 24, sum_magnitude(24, x, w))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("axis", [1, 2, 3])
-def test_flatten(rng, axis, dtype):
+def test_flatten(rng, axis, dtype, after_conv):
     """axis 1 keeps the batch alone; axis 2 and 3 merge it with channels (an
     op on the batch axis: matched or refused naming the batch)."""
     model = single("Flatten", ["X"], dict(axis=axis), graph_inputs=[("X", ["N", 3, 4, 5])],
                    opset=13, dtype=dtype)
     x = rand(rng, (2, 3, 4, 5), dtype)
     if axis == 1:
-        check(model, x)
+        check(behind_conv(model, after_conv), x)
     else:
-        check_or_refuse(model, x, ["batch"])
+        check_or_refuse(behind_conv(model, after_conv), x, ["batch"])
 
 
 @pytest.mark.parametrize("opset", [9, 13])
@@ -674,12 +681,12 @@ TRANSPOSE_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
-def test_transpose(rng, case, dtype):
+def test_transpose(rng, case, dtype, after_conv):
     model = single("Transpose", ["X"], dict(perm=TRANSPOSE_CASES[case]),
                    graph_inputs=[("X", ["N", 3, 4, 5])], opset=13, dtype=dtype)
-    check(model, rand(rng, (2, 3, 4, 5), dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 3, 4, 5), dtype))
 
 
 def test_transpose_3d_and_back(rng):
@@ -693,10 +700,10 @@ def test_transpose_3d_and_back(rng):
     check(model, x, "sum", 3, sum_magnitude(3, x, w))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [11, 13])
 @pytest.mark.parametrize("axes", [[2, 3], [-1, -2], None], ids=["axes", "negative", "all"])
-def test_squeeze(rng, axes, opset, dtype):
+def test_squeeze(rng, axes, opset, dtype, after_conv):
     inputs, inits, attrs = ["X"], [], {}
     if axes is not None and opset < 13:
         attrs["axes"] = axes
@@ -706,7 +713,7 @@ def test_squeeze(rng, axes, opset, dtype):
     model = single("Squeeze", inputs, attrs, initializers=inits,
                    graph_inputs=[("X", [2, 6, 1, 1] if axes is None else ["N", 6, 1, 1])],
                    opset=opset, dtype=dtype)
-    check(model, rand(rng, (2, 6, 1, 1), dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 6, 1, 1), dtype))
 
 
 @DT
@@ -767,13 +774,13 @@ POOL_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_maxpool(rng, case, dtype):
+def test_maxpool(rng, case, dtype, after_conv):
     attrs, spatial = POOL_CASES[case]
     model = single("MaxPool", ["X"], attrs, graph_inputs=[("X", ["N", 3] + list(spatial))],
                    opset=12, dtype=dtype)
-    check(model, rand(rng, (2, 3) + spatial, dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 3) + spatial, dtype))
 
 
 @DT
@@ -795,10 +802,10 @@ def test_maxpool_older_opsets(rng, opset):
     check(model, rand(rng, (2, 3, 8, 8), np.float32))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 @pytest.mark.parametrize("case", list(POOL_CASES))
-def test_average_pool(rng, case, count_include_pad, dtype):
+def test_average_pool(rng, case, count_include_pad, dtype, after_conv):
     attrs, spatial = POOL_CASES[case]
     attrs = dict(attrs, count_include_pad=count_include_pad)
     model = single("AveragePool", ["X"], attrs, graph_inputs=[("X", ["N", 3] + list(spatial))],
@@ -807,28 +814,28 @@ def test_average_pool(rng, case, count_include_pad, dtype):
     # a sum of at most k terms times 1/count (or divided by it): n = k + 1
     # products of magnitude <= max|x| each, over the mean's k terms
     k = math.prod(attrs["kernel_shape"])
-    check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+    check(behind_conv(model, after_conv), x, "sum", k + 1, float(np.max(np.abs(x))))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
 @pytest.mark.parametrize("spatial", [(5, 6), (1, 1), (7,)], ids=["5x6", "1x1", "1d"])
-def test_global_pool(rng, op, spatial, dtype):
+def test_global_pool(rng, op, spatial, dtype, after_conv):
     model = single(op, ["X"], graph_inputs=[("X", ["N", 4] + list(spatial))], opset=13,
                    dtype=dtype)
     x = rand(rng, (2, 4) + spatial, dtype)
     if op == "GlobalMaxPool":
-        check(model, x)
+        check(behind_conv(model, after_conv), x)
     else:
         k = math.prod(spatial)
-        check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+        check(behind_conv(model, after_conv), x, "sum", k + 1, float(np.max(np.abs(x))))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [13, 18])
 @pytest.mark.parametrize("keepdims", [0, 1])
 @pytest.mark.parametrize("axes", [[2, 3], [-2, -1], [3]], ids=["hw", "negative", "w"])
-def test_reduce_mean(rng, axes, keepdims, opset, dtype):
+def test_reduce_mean(rng, axes, keepdims, opset, dtype, after_conv):
     attrs, inputs, inits = dict(keepdims=keepdims), ["X"], []
     if opset < 18:
         attrs["axes"] = axes
@@ -839,7 +846,7 @@ def test_reduce_mean(rng, axes, keepdims, opset, dtype):
                    graph_inputs=[("X", ["N", 4, 5, 6])], opset=opset, dtype=dtype)
     x = rand(rng, (2, 4, 5, 6), dtype)
     k = 30 if len(axes) == 2 else 6
-    check(model, x, "sum", k + 1, float(np.max(np.abs(x))))
+    check(behind_conv(model, after_conv), x, "sum", k + 1, float(np.max(np.abs(x))))
 
 
 # ==========================================================================
@@ -897,10 +904,10 @@ def resize_tolerance(case, dtype, x, out_hw):
     return dict(tol="sum", n=6 + 2 * 3 * size, magnitude=2 * big)
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [11, 13, 19])
 @pytest.mark.parametrize("case", list(RESIZE_CASES))
-def test_resize(rng, case, opset, dtype):
+def test_resize(rng, case, opset, dtype, after_conv):
     attrs, scales, sizes = RESIZE_CASES[case]
     inits = []
     if opset < 13:
@@ -921,7 +928,7 @@ def test_resize(rng, case, opset, dtype):
                    graph_inputs=[("X", [batch, 3, 5, 6])], opset=opset, dtype=dtype)
     x = rand(rng, (2, 3, 5, 6), dtype)
     out_hw = sizes[2:] if sizes else [int(5 * scales[2]), int(6 * scales[3])]
-    check(model, x, **resize_tolerance(case, dtype, x, out_hw))
+    check(behind_conv(model, after_conv), x, **resize_tolerance(case, dtype, x, out_hw))
 
 
 @DT
@@ -935,10 +942,10 @@ def test_resize_opset10(rng, mode, dtype):
     check(model, x, **resize_tolerance(mode, dtype, x, [8, 10]))
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [7, 9])
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
-def test_upsample(rng, mode, opset, dtype):
+def test_upsample(rng, mode, opset, dtype, after_conv):
     scales = [1.0, 1.0, 2.0, 3.0]
     if opset == 7:
         model = single("Upsample", ["X"], dict(mode=mode, scales=scales),
@@ -948,7 +955,7 @@ def test_upsample(rng, mode, opset, dtype):
                        initializers=[tensor("scales", np.array(scales, np.float32))],
                        graph_inputs=[("X", ["N", 3, 4, 5])], opset=9, dtype=dtype)
     x = rand(rng, (2, 3, 4, 5), dtype)
-    check(model, x, **resize_tolerance(mode, dtype, x, [8, 15]))
+    check(behind_conv(model, after_conv), x, **resize_tolerance(mode, dtype, x, [8, 15]))
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
@@ -988,10 +995,10 @@ PAD_CASES = {
 }
 
 
-@DT
+@DT_LAYOUT
 @pytest.mark.parametrize("opset", [7, 11, 13, 18])
 @pytest.mark.parametrize("case", list(PAD_CASES))
-def test_pad_constant(rng, case, opset, dtype):
+def test_pad_constant(rng, case, opset, dtype, after_conv):
     pads, value = PAD_CASES[case]
     if opset < 11:
         model = single("Pad", ["X"], dict(mode="constant", pads=pads, value=value),
@@ -1001,7 +1008,7 @@ def test_pad_constant(rng, case, opset, dtype):
         model = single("Pad", ["X", "pads", "value"], dict(mode="constant"),
                        initializers=inits, graph_inputs=[("X", ["N", 3, 4, 5])], opset=opset,
                        dtype=dtype)
-    check(model, rand(rng, (2, 3, 4, 5), dtype))
+    check(behind_conv(model, after_conv), rand(rng, (2, 3, 4, 5), dtype))
 
 
 def test_pad_axes_input_opset18(rng):
