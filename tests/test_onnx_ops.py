@@ -731,6 +731,25 @@ def test_unsqueeze(rng, axes, opset, dtype):
     check(model, rand(rng, (2, 6), dtype))
 
 
+@DT_LAYOUT
+@pytest.mark.parametrize("groups", [2, 3])
+def test_channel_shuffle(rng, groups, dtype, after_conv):
+    """ShuffleNet's channel shuffle: Reshape to (N, g, C/g, H, W), Transpose
+    (0, 2, 1, 3, 4), Reshape back to (N, C, H, W); then a Conv, so the
+    shuffled order reaches the weights."""
+    c = 6
+    w = rand(rng, (4, c, 1, 1), dtype)
+    nodes = [helper.make_node("Reshape", ["X", "s5"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "s4"], ["sh"]),
+             helper.make_node("Conv", ["sh", "W"], ["Y"])]
+    model = make_model(nodes, [("X", ["N", c, 4, 5])], [("Y", ["N", 4, 4, 5])],
+                       [ints("s5", [0, groups, c // groups, 4, 5]), ints("s4", [0, c, 4, 5]),
+                        tensor("W", w)], 13, dtype)
+    x = rand(rng, (2, c, 4, 5), dtype)
+    check(behind_conv(model, after_conv), x, "sum", c, sum_magnitude(c, x, w))
+
+
 def test_squeeze_then_unsqueeze_around_gemm(rng):
     """GlobalAveragePool -> Squeeze -> Gemm -> Unsqueeze(2, 3) -> Mul with the map
     (a squeeze-excitation block)."""
