@@ -302,13 +302,23 @@ class _Importer:
                             f"initializer or folded at import); it is computed at run time")
         return v
 
-    def dyn(self, i: int, what: str = "X") -> _Dyn:
+    def dyn(self, i: int, what: str = "X", batch_anywhere: bool = False) -> _Dyn:
         if i >= len(self.inputs) or self.inputs[i] == "":
             raise self.fail(f"input {i} ({what}) is missing")
         v = self.values[self.inputs[i]]
         if not isinstance(v, _Dyn):
             raise _Fold()
+        if not batch_anywhere:
+            self.batch_first(v)
         return v
+
+    def batch_first(self, v: Any) -> None:
+        """A Transpose may move the batch axis (attention's (3, N, ...) of
+        q, k and v); only Transpose and Gather take it elsewhere than 0."""
+        if isinstance(v, _Dyn) and v.perm[0] != 0:
+            raise self.fail(f"reads a tensor of shape {v.shape} whose batch axis a Transpose "
+                            f"moved to position {v.perm[0]}; only Transpose and Gather (on "
+                            f"another axis) take it there, every other op needs it first")
 
     def floats(self, a: np.ndarray) -> np.ndarray:
         if a.dtype == object:
@@ -360,12 +370,12 @@ class _Importer:
             c = c[:, cols]
         return np.ascontiguousarray(c.transpose(perm))
 
-    def logical_axis(self, axis: int, rank: int, what: str = "axis") -> int:
+    def logical_axis(self, axis: int, rank: int, what: str = "axis", batch: int = 0) -> int:
         a = axis + rank if axis < 0 else axis
         if not 0 <= a < rank:
             raise self.fail(f"{what} {axis} is out of range for a tensor of {rank} axes")
-        if a == 0:
-            raise self.fail(f"{what} 0 is the batch axis; ops on the batch axis are not "
+        if a == batch:
+            raise self.fail(f"{what} {a} is the batch axis; ops on the batch axis are not "
                             f"supported (fastconv models treat axis 0 as the batch)")
         return a
 
@@ -422,6 +432,10 @@ class _Importer:
             if o.name in seen:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is listed twice")
             seen.add(o.name)
+            if any(o.name == t.name for t in inputs):
+                raise ValueError(f"from_onnx: graph output {o.name!r} is also a graph input; "
+                                 f"not supported (a model's inputs and layers, which name its "
+                                 f"outputs, have unique names)")
             v = self.values.get(o.name)
             if v is None:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is not computed by any "
@@ -430,6 +444,9 @@ class _Importer:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is a constant (it does "
                                  f"not depend on the inputs); not supported")
             self.node_name, self.node_label, self.op = o.name, repr(o.name), "output"
+            if v.perm[0] != 0:
+                raise ValueError(f"from_onnx: graph output {o.name!r} has its batch axis at "
+                                 f"position {v.perm[0]} (a Transpose moved it); not supported")
             target = _identity(v.rank)
             if v.cols is None and target not in v.versions:
                 q = v.perm
@@ -854,7 +871,15 @@ def _prelu(im: _Importer):
     return _Dyn(Binary("prelu", c, name=im.name())(x.sym), x.shape, x.perm, x.cols)
 
 
-_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
+_UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Neg": "neg", "Abs": "abs",
+          "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil"}
+
+
+def _unary_op(im: _Importer):
+    from fastconv.nn.tensor_ops import Unary
+    x = im.dyn(0)
+    return _Dyn(Unary(_UNARY[im.op], name=im.name())(x.sym), x.shape, x.perm, x.cols)
 
 
 def _broadcast_shape(im: _Importer, a: Sequence[Any], b: Sequence[Any]) -> Tuple[Any, ...]:
@@ -879,6 +904,8 @@ def _binary(im: _Importer):
     from fastconv.nn.tensor_ops import Binary
     op = _BINARY[im.op]
     va, vb = im.values[im.inputs[0]], im.values[im.inputs[1]]
+    im.batch_first(va)
+    im.batch_first(vb)
     if not isinstance(va, _Dyn) and not isinstance(vb, _Dyn):
         raise _Fold()
     if not isinstance(va, _Dyn) or not isinstance(vb, _Dyn):
@@ -909,6 +936,8 @@ def _concat(im: _Importer):
     vals = [im.values[i] for i in im.inputs if i != ""]
     if not any(isinstance(v, _Dyn) for v in vals):
         raise _Fold()
+    for v in vals:
+        im.batch_first(v)
     dyns = [v for v in vals if isinstance(v, _Dyn)]
     if len(dyns) < len(vals):
         return _concat_constants(im, vals)
@@ -985,25 +1014,26 @@ def _slice_spec(im: _Importer):
 
 def _slice(im: _Importer):
     from fastconv.nn.tensor_ops import Slice
-    x = im.dyn(0)
+    x = im.dyn(0, batch_anywhere=True)
+    b = x.perm[0]  # (the batch's logical axis)
     starts, ends, axes, steps = _slice_spec(im)
     per_axis: Dict[int, slice] = {}
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = a + x.rank if a < 0 else a
         if not 0 <= a < x.rank or a in per_axis:
             raise im.fail(f"axes {axes} are out of range or repeated for shape {x.shape}")
-        if a == 0:
-            n = x.shape[0]
+        if a == b:
+            n = x.shape[b]
             if s == 0 and st == 1 and (e >= INT_MAX // 2 or (n is not None and e >= n)):
                 continue  # the whole batch
-            raise im.fail("slices the batch axis (0); not supported")
+            raise im.fail(f"slices the batch axis ({b}); not supported")
         per_axis[a] = _slices_1d(s, e, st, x.shape[a])
     if not per_axis:
         return x
     sym = im.plain(x)
     phys = [per_axis.get(p, slice(None)) for p in x.perm[1:]]
     layer = Slice([[s.start, s.stop, s.step] for s in phys], name=im.name())
-    return im.new(layer(sym), x.perm, x.shape[0])
+    return im.new(layer(sym), x.perm, x.shape[b])
 
 
 def _split(im: _Importer):
@@ -1121,12 +1151,10 @@ def _flatten(im: _Importer):
 
 
 def _transpose(im: _Importer):
-    x = im.dyn(0)
+    x = im.dyn(0, batch_anywhere=True)
     perm = [int(p) for p in im.attr("perm", list(range(x.rank))[::-1])]
     if sorted(perm) != list(range(x.rank)):
         raise im.fail(f"perm {perm} is not a permutation of the {x.rank} axes")
-    if perm[0] != 0:
-        raise im.fail(f"perm {perm} moves the batch axis (0); not supported")
     if perm == list(range(x.rank)):
         return x
     im.plain(x)
@@ -1138,16 +1166,17 @@ def _transpose(im: _Importer):
     return y
 
 
-def _squeeze_axes(im: _Importer, rank: int, shape: Tuple[Any, ...]) -> List[int]:
+def _squeeze_axes(im: _Importer, rank: int, shape: Tuple[Any, ...], batch: int
+                  ) -> List[int]:
     if im.opset >= 13:
         axes = im.ints(im.const(1, "axes", True), "axes")
     else:
         axes = list(im.attr("axes", []))
     if not axes:
-        if shape[0] == 1:
+        if shape[batch] == 1:
             raise im.fail("squeezes every axis of size 1 (no axes given), which would remove "
                           "the batch axis of this graph's batch size 1; give axes")
-        axes = [i for i in range(1, rank) if shape[i] == 1]
+        axes = [i for i in range(rank) if i != batch and shape[i] == 1]
     return axes
 
 
@@ -1164,9 +1193,9 @@ def _relabel(im: _Importer, x: _Dyn, shape: Tuple[Any, ...], perm: Tuple[int, ..
 
 
 def _squeeze(im: _Importer):
-    x = im.dyn(0)
-    axes = sorted({im.logical_axis(a, x.rank, "axes entry")
-                   for a in _squeeze_axes(im, x.rank, x.shape)})
+    x = im.dyn(0, batch_anywhere=True)
+    axes = sorted({im.logical_axis(a, x.rank, "axes entry", batch=x.perm[0])
+                   for a in _squeeze_axes(im, x.rank, x.shape, x.perm[0])})
     for a in axes:
         if x.shape[a] != 1:
             raise im.fail(f"squeezes axis {a} of size {x.shape[a]}")
@@ -1352,6 +1381,8 @@ def _matmul(im: _Importer):
     va, vb = im.values[im.inputs[0]], im.values[im.inputs[1]]
     if not isinstance(va, _Dyn) and not isinstance(vb, _Dyn):
         raise _Fold()
+    im.batch_first(va)
+    im.batch_first(vb)
     if isinstance(va, _Dyn) and not isinstance(vb, _Dyn) and np.ndim(vb) == 2 and va.rank >= 2:
         return _linear(im, va, im.floats(vb), None)
     if isinstance(va, _Dyn) and isinstance(vb, _Dyn):
@@ -1506,11 +1537,12 @@ def _pad(im: _Importer):
 
 def _gather(im: _Importer):
     from fastconv.nn.tensor_ops import Gather
-    x = im.dyn(0)
+    x = im.dyn(0, batch_anywhere=True)
     idx = im.const(1, "indices")
     if idx.dtype.kind not in "iu":
         raise im.fail(f"indices must be integers; got {idx.dtype}")
-    axis = im.logical_axis(int(im.attr("axis", 0)), x.rank)
+    b = x.perm[0]  # (the batch's logical axis: 0 unless a Transpose moved it)
+    axis = im.logical_axis(int(im.attr("axis", 0)), x.rank, batch=b)
     n = x.shape[axis]
     idx = np.where(idx < 0, idx + n, idx)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
@@ -1525,7 +1557,8 @@ def _gather(im: _Importer):
     if idx.ndim == 1:
         sym = im.plain(x)
         layer = Gather(x.perm.index(axis), idx, name=im.name())
-        return im.new(layer(sym), x.perm, x.shape[0])
+        return im.new(layer(sym), x.perm, x.shape[b])
+    im.batch_first(x)
     sym = im.version(x, _identity(x.rank))
     layer = Gather(axis, idx, name=im.name())
     shape = x.shape[:axis] + idx.shape + x.shape[axis + 1:]
@@ -1548,8 +1581,8 @@ def self_dtype(im: _Importer):
 def _shape_of(im: _Importer):
     v = im.values[im.inputs[0]]
     shape = list(v.shape) if isinstance(v, _Dyn) else list(np.shape(v))
-    if isinstance(v, _Dyn) and shape[0] is None:
-        shape[0] = BATCH
+    if isinstance(v, _Dyn) and shape[v.perm[0]] is None:
+        shape[v.perm[0]] = BATCH
     start, end = int(im.attr("start", 0)), im.attr("end")
     shape = shape[start:] if end is None else shape[start:int(end)]
     if any(s is BATCH for s in shape):
@@ -1573,7 +1606,7 @@ def _handlers():
         "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batchnorm,
         "Gemm": _gemm, "MatMul": _matmul, "PRelu": _prelu, "Clip": _clip,
         "HardSwish": _hard_swish,
-        "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary,
+        "Add": _binary, "Sub": _binary, "Mul": _binary, "Div": _binary, "Pow": _binary,
         "Concat": _concat, "Split": _split, "Slice": _slice, "Reshape": _reshape,
         "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
         "Unsqueeze": _unsqueeze, "MaxPool": _pool, "AveragePool": _pool,
@@ -1583,6 +1616,7 @@ def _handlers():
         "Pad": _pad, "Identity": _alias, "Dropout": _alias, "Gather": _gather, "Cast": _cast,
         "Shape": _shape_of, "Size": _size,
     })
+    table.update({op: _unary_op for op in _UNARY})
     for op in _FOLDERS:
         table.setdefault(op, _fold_only)
     return table
@@ -1792,6 +1826,8 @@ _FOLDERS: Dict[str, Any] = {
     "Neg": _fold_unary(np.negative), "Abs": _fold_unary(np.abs),
     "Floor": _fold_unary(np.floor), "Ceil": _fold_unary(np.ceil),
     "Sqrt": _fold_unary(np.sqrt), "Not": _fold_unary(np.logical_not),
+    "Exp": _fold_unary(np.exp), "Log": _fold_unary(np.log),
+    "Reciprocal": _fold_unary(np.reciprocal),
     "Identity": lambda im, args: args[0], "Dropout": lambda im, args: args[0],
     "ReduceProd": _fold_reduce(np.prod), "ReduceSum": _fold_reduce(np.sum),
     "ReduceMax": _fold_reduce(np.max), "ReduceMin": _fold_reduce(np.min),

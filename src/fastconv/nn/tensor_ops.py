@@ -22,7 +22,7 @@ from fastconv._config import resolve_threads
 from fastconv._validate import _is_int, check_nbytes, float_arrays
 from fastconv.nn.layers import Layer, Linear, Shape
 
-__all__ = ["Copy", "Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul",
+__all__ = ["Copy", "Unary", "Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul",
            "ConcatConstant", "SoftmaxAxes", "Reduce", "Pool2d", "Resize"]
 
 
@@ -45,6 +45,34 @@ def _rank(fn: str, shape: Shape, rank: int) -> None:
     if len(shape) != rank:
         raise ValueError(f"{fn}: takes inputs of {rank} axes besides the batch axis; got shape "
                          f"{tuple(shape)}")
+
+
+UNARY_OPS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "neg": np.negative,
+             "abs": np.abs, "reciprocal": np.reciprocal, "floor": np.floor, "ceil": np.ceil}
+
+
+class Unary(Layer):
+    """An elementwise function: op is one of UNARY_OPS (IEEE results: NaN
+    and Inf where numpy gives them, without warnings)."""
+
+    def __init__(self, op: str, *, name: Optional[str] = None) -> None:
+        super().__init__(name)
+        if op not in UNARY_OPS:
+            raise ValueError(f"Unary: op must be one of {sorted(UNARY_OPS)}; got {op!r}")
+        self.op, self._fn = op, UNARY_OPS[op]
+
+    def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return self._fn(_x("Unary", x))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return tuple(shape)
+
+    def _describe(self):
+        return dict(op=self.op), {}
+
+    def __repr__(self) -> str:
+        return f"Unary({self.op!r})"
 
 
 class Transpose(Layer):
@@ -263,13 +291,19 @@ def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
         return np.where(x > 0, x, x * slope)
 
 
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return np.power(a, b)
+
+
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):  # (IEEE: Inf and NaN, as ONNX)
         return np.divide(a, b)
 
 
 BINARY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div,
-              "prelu": _prelu, "max": np.maximum, "min": np.minimum, "matmul": np.matmul}
+              "prelu": _prelu, "max": np.maximum, "min": np.minimum, "matmul": np.matmul,
+              "pow": _pow}
 
 
 def _broadcast(fn: str, a: Shape, b: Shape, matmul: bool = False) -> Shape:
@@ -289,8 +323,8 @@ def _broadcast(fn: str, a: Shape, b: Shape, matmul: bool = False) -> Shape:
 
 class Binary(Layer):
     """An elementwise operation with numpy's broadcasting: op is "add",
-    "sub", "mul", "div", "max", "min", "prelu" (x where x > 0, else x *
-    slope), or "matmul" (np.matmul, broadcasting the leading axes).
+    "sub", "mul", "div", "max", "min", "pow", "prelu" (x where x > 0, else
+    x * slope), or "matmul" (np.matmul, broadcasting the leading axes).
 
     With a constant (its batch axis of size 1 included, as many axes as x),
     the layer takes one input x and computes op(x, constant), or op(constant,
@@ -799,7 +833,8 @@ class Resize(Layer):
 
 def _register() -> None:
     from fastconv.nn.serialize import register_layer_type
-    for cls in (Copy, Transpose, Reshape, Slice, Gather, Pad, SoftmaxAxes, Reduce, Pool2d, Resize):
+    for cls in (Copy, Unary, Transpose, Reshape, Slice, Gather, Pad, SoftmaxAxes, Reduce,
+                Pool2d, Resize):
         register_layer_type(cls)
     register_layer_type(Binary, {"constant": 1})
     register_layer_type(ConcatConstant, {"before": 1, "after": 1})
