@@ -642,3 +642,37 @@ def test_attention_moves_the_batch_axis_and_gathers_it_back():
                      [("x", ["N", L, 4])], ["y"])
     with pytest.raises(ValueError, match="output 'y' has its batch axis at position 1"):
         nn.from_onnx(moved_out)
+
+
+def test_dynamic_height_and_width_run_any_size():
+    """A fully convolutional graph whose H and W are dynamic in the file
+    (PP-OCR's detector): one import runs several sizes; an op that needs
+    static sizes says so."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2],
+                              name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("GlobalAveragePool", ["r1"], ["gap"], name="gap"),
+             helper.make_node("Conv", ["gap", "w2"], ["c2"], name="se_conv"),
+             helper.make_node("HardSigmoid", ["c2"], ["gate"], name="gate"),
+             helper.make_node("Mul", ["r1", "gate"], ["se"], name="se"),
+             helper.make_node("Resize", ["se", "", "sc"], ["up"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric",
+                              nearest_mode="floor", name="up"),
+             helper.make_node("ConvTranspose", ["se", "wt"], ["ct"], strides=[2, 2],
+                              name="deconv"),
+             helper.make_node("Concat", ["up", "ct", "x"], ["y"], axis=1, name="cat")]
+    model = make(nodes, [("x", ["N", 3, "H", "W"])], ["y"], [
+        tensor("w1", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+        tensor("w2", rng.standard_normal((4, 4, 1, 1)).astype(np.float32)),
+        tensor("wt", rng.standard_normal((4, 2, 2, 2)).astype(np.float32)),
+        tensor("sc", np.array([1, 1, 2, 2], np.float32))], opset=13)
+    m = nn.from_onnx(model)
+    assert ("conv1", "relu1") in m.fusions
+    for shape in ((1, 3, 8, 12), (2, 3, 16, 6)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert_close(m(x), run_ort(model, {"x": x}))
+    flat = make([helper.make_node("Flatten", ["x"], ["y"], name="flat")],
+                [("x", ["N", 3, "H", "W"])], ["y"])
+    with pytest.raises(ValueError, match="'flat'.*static sizes.*input_shapes"):
+        nn.from_onnx(flat)

@@ -14,11 +14,21 @@ A map flattened for a Gemm/MatMul keeps its NHWC order: the flat features
 carry a column permutation that the Gemm's weight rows absorb at import.
 
 The batch axis: the model's inputs are declared without it (nn.Input) and
-axis 0 of every tensor is the batch. An op that acts on axis 0 (Concat,
-Split, Slice, Gather, Softmax or a reduction over it, a Transpose moving it,
-a Reshape or Flatten that changes it) is refused with a ValueError. A
-dynamic batch ("N") works, including torch's ``x.view(x.size(0), -1)``
-(Shape(x)[0] feeding a Reshape); a static batch (1) runs any batch size.
+axis 0 of every graph input is the batch, which stays the physical arrays'
+axis 0 throughout. An op that acts on the batch axis (Concat, Split, Slice,
+Gather, Softmax or a reduction over it, a Reshape or Flatten that changes
+it) is refused with a ValueError. A Transpose may move it (attention's
+(3, N, heads, L, d)): only Transpose, and Gather, Slice and Squeeze on other
+axes, read such a tensor; every other op and the graph outputs need the
+batch first again. A dynamic batch ("N") works, including torch's
+``x.view(x.size(0), -1)`` (Shape(x)[0] feeding a Reshape); a static batch
+(1) runs any batch size where the ops allow.
+
+Other dynamic sizes (an image's H and W): convolutions (explicit pads),
+pools, Resize by scales, ConvTranspose without output_shape,
+BatchNormalization, Concat and the elementwise ops take them; an op that
+needs static sizes (Reshape, Flatten, Slice, Pad, auto_pad SAME, Shape, ...)
+refuses, and ``input_shapes=`` fixes them at import.
 
 Shape, Gather, Cast, ConstantOfShape, Concat, Unsqueeze, Range and the
 arithmetic ops fold to constants where their inputs are constants or static
@@ -388,8 +398,24 @@ class _Importer:
         return tuple(shape)
 
     def new(self, sym: Any, perm: Tuple[int, ...], batch: Any,
-            cols: Optional[np.ndarray] = None) -> _Dyn:
+            cols: Optional[np.ndarray] = None, shape: Optional[Tuple[Any, ...]] = None) -> _Dyn:
+        """A run-time tensor of the layer output sym in order perm: its
+        logical shape from sym's, or (where an input had dynamic sizes, and
+        sym's shape is known only when the model runs) `shape`."""
+        if sym.shape is None:
+            if shape is None:
+                raise self.fail("needs the static sizes of its inputs, which depend on a "
+                                "dynamic axis of a graph input here; give input_shapes=")
+            return _Dyn(sym, shape, perm, cols)
         return _Dyn(sym, self.out_shape(sym, perm, batch), perm, cols)
+
+    def static(self, *values: Any) -> None:
+        """Refuse run-time tensors whose sizes (but the batch's) are dynamic."""
+        for v in values:
+            if isinstance(v, _Dyn) and any(d is None for i, d in enumerate(v.shape)
+                                           if i != v.perm[0]):
+                raise self.fail(f"needs the static sizes of its input, of shape {v.shape} "
+                                f"(None: dynamic) here; give input_shapes= to fix them")
 
     # -- driving ---------------------------------------------------------------
     def run(self):
@@ -489,13 +515,13 @@ class _Importer:
             if len(shape) < 1:
                 raise ValueError(f"from_onnx: graph input {vi.name!r} is a scalar; inputs need "
                                  f"a batch axis")
-            if any(d is None for d in shape[1:]) or any(
-                    d is not None and (not isinstance(d, int) or d < 0) for d in shape):
+            if isinstance(shape[0], int) and shape[0] < 0:
+                shape = (None,) + shape[1:]  # (some exporters write -1 for a dynamic batch)
+            if any(d is not None and (not isinstance(d, int) or d < 0) for d in shape):
                 raise ValueError(f"from_onnx: graph input {vi.name!r} has shape "
-                                 f"{tuple('?' if d is None else d for d in shape)}; every axis "
-                                 f"but the batch axis (0) must have a static size: give them "
-                                 f"with input_shapes={{{vi.name!r}: (N, ...)}}")
-            if math.prod(shape[1:]) > INT_MAX // 8:
+                                 f"{tuple('?' if d is None else d for d in shape)}; expected "
+                                 f"sizes >= 0 or dynamic axes")
+            if math.prod(d for d in shape[1:] if d is not None) > INT_MAX // 8:
                 raise ValueError(f"from_onnx: graph input {vi.name!r} has shape {shape}, too "
                                  f"large")
             inputs.append((vi.name, shape))
@@ -661,6 +687,7 @@ def _spatial_attrs(im: _Importer, x: _Dyn, kernel: Sequence[int], has_dilations:
     auto = im.attr("auto_pad", "NOTSET")
     spatial = x.shape[2:]
     if auto in ("SAME_UPPER", "SAME_LOWER"):
+        im.static(x)
         pairs = [_pads_same(n, (k - 1) * d + 1, s, auto)
                  for n, k, s, d in zip(spatial, kernel, strides, dilations)]
     elif auto == "VALID":
@@ -679,17 +706,27 @@ def _as_2d(im: _Importer, x: _Dyn, what: str):
     if x.rank == 4:
         return im.version(x, _channels_last(4))
     if x.rank == 3:
+        im.static(x)
         sym = im.version(x, _channels_last(3))
         return Reshape((1,) + tuple(sym.shape), name=im.name("to_2d"))(sym)
     raise im.fail(f"{what} takes 1-D or 2-D maps ((N, C, L) or (N, C, H, W)); got a tensor of "
                   f"shape {x.shape}")
 
 
-def _from_2d(im: _Importer, sym: Any, rank: int, batch: Any) -> _Dyn:
+def _from_2d(im: _Importer, sym: Any, x: _Dyn, channels: int) -> _Dyn:
+    """The _Dyn of sym, the NHWC output of a layer that read x (through
+    _as_2d). Where x's sizes are static but sym's shape is not known (a
+    dynamic axis further up, nn's shapes are then None throughout), the
+    layer computes it from x's."""
     from fastconv.nn.tensor_ops import Reshape
+    rank, batch = x.rank, x.shape[0]
     if rank == 3:
         sym = Reshape(tuple(sym.shape[1:]), name=im.name("to_1d"))(sym)
-    return im.new(sym, _channels_last(rank), batch)
+    shape = (batch, channels) + (None,) * (rank - 2)
+    if sym.shape is None and rank == 4 and None not in x.shape[1:]:
+        h, w, c = sym.layer.output_shape(tuple(x.shape[2:]) + (x.shape[1],))
+        shape = (batch, c, h, w)
+    return im.new(sym, _channels_last(rank), batch, shape=shape)
 
 
 def _kernel_2d(values: List[int], rank: int, fill: int) -> List[int]:
@@ -712,7 +749,7 @@ def _conv(im: _Importer):
     layer = Conv2d(w.transpose(2, 3, 1, 0), None if b is None else im.floats(b),
                    stride=tuple(strides), dilation=tuple(dilations), padding=tuple(pads),
                    groups=group, name=im.name())
-    return _from_2d(im, layer(sym), x.rank, x.shape[0])
+    return _from_2d(im, layer(sym), x, layer.out_channels)
 
 
 def _conv_transpose(im: _Importer):
@@ -737,9 +774,10 @@ def _conv_transpose(im: _Importer):
         raise im.refuse_attr("auto_pad", auto, "NOTSET, SAME_UPPER, SAME_LOWER, VALID")
     target = im.attr("output_shape")
     spatial = x.shape[2:]
-    full = [s * (n - 1) + op + (k - 1) * d + 1
+    full = [None if n is None else s * (n - 1) + op + (k - 1) * d + 1
             for n, k, s, d, op in zip(spatial, kernel, strides, dilations, out_pad)]
     if target is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        im.static(x)
         if target is None:
             target = [n * s for n, s in zip(spatial, strides)]
         target = list(target)[-nsp:]
@@ -765,7 +803,7 @@ def _conv_transpose(im: _Importer):
                             stride=tuple(strides), padding=tuple(pairs),
                             output_padding=tuple(out_pad), dilation=tuple(dilations),
                             groups=group, name=im.name())
-    return _from_2d(im, layer(sym), x.rank, x.shape[0])
+    return _from_2d(im, layer(sym), x, layer.out_channels)
 
 
 def _batchnorm(im: _Importer):
@@ -783,7 +821,7 @@ def _batchnorm(im: _Importer):
         sym = im.version(x, _channels_last(4))
         layer = BatchNorm2d(gamma.reshape(-1), beta.reshape(-1), mean.reshape(-1),
                             var.reshape(-1), eps=eps, name=im.name())
-        return im.new(layer(sym), _channels_last(4), x.shape[0])
+        return im.new(layer(sym), _channels_last(4), x.shape[0], shape=x.shape)
     if x.rank < 2:
         raise im.fail(f"X of shape {x.shape} has no channel axis")
     scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
@@ -890,9 +928,9 @@ def _broadcast_shape(im: _Importer, a: Sequence[Any], b: Sequence[Any]) -> Tuple
     for i, (p, q) in enumerate(zip(a, b)):
         if i == 0:
             out.append(p if q == 1 else q if p == 1 else p)
-        elif p == q or q == 1:
-            out.append(p)
-        elif p == 1:
+        elif p == q or q == 1 or q is None and p != 1:
+            out.append(p)  # (a dynamic size against a static one > 1 is that one)
+        elif p == 1 or p is None:
             out.append(q)
         else:
             raise im.fail(f"shapes {a} and {b} do not broadcast")
@@ -947,7 +985,10 @@ def _concat(im: _Importer):
         return first
     syms = [im.plain(first)] + [im.version(v, first.perm) for v in vals[1:]]
     layer = Concatenate(axis=first.perm.index(axis), name=im.name())
-    return im.new(layer(syms), first.perm, first.shape[0])
+    joined = [v.shape[axis] for v in vals]
+    shape = first.shape[:axis] + (None if None in joined else sum(joined),) + \
+        first.shape[axis + 1:]
+    return im.new(layer(syms), first.perm, first.shape[0], shape=shape)
 
 
 def _concat_constants(im: _Importer, vals: List[Any]) -> _Dyn:
@@ -955,6 +996,7 @@ def _concat_constants(im: _Importer, vals: List[Any]) -> _Dyn:
     or the graph's static batch size)."""
     from fastconv.nn.tensor_ops import ConcatConstant
     dyns = [k for k, v in enumerate(vals) if isinstance(v, _Dyn)]
+    im.static(*vals)
     if len(dyns) != 1:
         raise im.fail("concatenates several run-time tensors with constants; only one "
                       "run-time tensor among constants is supported")
@@ -1015,6 +1057,7 @@ def _slice_spec(im: _Importer):
 def _slice(im: _Importer):
     from fastconv.nn.tensor_ops import Slice
     x = im.dyn(0, batch_anywhere=True)
+    im.static(x)
     b = x.perm[0]  # (the batch's logical axis)
     starts, ends, axes, steps = _slice_spec(im)
     per_axis: Dict[int, slice] = {}
@@ -1039,6 +1082,7 @@ def _slice(im: _Importer):
 def _split(im: _Importer):
     from fastconv.nn.tensor_ops import Slice
     x = im.dyn(0)
+    im.static(x)
     axis = im.logical_axis(int(im.attr("axis", 0)), x.rank)
     n = x.shape[axis]
     count = len([o for o in im.node_outputs])
@@ -1133,6 +1177,7 @@ def _reshape_to(im: _Importer, x: _Dyn, shape: Tuple[Any, ...]) -> _Dyn:
 
 def _reshape(im: _Importer):
     x = im.dyn(0)
+    im.static(x)
     target = im.const(1, "shape")
     shape = _reshape_target(im, x.shape, target, bool(im.attr("allowzero", 0)))
     return _reshape_to(im, x, shape)
@@ -1140,6 +1185,7 @@ def _reshape(im: _Importer):
 
 def _flatten(im: _Importer):
     x = im.dyn(0)
+    im.static(x)
     axis = int(im.attr("axis", 1))
     axis = axis + x.rank if axis < 0 else axis
     if not 0 <= axis <= x.rank:
@@ -1194,6 +1240,7 @@ def _relabel(im: _Importer, x: _Dyn, shape: Tuple[Any, ...], perm: Tuple[int, ..
 
 def _squeeze(im: _Importer):
     x = im.dyn(0, batch_anywhere=True)
+    im.static(x)
     axes = sorted({im.logical_axis(a, x.rank, "axes entry", batch=x.perm[0])
                    for a in _squeeze_axes(im, x.rank, x.shape, x.perm[0])})
     for a in axes:
@@ -1207,6 +1254,7 @@ def _squeeze(im: _Importer):
 
 def _unsqueeze(im: _Importer):
     x = im.dyn(0)
+    im.static(x)
     if im.opset >= 13:
         axes = im.ints(im.const(1, "axes"), "axes")
     else:
@@ -1243,20 +1291,20 @@ def _pool(im: _Importer):
     if x.rank == 3:
         kernel, strides, pads = [1] + kernel, [1] + strides, [(0, 0)] + pads
         dilations = [1] + dilations
-    general = Pool2d("max" if is_max else "avg", kernel, strides, pads, ceil, include,
-                     dilations, name=im.name())
-    out_shape = general.output_shape(tuple(sym.shape))
     symmetric = all(b == e and 2 * b <= k for (b, e), k in zip(pads, kernel)) and \
         all(d == 1 for d in dilations)
-    layer = general
     if symmetric and (is_max or not ceil):
+        # nn.MaxPool2d/AvgPool2d: the same sizes and values (torch's rules are
+        # ONNX's for symmetric padding of at most half the window; their
+        # averages differ only where ceil_mode lets a window pass the padding)
         p = tuple(b for b, _ in pads)
-        fast = (MaxPool2d(tuple(kernel), tuple(strides), p, ceil, name=general.name) if is_max
-                else AvgPool2d(tuple(kernel), tuple(strides), p, ceil, include,
-                               name=general.name))
-        if fast.output_shape(tuple(sym.shape)) == out_shape:
-            layer = fast
-    return _from_2d(im, layer(sym), x.rank, x.shape[0])
+        layer = (MaxPool2d(tuple(kernel), tuple(strides), p, ceil, name=im.name()) if is_max
+                 else AvgPool2d(tuple(kernel), tuple(strides), p, ceil, include,
+                                name=im.name()))
+    else:
+        layer = Pool2d("max" if is_max else "avg", kernel, strides, pads, ceil, include,
+                       dilations, name=im.name())
+    return _from_2d(im, layer(sym), x, x.shape[1])
 
 
 def _reduce_layer(im: _Importer, x: _Dyn, op: str, axes: List[int], keepdims: bool) -> _Dyn:
@@ -1385,6 +1433,7 @@ def _matmul(im: _Importer):
     im.batch_first(vb)
     if isinstance(va, _Dyn) and not isinstance(vb, _Dyn) and np.ndim(vb) == 2 and va.rank >= 2:
         return _linear(im, va, im.floats(vb), None)
+    im.static(va, vb)
     if isinstance(va, _Dyn) and isinstance(vb, _Dyn):
         if va.rank != vb.rank or va.rank < 3:
             raise im.fail(f"multiplies run-time tensors of shapes {va.shape} and {vb.shape}; "
@@ -1470,6 +1519,7 @@ def _resize(im: _Importer):
                 or int(sizes[1]) != x.shape[1]:
             raise im.fail(f"sizes {sizes} resize the batch or channel axis; only height and "
                           f"width may change")
+        im.static(x)
         oh, ow = int(sizes[2]), int(sizes[3])
         if min(oh, ow) < 1:
             raise im.fail(f"sizes {sizes} make an empty map")
@@ -1483,10 +1533,13 @@ def _resize(im: _Importer):
         sh, sw = scales[2], scales[3]
         if not (sh > 0 and sw > 0 and math.isfinite(sh) and math.isfinite(sw)):
             raise im.fail(f"scales {scales} must be finite and > 0")
-        oh, ow = int(f(h) * f(sh)), int(f(w) * f(sw))
-        if min(oh, ow) < 1:
-            raise im.fail(f"scales {scales} make a {h}x{w} map empty")
-    if max(oh, ow) > MAX_SIDE:
+        if h is None or w is None:
+            oh = ow = None  # (the layer sizes each input: floor(side * scale))
+        else:
+            oh, ow = int(f(h) * f(sh)), int(f(w) * f(sw))
+            if min(oh, ow) < 1:
+                raise im.fail(f"scales {scales} make a {h}x{w} map empty")
+    if oh is not None and max(oh, ow) > MAX_SIDE:
         raise im.fail(f"the output {oh}x{ow} is larger than {MAX_SIDE} on a side")
     if old:
         if (sh < 1) != (sw < 1):
@@ -1499,13 +1552,15 @@ def _resize(im: _Importer):
             raise im.refuse_attr("nearest_mode", nearest,
                                  "round_prefer_floor, round_prefer_ceil, floor, ceil")
     sym = im.version(x, _channels_last(4))
-    layer = Resize((oh, ow), (sh, sw), mode, coord, nearest, name=im.name())
-    return im.new(layer(sym), _channels_last(4), x.shape[0])
+    layer = Resize(None if oh is None else (oh, ow), (sh, sw), mode, coord, nearest,
+                   name=im.name())
+    return im.new(layer(sym), _channels_last(4), x.shape[0], shape=x.shape[:2] + (oh, ow))
 
 
 def _pad(im: _Importer):
     from fastconv.nn.tensor_ops import Pad
     x = im.dyn(0)
+    im.static(x)
     mode = im.attr("mode", "constant")
     if mode not in ("constant", "reflect", "edge"):
         raise im.refuse_attr("mode", mode, "constant, reflect, edge")
@@ -1539,6 +1594,7 @@ def _gather(im: _Importer):
     from fastconv.nn.tensor_ops import Gather
     x = im.dyn(0, batch_anywhere=True)
     idx = im.const(1, "indices")
+    im.static(x)
     if idx.dtype.kind not in "iu":
         raise im.fail(f"indices must be integers; got {idx.dtype}")
     b = x.perm[0]  # (the batch's logical axis: 0 unless a Transpose moved it)
@@ -1580,6 +1636,7 @@ def self_dtype(im: _Importer):
 
 def _shape_of(im: _Importer):
     v = im.values[im.inputs[0]]
+    im.static(v)
     shape = list(v.shape) if isinstance(v, _Dyn) else list(np.shape(v))
     if isinstance(v, _Dyn) and shape[v.perm[0]] is None:
         shape[v.perm[0]] = BATCH
@@ -1592,6 +1649,7 @@ def _shape_of(im: _Importer):
 
 def _size(im: _Importer):
     v = im.values[im.inputs[0]]
+    im.static(v)
     if isinstance(v, _Dyn):
         if v.shape[0] is None:
             raise _BatchArithmetic()
@@ -1848,8 +1906,9 @@ def from_onnx(model: Any, *, input_shapes: Optional[Dict[str, Sequence[Optional[
         A path (external data is read from beside it), the serialized model,
         or a loaded ModelProto (without external data).
     input_shapes : dict, optional
-        Shapes (batch axis first, None for a dynamic batch) for graph inputs
-        whose other axes are dynamic.
+        Shapes (batch axis first, None for a dynamic axis) for graph inputs,
+        by name: fixes dynamic sizes the graph's ops need static (see the
+        module docstring).
 
     Returns
     -------

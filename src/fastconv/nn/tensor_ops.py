@@ -728,19 +728,20 @@ RESIZE_MODES = ("nearest", "linear")
 
 
 class Resize(Layer):
-    """ONNX's Resize of NHWC maps to `size` (out_h, out_w), the coordinates
-    computed from `scales` (sh, sw) in the input's dtype: mode
+    """ONNX's Resize of NHWC maps to `size` (out_h, out_w), or with size
+    None to floor(side * scale) for each input, the coordinates computed
+    from `scales` (sh, sw) in the input's dtype: mode
     "nearest" (with nearest_mode) or "linear", and coordinate_mode one of
     COORDINATE_MODES (tf_half_pixel_for_nearest for nearest only)."""
 
     layout = "NHWC"
 
-    def __init__(self, size: Sequence[int], scales: Sequence[float], mode: str = "nearest",
-                 coordinate_mode: str = "half_pixel", nearest_mode: str = "round_prefer_floor",
-                 *, name: Optional[str] = None) -> None:
+    def __init__(self, size: Optional[Sequence[int]], scales: Sequence[float],
+                 mode: str = "nearest", coordinate_mode: str = "half_pixel",
+                 nearest_mode: str = "round_prefer_floor", *, name: Optional[str] = None) -> None:
         super().__init__(name)
         fn = "Resize"
-        self.size = _pairs(fn, "size", size, 1)
+        self.size = None if size is None else _pairs(fn, "size", size, 1)
         if (not isinstance(scales, (list, tuple)) or len(scales) != 2
                 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
                            for s in scales)):
@@ -790,13 +791,24 @@ class Resize(Layer):
         w1 = src - i0.astype(f)
         return i0, i1, f(1) - w1, w1
 
+    def _out_hw(self, h: int, w: int, dtype: Any = np.float32) -> Tuple[int, int]:
+        if h < 1 or w < 1:
+            raise ValueError(f"Resize: x has an empty spatial side ({h}x{w})")
+        if self.size is not None:
+            return self.size
+        f = np.dtype(dtype).type
+        out = (int(f(h) * f(self.scales[0])), int(f(w) * f(self.scales[1])))
+        if min(out) < 1 or max(out) > 2**31:
+            raise ValueError(f"Resize: scales {self.scales} make a {h}x{w} map {out[0]}x"
+                             f"{out[1]}; sides from 1 to 2**31 are made")
+        return out
+
     def _plan(self, h: int, w: int, dtype: np.dtype):
         plan = self._plans.get((h, w, dtype))
         if plan is None:
-            if h < 1 or w < 1:
-                raise ValueError(f"Resize: x has an empty spatial side ({h}x{w})")
-            plan = (self._axis(h, self.size[0], self.scales[0], dtype.type),
-                    self._axis(w, self.size[1], self.scales[1], dtype.type))
+            oh, ow = self._out_hw(h, w, dtype)
+            plan = (self._axis(h, oh, self.scales[0], dtype.type),
+                    self._axis(w, ow, self.scales[1], dtype.type))
             if len(self._plans) < 32:
                 self._plans[(h, w, dtype)] = plan
         return plan
@@ -806,9 +818,10 @@ class Resize(Layer):
         xa = _x(fn, x, 4)
         if xa.ndim != 4:
             raise ValueError(f"{fn}: x must be 4-D (N, H, W, C); got shape {xa.shape}")
-        hp, wp = self._plan(xa.shape[1], xa.shape[2], xa.dtype)
-        check_nbytes(fn, "the result", (xa.shape[0],) + self.size + (xa.shape[3],),
+        size = self._out_hw(xa.shape[1], xa.shape[2], xa.dtype)
+        check_nbytes(fn, "the result", (xa.shape[0],) + size + (xa.shape[3],),
                      xa.itemsize, f"x of shape {xa.shape}")
+        hp, wp = self._plan(xa.shape[1], xa.shape[2], xa.dtype)
         if self.mode == "nearest":
             return np.take(np.take(xa, hp[0], axis=1), wp[0], axis=2)
         dt = xa.dtype
@@ -820,10 +833,11 @@ class Resize(Layer):
 
     def output_shape(self, shape: Shape) -> Shape:
         _rank("Resize", shape, 3)
-        return self.size + (shape[2],)
+        return self._out_hw(shape[0], shape[1]) + (shape[2],)
 
     def _describe(self):
-        return dict(size=list(self.size), scales=list(self.scales), mode=self.mode,
+        return dict(size=None if self.size is None else list(self.size),
+                    scales=list(self.scales), mode=self.mode,
                     coordinate_mode=self.coordinate_mode, nearest_mode=self.nearest_mode), {}
 
     def __repr__(self) -> str:
