@@ -69,6 +69,18 @@ def _init_conv_linear(model: Any, linear_std: float = 0.01) -> None:
             torch.nn.init.uniform_(m.bias, -0.1, 0.1)
 
 
+def _seeded(make: Any, seed: int) -> Any:
+    """make()'s module with torchvision's initialisation (_init_conv_linear),
+    both drawn from `seed` (the global RNG is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+        _init_conv_linear(model)
+    return model
+
+
 # --------------------------------------------------------------------------
 # ResNet (torchvision.models.resnet: v1.5, the stride in the 3x3 convolution)
 # --------------------------------------------------------------------------
@@ -167,14 +179,9 @@ def _resnet_classes():
 
 def _resnet(bottleneck: bool, layers: Sequence[int], num_classes: int, width: int,
             seed: int) -> Any:
-    import torch
-
     basic, bottle, resnet = _resnet_classes()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = resnet(bottle if bottleneck else basic, layers, num_classes, width)
-        _init_conv_linear(model)
-    return _finish(model, seed)
+    block = bottle if bottleneck else basic
+    return _finish(_seeded(lambda: resnet(block, layers, num_classes, width), seed), seed)
 
 
 def resnet18(num_classes: int = 1000, width: int = 64, seed: int = 0) -> Any:
@@ -253,11 +260,7 @@ def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, seed: int = 0
             x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
             return self.classifier(torch.flatten(x, 1))
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MobileNetV2()
-        _init_conv_linear(model)
-    return _finish(model, seed)
+    return _finish(_seeded(MobileNetV2, seed), seed)
 
 
 # --------------------------------------------------------------------------
@@ -308,11 +311,7 @@ def vgg16(num_classes: int = 1000, width: float = 1.0, fc_channels: int = 4096,
             x = self.avgpool(self.features(x))
             return self.classifier(torch.flatten(x, 1))
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VGG()
-        _init_conv_linear(model)
-    return _finish(model, seed)
+    return _finish(_seeded(VGG, seed), seed)
 
 
 # --------------------------------------------------------------------------
@@ -366,11 +365,7 @@ def unet(in_channels: int = 3, num_classes: int = 2, base: int = 64, levels: int
                 x = up(x, skips.pop())
             return self.outc(x)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = UNet()
-        _init_conv_linear(model)
-    return _finish(model, seed, in_channels)
+    return _finish(_seeded(UNet, seed), seed, in_channels)
 
 
 # --------------------------------------------------------------------------
@@ -458,13 +453,10 @@ def fcn8s(num_classes: int = 21, width: float = 1.0, fc_channels: int = 4096,
             h = self.upscore8(upscore_pool4 + h)
             return h[:, :, 31:31 + x.size()[2], 31:31 + x.size()[3]].contiguous()
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FCN8s()
-        _init_conv_linear(model)
-        with torch.no_grad():
-            for up in (model.upscore2, model.upscore8, model.upscore_pool4):
-                up.weight.copy_(_bilinear_weight(num_classes, up.kernel_size[0]))
+    model = _seeded(FCN8s, seed)
+    with torch.no_grad():
+        for up in (model.upscore2, model.upscore8, model.upscore_pool4):
+            up.weight.copy_(_bilinear_weight(num_classes, up.kernel_size[0]))
     return _finish(model, seed)
 
 
