@@ -455,10 +455,14 @@ class _Importer:
             if o.name in seen:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is listed twice")
             seen.add(o.name)
-            if any(o.name == t.name for t in inputs):
-                raise ValueError(f"from_onnx: graph output {o.name!r} is also a graph input; "
-                                 f"not supported (a model's inputs and layers, which name its "
-                                 f"outputs, have unique names)")
+            passed = [t for t in inputs if t.name == o.name]
+            if passed:
+                # A graph input given back as an output: the model returns
+                # the caller's array itself (onnxruntime returns a copy), as
+                # a layer of that name could not be told from the input.
+                outs.append(passed[0])
+                given.add(id(passed[0]))
+                continue
             v = self.values.get(o.name)
             if v is None:
                 raise ValueError(f"from_onnx: graph output {o.name!r} is not computed by any "
