@@ -5,8 +5,12 @@
 #include "kernels/common.h"
 
 /* Peak-throughput probe: iters rounds of FMA_CHAINS independent vector FMAs
- * per thread, registers only. Returns the floating-point operations done. */
-#define FMA_CHAINS 16
+ * per thread, registers only. Returns the floating-point operations done.
+ * 12 chains cover two FMA pipes of latency up to 6, and with the two
+ * constants fit AVX2's 16 vector registers: 16 chains did not, and the
+ * spilled ones, chained through memory, held the probe to about 52 GFLOP/s
+ * on a Zen 3 core where fastconv.matmul reaches 65. */
+#define FMA_CHAINS 12
 INTERNAL double CAT3(fma_probe, DT, ISA)(int64_t iters, int nthreads)
 {
     const int nt = clamp_threads(nthreads, nthreads, HUGE_VAL);
