@@ -199,13 +199,17 @@ class _KerasImport:
         return (int(t), int(b)), (int(left), int(r))
 
     # -- the layers --------------------------------------------------------
-    def conv_transpose(self, cfg: dict) -> None:
+    def kernel_options(self, cfg: dict) -> Tuple[int, int, Tuple[int, int], Tuple[int, int], Any]:
+        """kh, kw, stride, dilation, padding of a convolution's config (channels
+        last, float weights)."""
         self.channels_last(cfg)
         self.float_weights(cfg)
         kh, kw = self.pair(cfg, "kernel_size")
-        stride = self.pair(cfg, "strides", 1)
-        dilation = self.pair(cfg, "dilation_rate", 1)
-        padding = self.padding(cfg)
+        return (kh, kw, self.pair(cfg, "strides", 1), self.pair(cfg, "dilation_rate", 1),
+                self.padding(cfg))
+
+    def conv_transpose(self, cfg: dict) -> None:
+        kh, kw, stride, dilation, padding = self.kernel_options(cfg)
         if cfg.get("output_padding") is not None:
             self.refuse(f"has output_padding={short_repr(cfg['output_padding'])}; only None "
                         f"(Keras's output size for 'same' and 'valid') is supported")
@@ -251,12 +255,7 @@ class _KerasImport:
                  spatial=True, channels=self.needs_map())
 
     def conv(self, cfg: dict, depthwise: bool) -> None:
-        self.channels_last(cfg)
-        self.float_weights(cfg)
-        kh, kw = self.pair(cfg, "kernel_size")
-        stride = self.pair(cfg, "strides", 1)
-        dilation = self.pair(cfg, "dilation_rate", 1)
-        padding = self.padding(cfg)
+        kh, kw, stride, dilation, padding = self.kernel_options(cfg)
         fused, then_softmax = self.activation(cfg)
         c = self.needs_map()
         if depthwise:

@@ -1911,7 +1911,9 @@ def from_onnx(model: Any, *, input_shapes: Optional[Dict[str, Sequence[Optional[
         Called as onnxruntime's InferenceSession.run is fed: ``m(x)`` for one
         input, ``m([x1, x2])`` or ``m({"name": x})`` for several, with the
         batch axis, in the graph's own layouts (NCHW); returns one array or
-        a list in the graph's output order, as onnxruntime does.
+        a list in the graph's output order, as onnxruntime does (each an
+        array of its own, except a graph input listed as an output with no
+        node between: that output is the caller's array).
         ``m.input_names`` and ``m.output_names`` are the graph's; each
         node's main layer is named after the node (``m.get_layer(name)``).
 

@@ -51,6 +51,13 @@ UNARY_OPS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "neg": np.negative,
              "abs": np.abs, "reciprocal": np.reciprocal, "floor": np.floor, "ceil": np.ceil}
 
 
+
+def _map_axis(fn: str, axis: Any) -> int:
+    """An axis of the arrays a layer takes, other than the batch axis."""
+    if not _is_int(axis) or int(axis) < 1:
+        raise ValueError(f"{fn}: axis must be an int >= 1 (0 is the batch axis); got {axis!r}")
+    return int(axis)
+
 class Unary(Layer):
     """An elementwise function: op is one of UNARY_OPS (IEEE results: NaN
     and Inf where numpy gives them, without warnings)."""
@@ -193,10 +200,7 @@ class Gather(Layer):
                  name: Optional[str] = None) -> None:
         super().__init__(name)
         fn = "Gather"
-        if not _is_int(axis) or int(axis) < 1:
-            raise ValueError(f"{fn}: axis must be an int >= 1 (0 is the batch axis); got "
-                             f"{axis!r}")
-        self.axis = int(axis)
+        self.axis = _map_axis(fn, axis)
         idx = np.asarray(indices)
         if idx.dtype.kind not in "iu" or (idx.size and idx.min() < 0):
             raise ValueError(f"{fn}: indices must be ints >= 0; got {indices!r}")
@@ -410,10 +414,7 @@ class ConcatConstant(Layer):
                  name: Optional[str] = None) -> None:
         super().__init__(name)
         fn = "ConcatConstant"
-        if not _is_int(axis) or int(axis) < 1:
-            raise ValueError(f"{fn}: axis must be an int >= 1 (0 is the batch axis); got "
-                             f"{axis!r}")
-        self.axis = int(axis)
+        self.axis = _map_axis(fn, axis)
         parts = {}
         for key, value, shape in (("before", before, before_shape), ("after", after, after_shape)):
             if value is None:
