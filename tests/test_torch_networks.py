@@ -9,18 +9,12 @@ fx = pytest.importorskip("torch.fx")
 
 from fastconv import _torch_networks as tn  # noqa: E402
 
-# Reduced widths keep the tests quick; the structure is the full networks'.
-SMALL = {
-    "resnet18": (lambda: tn.resnet18(num_classes=10, width=8), (1, 3, 64, 64), (1, 10)),
-    "resnet50": (lambda: tn.resnet50(num_classes=10, width=8), (1, 3, 64, 64), (1, 10)),
-    "mobilenet_v2": (lambda: tn.mobilenet_v2(num_classes=10, width_mult=0.25),
-                     (1, 3, 64, 64), (1, 10)),
-    "vgg16": (lambda: tn.vgg16(num_classes=10, width=1 / 16, fc_channels=32),
-              (2, 3, 224, 224), (2, 10)),
-    "unet": (lambda: tn.unet(num_classes=3, base=4), (1, 3, 48, 80), (1, 3, 48, 80)),
-    "fcn8s": (lambda: tn.fcn8s(num_classes=5, width=1 / 16, fc_channels=32),
-              (1, 3, 45, 61), (1, 5, 45, 61)),
-}
+# tn.SMALL's reduced widths keep the tests quick; the structure is the full
+# networks'. Each network's output shape, and the batch it is run with:
+OUT_SHAPES = {"resnet18": ((1, 10), 1), "resnet50": ((1, 10), 1), "mobilenet_v2": ((1, 10), 1),
+              "vgg16": ((2, 10), 2), "unet": ((1, 3, 48, 80), 1), "fcn8s": ((1, 5, 45, 61), 1)}
+SMALL = {name: (make, (OUT_SHAPES[name][1],) + shape, OUT_SHAPES[name][0])
+         for name, (make, shape) in tn.SMALL.items()}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

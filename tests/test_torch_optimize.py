@@ -745,17 +745,7 @@ def test_import_fastconv_does_not_import_torch():
 # The reference networks (torchvision's definitions, at reduced widths)
 
 def _networks():
-    tn = pytest.importorskip("fastconv._torch_networks")
-    return {
-        "resnet18": (lambda: tn.resnet18(num_classes=10, width=8), (3, 64, 64)),
-        "resnet50": (lambda: tn.resnet50(num_classes=10, width=8), (3, 64, 64)),
-        "mobilenet_v2": (lambda: tn.mobilenet_v2(num_classes=10, width_mult=0.25),
-                         (3, 64, 64)),
-        "vgg16": (lambda: tn.vgg16(num_classes=10, width=1 / 16, fc_channels=32),
-                  (3, 224, 224)),
-        "unet": (lambda: tn.unet(num_classes=3, base=4), (3, 48, 80)),
-        "fcn8s": (lambda: tn.fcn8s(num_classes=5, width=1 / 16, fc_channels=32), (3, 45, 61)),
-    }
+    return pytest.importorskip("fastconv._torch_networks").SMALL
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2", "vgg16", "unet",

@@ -469,3 +469,14 @@ NETWORKS = {
     "unet": (unet, (3, 224, 224)),
     "fcn8s": (fcn8s, (3, 224, 224)),
 }
+
+# name -> (a reduced-width build, the input's (C, H, W) for it): the same
+# structure as NETWORKS', small enough for tests.
+SMALL = {
+    "resnet18": (lambda: resnet18(num_classes=10, width=8), (3, 64, 64)),
+    "resnet50": (lambda: resnet50(num_classes=10, width=8), (3, 64, 64)),
+    "mobilenet_v2": (lambda: mobilenet_v2(num_classes=10, width_mult=0.25), (3, 64, 64)),
+    "vgg16": (lambda: vgg16(num_classes=10, width=1 / 16, fc_channels=32), (3, 224, 224)),
+    "unet": (lambda: unet(num_classes=3, base=4), (3, 48, 80)),
+    "fcn8s": (lambda: fcn8s(num_classes=5, width=1 / 16, fc_channels=32), (3, 45, 61)),
+}
