@@ -16,7 +16,9 @@ from torch.nn import functional as F  # noqa: E402
 
 import fastconv.torch as ft  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+# The folder the fastconv under test was imported from, for the subprocesses
+# (the installed package, or an in-place build: never the unbuilt sources).
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(ft.__file__)))
 
 
 # ---------------------------------------------------------------------------
