@@ -20,7 +20,7 @@ import numpy as np
 from fastconv import _core
 from fastconv._config import resolve_threads
 from fastconv._validate import _is_int, check_nbytes, float_arrays
-from fastconv.nn.layers import Layer, Linear, Shape
+from fastconv.nn.layers import PLAN_CACHE_SIZE, Layer, Linear, Shape, _batch
 
 __all__ = ["Copy", "Unary", "Transpose", "Reshape", "Slice", "Gather", "Pad", "Binary", "MatMul",
            "ConcatConstant", "SoftmaxAxes", "Reduce", "Pool2d", "Resize"]
@@ -675,15 +675,13 @@ class Pool2d(Layer):
                 if (counts != kh * kw).any():
                     divisor = (kh * kw / np.maximum(counts, 1))[:, :, None]
             plan = (ho, wo, eh, ew, widths, divisor)
-            if len(self._plans) < 32:
+            if len(self._plans) < PLAN_CACHE_SIZE:
                 self._plans[(h, w)] = plan
         return plan
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         fn = "Pool2d"
-        xa = _x(fn, x, 4)
-        if xa.ndim != 4:
-            raise ValueError(f"{fn}: x must be 4-D (N, H, W, C); got shape {xa.shape}")
+        xa = _batch(fn, x, 4, "(N, H, W, C)")
         n, h, w, c = xa.shape
         ho, wo, eh, ew, widths, divisor = self._plan(h, w)
         check_nbytes(fn, "the result", (n, ho, wo, c), xa.itemsize, f"x of shape {xa.shape}")
@@ -810,15 +808,13 @@ class Resize(Layer):
             oh, ow = self._out_hw(h, w, dtype)
             plan = (self._axis(h, oh, self.scales[0], dtype.type),
                     self._axis(w, ow, self.scales[1], dtype.type))
-            if len(self._plans) < 32:
+            if len(self._plans) < PLAN_CACHE_SIZE:
                 self._plans[(h, w, dtype)] = plan
         return plan
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
         fn = "Resize"
-        xa = _x(fn, x, 4)
-        if xa.ndim != 4:
-            raise ValueError(f"{fn}: x must be 4-D (N, H, W, C); got shape {xa.shape}")
+        xa = _batch(fn, x, 4, "(N, H, W, C)")
         size = self._out_hw(xa.shape[1], xa.shape[2], xa.dtype)
         check_nbytes(fn, "the result", (xa.shape[0],) + size + (xa.shape[3],),
                      xa.itemsize, f"x of shape {xa.shape}")
