@@ -142,6 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--quick", action="store_true",
                         help="a representative subset of the layers, fewer repetitions")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time each layer alone through onnxruntime and OpenVINO "
+                             "(pip install 'fastconv[peers]'); float32, per-layer suites")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw a per-layer bar chart (needs matplotlib)")
@@ -279,39 +282,59 @@ def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Tuple[Call, Plan
     return (lambda nt: conv(x, num_threads=nt)), Plan(plan["algorithm"], plan["macs"])
 
 
-def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator
-               ) -> Tuple[Dict[str, Call], Plan]:
-    """Random inputs for `layer`, a callable per contender (in CONTENDERS
-    order; the torch ones only where torch is installed, torch_cl only for
-    convolutions) and fastconv's plan. Each callable takes the thread count;
-    only fastconv uses it, the others are limited by thread_limits()."""
-    torch = _torch()
+def layer_inputs(layer: Layer, dtype: np.dtype, rng: np.random.Generator
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Random operands of `layer`: (A, B) of a GEMM; the NHWC input and the
+    weights of a convolution (HWIO; (k, k, K, C) for a transposed one)."""
     if isinstance(layer, Gemm):
-        a = rng.standard_normal((layer.M, layer.K), dtype=dtype)
-        b = rng.standard_normal((layer.K, layer.N), dtype=dtype)
-        calls = {"fastconv": lambda nt: fastconv.matmul(a, b, num_threads=nt),
-                 "numpy": lambda nt: np.matmul(a, b)}
+        return (rng.standard_normal((layer.M, layer.K), dtype=dtype),
+                rng.standard_normal((layer.K, layer.N), dtype=dtype))
+    x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
+    if isinstance(layer, Deconv):
+        return x, rng.standard_normal((layer.k, layer.k, layer.K, layer.C), dtype=dtype)
+    return x, rng.standard_normal((layer.k, layer.k, layer.C // layer.groups, layer.K),
+                                  dtype=dtype)
+
+
+def numpy_baseline(layer: Layer, x: np.ndarray, w: np.ndarray) -> Callable[[], np.ndarray]:
+    """The NumPy computation of `layer` (numpy_method()) on operands x, w from
+    layer_inputs(), in their dtype: the "numpy" contender, and in float64 the
+    reference every contender's output is checked against."""
+    method = numpy_method(layer)
+    if method == "col2im":
+        return lambda: col2im_matmul(x, w, layer.stride, layer.out)
+    if isinstance(layer, Gemm):
+        return lambda: np.matmul(x, w)
+    if method == "matmul":
+        x2, w2 = x.reshape(-1, layer.C), w.reshape(layer.C, layer.K)
+        return lambda: np.matmul(x2, w2).reshape(1, layer.hw, layer.hw, layer.K)
+    if method == "taps":
+        return lambda: depthwise_taps(x, w, layer.stride, layer.pad)
+    return lambda: im2col_matmul(x, w, layer.stride, layer.pad)
+
+
+def contenders(layer: Layer, x: np.ndarray, w: np.ndarray) -> Tuple[Dict[str, Call], Plan]:
+    """A callable per contender of `layer` on the operands x, w from
+    layer_inputs() (in CONTENDERS order; the torch ones only where torch is
+    installed, torch_cl only for convolutions) and fastconv's plan. Each
+    callable takes the thread count; only fastconv uses it, the others are
+    limited by thread_limits()."""
+    torch = _torch()
+    numpy_call = numpy_baseline(layer, x, w)
+    if isinstance(layer, Gemm):
+        calls = {"fastconv": lambda nt: fastconv.matmul(x, w, num_threads=nt),
+                 "numpy": lambda nt: numpy_call()}
         if torch is not None:
-            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            ta, tb = torch.from_numpy(x), torch.from_numpy(w)
             calls["torch"] = lambda nt: torch.matmul(ta, tb)
-        algorithm = _conv.GemmWeights("matmul", b, None, 1, one_call=True).plan(layer.M, None)[1]
+        algorithm = _conv.GemmWeights("matmul", w, None, 1, one_call=True).plan(layer.M, None)[1]
         return calls, Plan(algorithm, float(layer.M) * layer.K * layer.N)
 
     if isinstance(layer, Deconv):
-        return deconv_contenders(layer, dtype, rng)
+        return deconv_contenders(layer, x, w)
     s, p, g = layer.stride, layer.pad, layer.groups
-    x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
-    w = rng.standard_normal((layer.k, layer.k, layer.C // g, layer.K), dtype=dtype)
-    method = numpy_method(layer)
-    if method == "matmul":
-        x2, w2 = x.reshape(-1, layer.C), w.reshape(layer.C, layer.K)
-        numpy_call = lambda nt: np.matmul(x2, w2)  # noqa: E731
-    elif method == "taps":
-        numpy_call = lambda nt: depthwise_taps(x, w, s, p)  # noqa: E731
-    else:
-        numpy_call = lambda nt: im2col_matmul(x, w, s, p)  # noqa: E731
     fastconv_side, plan = fastconv_call(layer, x, w)
-    calls = {"fastconv": fastconv_side, "numpy": numpy_call}
+    calls = {"fastconv": fastconv_side, "numpy": lambda nt: numpy_call()}
     if torch is not None:
         conv = torch.nn.functional.conv2d
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -322,7 +345,14 @@ def contenders(layer: Layer, dtype: np.dtype, rng: np.random.Generator
     return calls, plan
 
 
-def deconv_contenders(layer: Deconv, dtype: np.dtype, rng: np.random.Generator
+def deconv_top_pad(layer: Deconv) -> int:
+    """The rows (and columns) TensorFlow's SAME rule crops from the top (left)
+    of a transposed convolution's full (hw - 1) * stride + k output; it crops
+    the rest of the excess from the bottom (right)."""
+    return max((layer.hw - 1) * layer.stride + layer.k - layer.out, 0) // 2
+
+
+def deconv_contenders(layer: Deconv, x: np.ndarray, w: np.ndarray
                       ) -> Tuple[Dict[str, Call], Plan]:
     """contenders() of a transposed convolution: fastconv's ConvTranspose2d
     (weights packed once) with output_size, NumPy's col2im, and torch's
@@ -330,14 +360,13 @@ def deconv_contenders(layer: Deconv, dtype: np.dtype, rng: np.random.Generator
     padding and cut to the output's size (a view) where its total is odd."""
     torch = _torch()
     s, out = layer.stride, layer.out
-    x = rng.standard_normal((1, layer.hw, layer.hw, layer.C), dtype=dtype)
-    w = rng.standard_normal((layer.k, layer.k, layer.K, layer.C), dtype=dtype)
     up = nn.ConvTranspose2d(w, stride=s, padding="same")
     plan = up.plan(x.shape, output_size=(out, out))
+    numpy_call = numpy_baseline(layer, x, w)
     calls = {"fastconv": lambda nt: up(x, num_threads=nt, output_size=(out, out)),
-             "numpy": lambda nt: col2im_matmul(x, w, s, out)}
+             "numpy": lambda nt: numpy_call()}
     if torch is not None:
-        pad = max((layer.hw - 1) * s + layer.k - out, 0) // 2
+        pad = deconv_top_pad(layer)
         xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()  # (C, K, k, k)
         xcl, wcl = (t.to(memory_format=torch.channels_last) for t in (xt, wt))
@@ -509,14 +538,38 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return None if num is None or den is None else num / den
 
 
+def ran_peers(rows: List[dict]) -> List[str]:
+    """The peers with a time in some row."""
+    return [p for p in PEERS if any(r["seconds"].get(p) is not None for r in rows)]
+
+
+def _best_peer(seconds: Dict[str, Optional[float]]) -> Optional[str]:
+    """The fastest peer timed, or None."""
+    timed = [p for p in PEERS if seconds.get(p) is not None]
+    return min(timed, key=lambda p: seconds[p]) if timed else None
+
+
+def _speedups(seconds: Dict[str, Optional[float]], peer_best: Optional[str]
+              ) -> Dict[str, Optional[float]]:
+    """Every other contender's time / fastconv's, and the best peer's."""
+    tf = seconds["fastconv"]
+    speedup = {c: _ratio(t, tf) for c, t in seconds.items() if c != "fastconv"}
+    speedup["peer_best"] = _ratio(seconds[peer_best], tf) if peer_best else None
+    return speedup
+
+
 def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype, plan: Plan,
-               seconds: Dict[str, Optional[float]], peak: float, bandwidth: float,
-               others_busy_pct: Optional[float]) -> dict:
+               seconds: Dict[str, Optional[float]], errors: Dict[str, Optional[float]],
+               faults: Optional[int], unavailable: Dict[str, str], peak: float,
+               bandwidth: float, others_busy_pct: Optional[float]) -> dict:
     """Every figure of one layer at one thread count (see the JSON keys above)."""
     fl, wb, executed = flops(layer), weight_bytes(layer, dtype), 2.0 * plan.macs
     torch_times = [t for t in (seconds["torch"], seconds["torch_cl"]) if t is not None]
     tf = seconds["fastconv"]
     gbps = {c: _ratio(wb / 1e9, t) for c, t in seconds.items()}
+    peer_best = _best_peer(seconds)
+    speedup = _speedups(seconds, peer_best)
+    speedup["torch_best"] = _ratio(min(torch_times), tf) if torch_times else None
     return {"suite": suite, "layer": layer.name, "shape": shape_text(layer),
             "count": layer.count, "threads": nt, "dtype": dtype.name, "flops": fl,
             "algorithm": plan.algorithm, "executed_flops": executed,
@@ -527,29 +580,28 @@ def result_row(suite: str, layer: Layer, nt: int, dtype: np.dtype, plan: Plan,
             "pct_peak": 100 * executed / 1e9 / tf / peak,
             "pct_bandwidth": 100 * gbps["fastconv"] / bandwidth,
             "others_busy_pct": others_busy_pct,
-            "speedup": {"numpy": _ratio(seconds["numpy"], tf),
-                        "torch": _ratio(seconds["torch"], tf),
-                        "torch_cl": _ratio(seconds["torch_cl"], tf),
-                        "torch_best": _ratio(min(torch_times), tf) if torch_times else None}}
+            "speedup": speedup, "peer_best": peer_best, "max_rel_err": errors,
+            "minor_faults_per_call": faults, "unavailable": unavailable}
 
 
 def summary_row(suite: str, nt: int, rows: List[dict], peak: float) -> dict:
-    """Totals of one suite at one thread count, each layer weighed by its count."""
+    """Totals of one suite at one thread count, each layer weighed by its count
+    (a contender's total is null unless it ran every layer)."""
     total = {}
-    for c in CONTENDERS:
+    for c in rows[0]["seconds"]:
         times = [r["seconds"][c] for r in rows]
         total[c] = (None if None in times else
                     sum(r["count"] * t for r, t in zip(rows, times)))
     fl = sum(r["count"] * r["flops"] for r in rows)
     executed = sum(r["count"] * r["executed_flops"] for r in rows)
     gflops, gflops_executed = fl / 1e9 / total["fastconv"], executed / 1e9 / total["fastconv"]
+    peer_best = _best_peer(total)
     return {"suite": suite, "threads": nt,
             "layers": sum(r["count"] for r in rows),
             "layers_in_suite": sum(layer.count for layer in _shapes.SUITES[suite]),
             "flops": fl, "executed_flops": executed, "seconds": total, "gflops": gflops,
             "gflops_executed": gflops_executed, "pct_peak": 100 * gflops_executed / peak,
-            "speedup": {c: _ratio(total[c], total["fastconv"])
-                        for c in ("numpy", "torch", "torch_cl")}}
+            "speedup": _speedups(total, peer_best), "peer_best": peer_best}
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -593,6 +645,8 @@ LAYER_COLUMNS = [
     Column("t_cl", 7, lambda r: _fmt(r["gflops"]["torch_cl"], ".1f")),
     Column("vs np", 6, lambda r: _fmt(r["speedup"]["numpy"], ".2f", "x")),
     Column("vs torch", 8, lambda r: _fmt(r["speedup"]["torch_best"], ".2f", "x")),
+    Column("err", 7, lambda r: _fmt(r["max_rel_err"]["fastconv"], ".1e")),
+    Column("flt", 5, lambda r: _fmt(r["minor_faults_per_call"], "d")),
     Column("oth%", 4, lambda r: _fmt(r["others_busy_pct"], ".0f")),
 ]
 # The FC layers stream their weights once per call: show that rate too.
@@ -618,6 +672,32 @@ SUMMARY_COLUMNS = [
     Column("vs torch", 8, lambda r: _fmt(r["speedup"]["torch"], ".2f", "x")),
     Column("vs t_cl", 7, lambda r: _fmt(r["speedup"]["torch_cl"], ".2f", "x")),
 ]
+
+
+def peer_columns(peers: Sequence[str]) -> List[Column]:
+    """The --peers table's columns for the peers that ran: times, each one's
+    time / fastconv's, the best peer's, and every output's error."""
+    columns = [Column("layer", 18, lambda r: r["layer"], left=True),
+               Column("fastconv ms", 11, lambda r: _ms(r, "fastconv", ".3f"))]
+    for p in peers:
+        columns += [Column(f"{PEER_SHORT[p]} ms", 9, lambda r, p=p: _ms(r, p, ".3f")),
+                    Column("x", 6, lambda r, p=p: _fmt(r["speedup"][p], ".2f", "x"))]
+    columns += [Column("best", 11, lambda r: r["peer_best"] or "-", left=True),
+                Column("vs best", 7, lambda r: _fmt(r["speedup"]["peer_best"], ".2f", "x")),
+                *[Column(f"err {PEER_SHORT.get(c, c)}", 8,
+                         lambda r, c=c: _fmt(r["max_rel_err"][c], ".1e"))
+                  for c in ("fastconv", *peers)]]
+    return columns
+
+
+def summary_columns(peers: Sequence[str]) -> List[Column]:
+    """SUMMARY_COLUMNS and, for the peers that ran, their totals and the best one's
+    total / fastconv's."""
+    if not peers:
+        return SUMMARY_COLUMNS
+    return SUMMARY_COLUMNS + [
+        *[Column(f"{PEER_SHORT[p]} ms", 8, lambda r, p=p: _ms(r, p)) for p in peers],
+        Column("vs peer", 7, lambda r: _fmt(r["speedup"]["peer_best"], ".2f", "x"))]
 
 
 def print_table(title: str, rows: List[dict], columns: List[Column]) -> None:
@@ -700,23 +780,60 @@ def _print_header(cfg: dict, vers: dict, busy: Optional[float],
 
 def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: np.dtype,
                 rng: np.random.Generator, reps: int, min_time: float,
-                peak: Dict[int, float], bandwidth: Dict[int, float]) -> Dict[int, List[dict]]:
-    """Time every contender on every layer at every thread count; the
-    result rows per thread count."""
+                peak: Dict[int, float], bandwidth: Dict[int, float],
+                peers: bool = False) -> Dict[int, List[dict]]:
+    """Time every contender (and with `peers` onnxruntime and OpenVINO) on
+    every layer at every thread count; the result rows per thread count.
+    Every contender's first output is compared with the float64 reference
+    (REFERENCE); a peer that fails or disagrees is not timed."""
     rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
+    names = CONTENDERS + PEERS if peers else CONTENDERS
     for i, layer in enumerate(layers):
-        calls, plan = contenders(layer, dtype, rng)
+        x, w = layer_inputs(layer, dtype, rng)
+        calls, plan = contenders(layer, x, w)
+        reference = numpy_baseline(layer, x.astype(np.float64), w.astype(np.float64))()
+        if reference.ndim == 4:  # NHWC -> torch's and the peers' NCHW
+            reference = reference.transpose(0, 3, 1, 2)
+        scale = max(float(np.abs(reference).max()), 1e-30)
+        if peers:
+            peer_x = x if isinstance(layer, Gemm) else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            model = layer_onnx(layer, peer_x, w)
+            ov_model, ov_error = openvino_model(model)
         for nt in threads:
             _progress(f"[{suite} {i + 1}/{len(layers)}, {nt} thr] {layer.name} "
                       f"{shape_text(layer)} ...")
+            own, unavailable = (peer_calls(model, ov_model, ov_error, peer_x, reference.shape, nt)
+                                if peers else ({}, {}))
+            every = {**calls, **own}
+            errors: Dict[str, Optional[float]] = {c: None for c in names}
+            settled = nt > 1 or peers  # the peers' worker threads outlive a call
             before = cpu_snapshot()
             with thread_limits(nt):
-                times = time_interleaved([functools.partial(f, nt) for f in calls.values()],
-                                         reps, min_time, settled=nt > 1)
-            seconds: Dict[str, Optional[float]] = {c: None for c in CONTENDERS}
-            seconds.update(zip(calls, times))
-            rows[nt].append(result_row(suite, layer, nt, dtype, plan, seconds, peak[nt],
-                                       bandwidth[nt], others_busy(before, cpu_snapshot())))
+                for c in list(every):
+                    if settled:
+                        settle()
+                    try:
+                        out = _as_nchw(every[c](nt), reference.shape, c in ("fastconv", "numpy"))
+                    except Exception as exc:  # noqa: BLE001 (only a peer may fail)
+                        if c not in own:
+                            raise
+                        unavailable[c] = _failure(exc)
+                        del every[c]
+                        continue
+                    errors[c] = max_rel_err(out, reference, scale)
+                    if c in own and errors[c] > PEER_TOLERANCE:
+                        unavailable[c] = (f"wrong result: max relative error {errors[c]:.1e} "
+                                          f"> {PEER_TOLERANCE:g}")
+                        del every[c]
+                times = time_interleaved([functools.partial(f, nt) for f in every.values()],
+                                         reps, min_time, settled=settled)
+                faults = minor_faults_per_call(functools.partial(calls["fastconv"], nt))
+            seconds: Dict[str, Optional[float]] = {c: None for c in names}
+            seconds.update(zip(every, times))
+            rows[nt].append(result_row(suite, layer, nt, dtype, plan, seconds, errors, faults,
+                                       unavailable, peak[nt], bandwidth[nt],
+                                       others_busy(before, cpu_snapshot())))
+            del own, every  # this thread count's sessions, before the next one's are made
         del calls  # free this layer's arrays before the next layer's are made
     _progress("")
     return rows
@@ -729,6 +846,14 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and plt is None:
         print("error: --plot needs matplotlib: pip install matplotlib "
               "(or pip install 'fastconv[bench]')", file=sys.stderr)
+        return 2
+    if args.peers and args.suite in ("fcn", "networks"):
+        print(f"error: --peers times the per-layer suites, not {args.suite!r} (the networks "
+              "suite runs onnxruntime and OpenVINO already)", file=sys.stderr)
+        return 2
+    if args.peers and args.dtype != "float32":
+        print("error: --peers needs --dtype float32 (the peers' one-node graphs are float32)",
+              file=sys.stderr)
         return 2
     threads = args.threads or [fastconv.get_num_threads()]
     reps, min_time = TIMING[args.quick]
@@ -745,6 +870,9 @@ def run(args: argparse.Namespace) -> int:
     busy = others_busy(before, cpu_snapshot())
     openblas_env = {k: os.environ[k] for k in OPENBLAS_ENV if k in os.environ}
     _print_header(cfg, vers, busy, openblas_env)
+    peer_vers = peer_versions() if args.peers else {}
+    for p, v in peer_vers.items():
+        print(f"peer {p}: {v or '- not installed (pip install fastconv[peers]): no column'}")
 
     _progress("measuring the FMA peak and the memory bandwidth ...")
     peak = {nt: measure_peak(dtype.name, nt) for nt in threads}
@@ -769,10 +897,20 @@ def run(args: argparse.Namespace) -> int:
     results, summary = [], []
     for suite in suites:
         layers = [la for la in _shapes.SUITES[suite] if la.quick or not args.quick]
-        rows = bench_suite(suite, layers, threads, dtype, rng, reps, min_time, peak, bandwidth)
+        rows = bench_suite(suite, layers, threads, dtype, rng, reps, min_time, peak, bandwidth,
+                           args.peers)
         for nt in threads:
             print_table(f"{suite}, {nt} thread{'s' if nt > 1 else ''}, {dtype.name}",
                         rows[nt], FC_COLUMNS if suite == "fc" else LAYER_COLUMNS)
+            if args.peers:
+                print_table(f"{suite}, {nt} thread{'s' if nt > 1 else ''}: fastconv vs each "
+                            "layer alone in the peers (NCHW one-node ONNX graphs), ms per call; "
+                            "x = the peer's time / fastconv's (>1: fastconv faster); "
+                            "err = max rel error vs float64", rows[nt],
+                            peer_columns([p for p in PEERS if p in ran_peers(rows[nt])]))
+                for r in rows[nt]:
+                    for c, why in r["unavailable"].items():
+                        print(f"  {r['layer']} {c}: {why}")
             results += rows[nt]
             summary.append(summary_row(suite, nt, rows[nt], peak[nt]))
     fcn_rows = bench_fcn(threads, dtype, rng, reps, min_time) if run_fcn else []
@@ -788,8 +926,9 @@ def run(args: argparse.Namespace) -> int:
         print("\nnetworks: skipped, torch is not installed")
     if summary:
         print_table("summary: totals over each suite's layers, each counted n times (layers = "
-                    "run / in the network); vs = the other's total / fastconv's, torch = NCHW",
-                    summary, SUMMARY_COLUMNS)
+                    "run / in the network); vs = the other's total / fastconv's, torch = NCHW"
+                    + ("; vs peer = the fastest peer's" if args.peers else ""),
+                    summary, summary_columns([p for p in PEERS if p in ran_peers(summary)]))
     timed = results + network_rows
     disturbed = [r for r in timed if (r["others_busy_pct"] or 0) > BUSY_LIMIT]
     if disturbed:
@@ -806,7 +945,10 @@ def run(args: argparse.Namespace) -> int:
             "openblas_env": openblas_env,
             "settings": {"suite": args.suite, "suites": suites, "threads": threads,
                          "dtype": dtype.name, "quick": args.quick, "reps": reps,
-                         "min_time": min_time},
+                         "min_time": min_time, "peers": args.peers,
+                         "reference": REFERENCE, "fault_calls": FAULT_CALLS},
+            "peers": {p: {"version": v, "settings": PEER_LABELS[p]}
+                      for p, v in peer_vers.items()},
             "peak_gflops": {str(nt): g for nt, g in peak.items()},
             "memory_bandwidth": {"method": bandwidth_method,
                                  "gbps": {str(nt): g for nt, g in bandwidth.items()}},
@@ -1087,6 +1229,29 @@ def openvino_model(onnx_bytes: bytes) -> Tuple[object, Optional[str]]:
         return None, _failure(exc)
 
 
+def ort_session(onnx_bytes: bytes, nt: int):
+    """An onnxruntime CPU session of the model: intra-op threads = nt, inter-op
+    1, sequential, every graph optimization; its worker threads spin after a
+    call as the engine ships (allow_spinning left on: settle() waits them out)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = nt
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def ov_request(ov_model: object, nt: int):
+    """An infer request of the OpenVINO model (from openvino_model()) compiled
+    for the CPU: nt threads, float32 forced, LATENCY."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(
+        ov_model, "CPU", {"INFERENCE_NUM_THREADS": nt, "INFERENCE_PRECISION_HINT": "f32",
+                          "PERFORMANCE_HINT": "LATENCY"})
+    return compiled.create_infer_request()
+
+
 def threaded_engines(onnx_bytes: Optional[bytes], ov_model: object, ov_error: Optional[str],
                      xn: np.ndarray, nt: int
                      ) -> Tuple[Dict[str, Callable[[int], object]], Dict[str, str]]:
@@ -1099,13 +1264,7 @@ def threaded_engines(onnx_bytes: Optional[bytes], ov_model: object, ov_error: Op
         return calls, {"onnxruntime": "the ONNX export failed",
                        "openvino": "the ONNX export failed"}
     try:
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = nt
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        session = ort_session(onnx_bytes, nt)
         feed = {session.get_inputs()[0].name: xn}
         calls["onnxruntime"] = lambda _: session.run(None, feed)[0]
     except ImportError:
@@ -1116,11 +1275,7 @@ def threaded_engines(onnx_bytes: Optional[bytes], ov_model: object, ov_error: Op
         missing["openvino"] = ov_error or "openvino is not installed"
         return calls, missing
     try:
-        import openvino as ov
-        compiled = ov.Core().compile_model(
-            ov_model, "CPU", {"INFERENCE_NUM_THREADS": nt, "INFERENCE_PRECISION_HINT": "f32",
-                              "PERFORMANCE_HINT": "LATENCY"})
-        request = compiled.create_infer_request()
+        request = ov_request(ov_model, nt)
         calls["openvino"] = lambda _: request.infer({0: xn})[0]
     except Exception as exc:  # noqa: BLE001
         missing["openvino"] = _failure(exc)
@@ -1283,3 +1438,124 @@ def print_networks(rows: List[dict]) -> None:
             print(f"  {network} {c}: {why}")
     print("\ncontenders: " + "; ".join(f"{c} = {NETWORK_LABELS[c]}" for c in NETWORK_CONTENDERS)
           + f"; ONNX exported by {ONNX_EXPORTER}, opset {ONNX_OPSET}")
+
+
+# --------------------------------------------------------------------------
+# --peers: each layer alone through onnxruntime and OpenVINO
+# --------------------------------------------------------------------------
+# LiteRT (ai-edge-litert, XNNPACK) is not a peer: it runs .tflite flatbuffers
+# only, and writing one needs tensorflow (about 600 MB), which the bench does
+# not depend on; ai-edge-litert is not installed where this was written either.
+PEERS = ("onnxruntime", "openvino")
+PEER_LABELS = {
+    "onnxruntime": "onnxruntime CPUExecutionProvider (MLAS; intra-op threads = thread "
+                   "count, inter-op 1, sequential, all graph optimizations, spinning "
+                   "workers as shipped), output bound to a preallocated array (io_binding)",
+    "openvino": "OpenVINO CPU (INFERENCE_NUM_THREADS = thread count, "
+                "INFERENCE_PRECISION_HINT f32, LATENCY), input and output tensors on "
+                "preallocated arrays",
+}
+PEER_SHORT = {"onnxruntime": "ort", "openvino": "ov"}
+# A peer whose output differs from the float64 reference by more than this
+# (relative to the largest output) computes another layer: it is not timed.
+PEER_TOLERANCE = 1e-3
+FAULT_CALLS = 10  # fastconv calls over which the minor page faults are counted
+REFERENCE = ("numpy's baseline of the layer (numpy_method: matmul, im2col + matmul, taps, "
+             "col2im) in float64 on the same operands")
+
+
+def peer_versions() -> Dict[str, Optional[str]]:
+    """The version of each peer engine, or None where it is not installed
+    (onnxruntime and OpenVINO both read the layer through onnx)."""
+    found: Dict[str, Optional[str]] = {}
+    for peer in PEERS:
+        try:
+            import onnx  # noqa: F401
+            found[peer] = __import__(peer).__version__
+        except ImportError:
+            found[peer] = None
+    return found
+
+
+def layer_onnx(layer: Layer, x: np.ndarray, w: np.ndarray) -> bytes:
+    """`layer` as a one-node float32 ONNX model (opset ONNX_OPSET) with the
+    weights w as an initializer: MatMul for a GEMM, Conv or ConvTranspose (its
+    pads TensorFlow's SAME crop) in NCHW for the others. Its input is "x", of
+    x's shape (NCHW for a convolution). The suites' layers have neither bias
+    nor activation, nor have these graphs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if isinstance(layer, Gemm):
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        weights, x_shape = w, x.shape
+    else:
+        weights, x_shape = w.transpose(3, 2, 0, 1), (1, layer.C, layer.hw, layer.hw)
+        if isinstance(layer, Deconv):  # (k, k, K, C) -> (C, K, k, k)
+            top = deconv_top_pad(layer)
+            bottom = (layer.hw - 1) * layer.stride + layer.k - layer.out - top
+            node = helper.make_node("ConvTranspose", ["x", "w"], ["y"],
+                                    strides=[layer.stride] * 2, pads=[top, top, bottom, bottom])
+        else:  # HWIO -> OIHW
+            node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[layer.stride] * 2,
+                                    pads=[layer.pad] * 4, group=layer.groups)
+    graph = helper.make_graph(
+        [node], layer.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ascontiguousarray(weights, np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]
+                             ).SerializeToString()
+
+
+def peer_calls(model: bytes, ov_model: object, ov_error: Optional[str], x: np.ndarray,
+               out_shape: Tuple[int, ...], nt: int
+               ) -> Tuple[Dict[str, Call], Dict[str, str]]:
+    """The peers of one layer at nt threads, on the model from layer_onnx()
+    (and OpenVINO's reading of it, openvino_model()) and its input x (NCHW
+    for a convolution), each writing into an output array of out_shape made
+    here: {peer: call(nt) -> that array} and {peer: why unavailable}."""
+    calls: Dict[str, Call] = {}
+    missing: Dict[str, str] = {}
+    try:
+        session = ort_session(model, nt)
+        ort_out = np.empty(out_shape, np.float32)
+        binding = session.io_binding()
+        binding.bind_cpu_input("x", x)
+        binding.bind_output("y", "cpu", 0, np.float32, out_shape, ort_out.ctypes.data)
+        calls["onnxruntime"] = lambda nt: (session.run_with_iobinding(binding), ort_out)[1]
+    except ImportError:
+        missing["onnxruntime"] = "onnxruntime is not installed"
+    except Exception as exc:  # noqa: BLE001 (one engine's failure leaves the others)
+        missing["onnxruntime"] = _failure(exc)
+    if ov_model is None:
+        missing["openvino"] = ov_error or "openvino is not installed"
+        return calls, missing
+    try:
+        import openvino as ov
+        request = ov_request(ov_model, nt)
+        ov_out = np.empty(out_shape, np.float32)
+        request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+        request.set_output_tensor(ov.Tensor(ov_out, shared_memory=True))
+        calls["openvino"] = lambda nt: (request.infer(share_outputs=True), ov_out)[1]
+    except Exception as exc:  # noqa: BLE001
+        missing["openvino"] = _failure(exc)
+    return calls, missing
+
+
+def max_rel_err(out: np.ndarray, reference: np.ndarray, scale: float) -> float:
+    """max |out - reference| / scale (scale = max |reference|)."""
+    return float(np.abs(out.astype(np.float64) - reference).max() / scale)
+
+
+def minor_faults_per_call(call: Callable[[], object]) -> Optional[int]:
+    """Minor page faults of the whole process per call of `call`, in steady
+    state (after the timing's calls), rounded: counted over FAULT_CALLS calls
+    by getrusage; None where there is no resource module."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    settle()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(FAULT_CALLS):
+        call()
+    return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / FAULT_CALLS)
