@@ -25,13 +25,15 @@ TINY_SUITES = {
     "upsample": [Deconv("up", 5, 3, 4, 4, 2, 9, quick=True)],
 }
 JSON_KEYS = {"machine", "isa", "versions", "config", "blas", "openblas_env", "settings",
-             "peak_gflops", "memory_bandwidth", "results", "summary", "fcn", "networks"}
+             "peak_gflops", "memory_bandwidth", "results", "summary", "fcn", "networks",
+             "peers"}
 RESULT_KEYS = {"suite", "layer", "shape", "count", "threads", "dtype", "flops",
                "algorithm", "executed_flops", "weight_bytes", "numpy_method", "seconds",
                "gflops", "gflops_executed", "weight_gbps", "pct_peak", "pct_bandwidth",
-               "others_busy_pct", "speedup"}
+               "others_busy_pct", "speedup", "peer_best", "max_rel_err",
+               "minor_faults_per_call", "unavailable"}
 SUMMARY_KEYS = {"suite", "threads", "layers", "layers_in_suite", "flops", "executed_flops",
-                "seconds", "gflops", "gflops_executed", "pct_peak", "speedup"}
+                "seconds", "gflops", "gflops_executed", "pct_peak", "speedup", "peer_best"}
 
 
 @contextlib.contextmanager
@@ -96,6 +98,14 @@ def test_json_has_the_documented_keys(quick_run):
     assert len(summary) == 2 * len(TINY_SUITES)
     for s in summary:
         assert set(s) == SUMMARY_KEYS
+    for r in results:
+        # float32 against the float64 reference, relative to the largest output
+        assert 0 <= r["max_rel_err"]["fastconv"] < 1e-4
+        assert 0 <= r["max_rel_err"]["numpy"] < 1e-4
+        faults = r["minor_faults_per_call"]
+        assert isinstance(faults, int) and faults >= 0
+        assert r["unavailable"] == {} and r["peer_best"] is None
+    assert report["settings"]["peers"] is False and report["peers"] == {}
     vgg = next(s for s in summary if s["suite"] == "vgg16")
     assert (vgg["layers"], vgg["layers_in_suite"]) == (2, 3)
     assert vgg["flops"] == 2 * _bench.flops(TINY_SUITES["vgg16"][0])
@@ -172,7 +182,8 @@ def test_depthwise_baseline_equals_conv2d(stride):
 def test_every_contender_computes_the_same_transposed_convolution(layer):
     """fastconv, NumPy's col2im and torch (padding and a cut for TensorFlow's
     uneven SAME crop) give one result: the bench compares like with like."""
-    calls, plan = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(
+        layer, *_bench.layer_inputs(layer, np.dtype("float64"), np.random.default_rng(0)))
     assert plan.algorithm == "igemm"
     with _bench.thread_limits(1):
         outs = {name: np.asarray(call(1)) for name, call in calls.items()}
@@ -186,7 +197,8 @@ def test_every_contender_computes_the_same_transposed_convolution(layer):
 
 def test_every_contender_computes_the_same_layer():
     layer = Conv("c", 6, 4, 5, 3, stride=2, pad=1)
-    calls, plan = _bench.contenders(layer, np.dtype("float64"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(
+        layer, *_bench.layer_inputs(layer, np.dtype("float64"), np.random.default_rng(0)))
     assert plan == ("igemm", 3 * 3 * 5 * 9 * 4)  # (a 6x6 input, stride 2: 3x3 outputs)
     with _bench.thread_limits(1):
         outs = {name: np.asarray(call(1)) for name, call in calls.items()}
@@ -327,3 +339,131 @@ def test_outputs_are_compared_in_torchs_layout():
     np.testing.assert_array_equal(_bench._as_nchw([nchw], nchw.shape, nhwc=False), nchw)
     with pytest.raises(ValueError, match=r"output of shape \(2, 4, 5, 3\), expected"):
         _bench._as_nchw(nhwc, nchw.shape, nhwc=False)
+
+
+def _installed_peers():
+    """The peers whose modules import here (both need onnx to read the layer)."""
+    found = []
+    for module in _bench.PEERS:
+        try:
+            __import__("onnx")
+            __import__(module)
+        except ImportError:
+            continue
+        found.append(module)
+    return found
+
+
+def test_peers_on_the_quick_suites(tmp_path):
+    """--peers on every tiny suite (a GEMM, convolutions, a depthwise one, a
+    transposed one): each installed peer ran every layer with an output
+    within PEER_TOLERANCE of the float64 reference, and its ratios and
+    totals are in the JSON and the tables."""
+    peers = _installed_peers()
+    if not peers:
+        pytest.skip("neither onnxruntime nor openvino is installed")
+    path = tmp_path / "bench.json"
+    with tiny_bench():
+        code, text = run_bench("--quick", "--peers", "--threads", "1,2", "--json", str(path))
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert set(report) == JSON_KEYS and report["settings"]["peers"] is True
+    assert set(report["peers"]) == set(_bench.PEERS)
+    results = report["results"]
+    assert len(results) == 2 * 7
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert set(r["seconds"]) == set(r["max_rel_err"]) == \
+            set(_bench.CONTENDERS + _bench.PEERS)
+        assert r["unavailable"] == {}, r["unavailable"]
+        assert 0 <= r["max_rel_err"]["fastconv"] < 1e-4
+        tf = r["seconds"]["fastconv"]
+        for p in peers:
+            assert r["seconds"][p] > 0
+            assert 0 <= r["max_rel_err"][p] < _bench.PEER_TOLERANCE
+            assert r["speedup"][p] == r["seconds"][p] / tf
+        best = min(peers, key=lambda p: r["seconds"][p])
+        assert r["peer_best"] == best and r["speedup"]["peer_best"] == r["seconds"][best] / tf
+    for s in report["summary"]:
+        assert set(s) == SUMMARY_KEYS
+        rows = [r for r in results if (r["suite"], r["threads"]) == (s["suite"], s["threads"])]
+        for p in peers:
+            assert s["seconds"][p] == pytest.approx(
+                sum(r["count"] * r["seconds"][p] for r in rows))
+        assert s["peer_best"] in peers
+    assert "fastconv vs each layer alone in the peers" in text
+    for p in peers:
+        assert f"{_bench.PEER_SHORT[p]} ms" in text
+        assert f"peer {p}: " in text
+
+
+def test_a_peer_with_a_wrong_result_is_not_timed(tmp_path):
+    """A peer whose output disagrees with the reference is reported, not timed."""
+    path = tmp_path / "bench.json"
+
+    def wrong_peer(model, ov_model, ov_error, x, out_shape, nt):
+        zeros = np.zeros(out_shape, np.float32)
+        return {"onnxruntime": lambda nt: zeros}, {"openvino": "openvino is not installed"}
+
+    with tiny_bench() as mp:
+        mp.setattr(_bench, "peer_calls", wrong_peer)
+        mp.setattr(_bench, "layer_onnx", lambda layer, x, w: b"")
+        mp.setattr(_bench, "openvino_model", lambda model: (None, "openvino is not installed"))
+        code, text = run_bench("--suite", "gemm", "--peers", "--threads", "1",
+                               "--json", str(path))
+    assert code == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["seconds"]["onnxruntime"] is None and row["seconds"]["openvino"] is None
+    assert row["max_rel_err"]["onnxruntime"] == 1.0  # zeros: the whole output off
+    assert row["unavailable"]["onnxruntime"].startswith("wrong result: max relative error")
+    assert row["unavailable"]["openvino"] == "openvino is not installed"
+    assert row["peer_best"] is None and row["speedup"]["peer_best"] is None
+    assert "ort ms" not in text and "ov ms" not in text  # no peer ran: no columns
+    assert "g onnxruntime: wrong result" in text
+
+
+def test_peers_not_installed_are_named_in_the_header(monkeypatch):
+    monkeypatch.setattr(_bench, "peer_versions", lambda: {p: None for p in _bench.PEERS})
+    monkeypatch.setattr(_bench, "peer_calls", lambda *args: (
+        {}, {p: f"{p} is not installed" for p in _bench.PEERS}))
+    monkeypatch.setattr(_bench, "layer_onnx", lambda layer, x, w: b"")
+    monkeypatch.setattr(_bench, "openvino_model", lambda model: (None, None))
+    with tiny_bench():
+        code, text = run_bench("--suite", "fc", "--peers", "--threads", "1")
+    assert code == 0
+    for p in _bench.PEERS:
+        assert f"peer {p}: - not installed" in text
+    assert "ort ms" not in text and "ov ms" not in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--suite", "networks"], "--peers times the per-layer suites, not 'networks'"),
+    (["--suite", "fcn"], "--peers times the per-layer suites, not 'fcn'"),
+    (["--dtype", "float64"], "--peers needs --dtype float32")])
+def test_peers_arguments_are_checked_before_measuring(argv, message):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["bench", "--peers", *argv]) == 2
+    assert message in err.getvalue()
+    assert out.getvalue() == ""  # nothing measured, not even the header
+
+
+@pytest.mark.parametrize("layer", [Gemm("g", 6, 5, 7), Conv("c", 7, 4, 6, 3, stride=2, pad=1),
+                                   Conv("dw", 6, 8, 8, 3, pad=1, groups=8),
+                                   Deconv("up", 5, 3, 4, 4, 2, 9)], ids=lambda la: la.name)
+def test_layer_onnx_computes_the_layer(layer):
+    """Each peer's one-node graph computes what the NumPy baseline does."""
+    peers = _installed_peers()
+    if not peers:
+        pytest.skip("neither onnxruntime nor openvino is installed")
+    x, w = _bench.layer_inputs(layer, np.dtype("float32"), np.random.default_rng(1))
+    expected = _bench.numpy_baseline(layer, x.astype(np.float64), w.astype(np.float64))()
+    if expected.ndim == 4:
+        expected = expected.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    model = _bench.layer_onnx(layer, x, w)
+    ov_model, ov_error = _bench.openvino_model(model)
+    calls, missing = _bench.peer_calls(model, ov_model, ov_error, x, expected.shape, 1)
+    assert set(calls) == set(peers), missing
+    for name, call in calls.items():
+        np.testing.assert_allclose(call(1), expected, rtol=1e-5, atol=1e-5, err_msg=name)
