@@ -40,6 +40,22 @@ of the weights / time, the figure that matters for the FC layers at batch 1;
 it is compared with the memory read bandwidth measured by numpy.dot(v, v) over
 a vector much larger than the caches.
 
+Every row also shows fastconv's accuracy, "err" = max |y - ref| / max |ref|
+of its output against REFERENCE, the layer computed by NumPy in float64 on
+the same operands (what Winograd trades shows there), and "flt", the minor
+page faults of the process per fastconv call in steady state (getrusage,
+over FAULT_CALLS calls after the timing, outside it).
+
+--peers adds onnxruntime and OpenVINO (PEER_LABELS) to the per-layer suites
+(float32 only): each layer alone as a one-node ONNX graph (layer_onnx: Conv /
+ConvTranspose in NCHW, MatMul for a GEMM, the weights as an initializer), on
+the same input, writing into a preallocated output, timed interleaved with
+the other contenders with a settle() before every sample (onnxruntime's
+workers spin after a call as shipped: that pause keeps them off the next
+contender's core). A peer that fails or whose output differs from the
+reference by more than PEER_TOLERANCE is not timed; a peer not installed has
+no column, and the header says so. LiteRT is not a peer (see PEERS).
+
 --json FILE writes one object with the keys:
   machine        {cpu, cpus, platform, busy_pct (the CPUs' use by other
                  processes just before the run, or null)}
@@ -48,7 +64,9 @@ a vector much larger than the caches.
   config         fastconv.config()
   blas           numpy's BLAS libraries as threadpoolctl reports them
   openblas_env   OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where set
-  settings       {suite, suites, threads, dtype, quick, reps, min_time}
+  settings       {suite, suites, threads, dtype, quick, reps, min_time, peers (--peers),
+                 reference (what max_rel_err compares with), fault_calls}
+  peers          with --peers: {peer: {version (null: not installed), settings}}
   peak_gflops    {threads: GFLOP/s of the FMA probe}
   memory_bandwidth {method, gbps: {threads: GB/s}}
   results        one object per layer and thread count: suite, layer, shape,
@@ -59,8 +77,11 @@ a vector much larger than the caches.
                  pct_peak (of gflops_executed), pct_bandwidth,
                  others_busy_pct (the CPUs' use by
                  other processes while the row was timed, or null),
-                 speedup {numpy, torch, torch_cl, torch_best} (= their time /
-                 fastconv's)
+                 speedup {numpy, torch, torch_cl, [onnxruntime, openvino,]
+                 torch_best, peer_best} (= their time / fastconv's), peer_best
+                 (the fastest peer timed, or null), max_rel_err {contender}
+                 (against the reference), minor_faults_per_call (fastconv's),
+                 unavailable {peer: why it was not timed}
   fcn            (the "fcn" suite, in full runs) one object per input size and
                  thread count: layer, shape, threads, dtype, seconds {fastconv,
                  torch, torch_cl}, speedup_torch_best, max_rel_diff_vs_torch
@@ -82,7 +103,8 @@ a vector much larger than the caches.
                  layers, layers_in_suite (both with multiplicity), flops,
                  executed_flops, seconds {contender: total or null}, gflops,
                  gflops_executed, pct_peak (of gflops_executed),
-                 speedup {numpy, torch, torch_cl}
+                 speedup {contender, peer_best}, peer_best (the peer of the
+                 smallest total)
 """
 from __future__ import annotations
 
