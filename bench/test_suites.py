@@ -27,7 +27,8 @@ THREADS = sorted({1, fastconv.get_num_threads()})
 def layer_calls(request):
     """(suite, layer, {contender: callable}); the inputs are made once per layer."""
     suite, layer = request.param
-    calls, plan = _bench.contenders(layer, np.dtype("float32"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(
+        layer, *_bench.layer_inputs(layer, np.dtype("float32"), np.random.default_rng(0)))
     return suite, layer, calls, plan
 
 
