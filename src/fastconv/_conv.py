@@ -158,7 +158,7 @@ class ConvWeights:
     @property
     def algorithm(self) -> str:
         """The algorithm a layer prepared its weights for:
-        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise"."""
+        "winograd-f2x2-3x3", "winograd-f4x4-3x3", "gemm", "igemm" or "depthwise"."""
         return self._op.algorithm
 
     @property

@@ -74,6 +74,7 @@ typedef enum fc_algorithm {
                                   weights streamed in place */
     FC_ALGO_WINOGRAD_F2X2_3X3, /* Winograd F(2x2, 3x3) */
     FC_ALGO_DEPTHWISE,         /* groups == C == K: channels in SIMD lanes */
+    FC_ALGO_WINOGRAD_F4X4_3X3, /* Winograd F(4x4, 3x3) */
     FC_ALGO_COUNT
 } fc_algorithm;
 

@@ -247,7 +247,7 @@ class Conv2d(Layer):
     @property
     def algorithm(self) -> str:
         """The algorithm the layer prepared its weights for:
-        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise". An input too
+        "winograd-f2x2-3x3", "winograd-f4x4-3x3", "gemm", "igemm" or "depthwise". An input too
         small for Winograd's transforms to pay runs "igemm" instead, and a
         one-pixel result "gemm" through the one-row micro-kernel:
         plan(input_shape) tells what a given input runs."""

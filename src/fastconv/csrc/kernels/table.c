@@ -17,10 +17,10 @@ DECLARE(int, gemm_in_place, const fc_conv_desc *d, const void *x, const void *w,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dense, const fc_dense_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
-DECLARE(int64_t, winograd_packed_size, const fc_conv_desc *d)
-DECLARE(int, winograd_pack, const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+DECLARE(int64_t, winograd_packed_size, const fc_conv_desc *d, int m)
+DECLARE(int, winograd_pack, const fc_conv_desc *d, int m, const void *w, fc_weight_strides ws,
         void *packed, int nthreads)
-DECLARE(int, winograd, const fc_conv_desc *d, const void *x, const void *packed,
+DECLARE(int, winograd, const fc_conv_desc *d, int m, const void *x, const void *packed,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dwconv, const fc_conv_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
