@@ -206,6 +206,7 @@ typedef struct fc_isa_config {
     int64_t direct_gemm_max_rows;
     int64_t winograd_min_channels, winograd_min_tiles, winograd_min_macs;
     int64_t winograd_one_call_min_tiles;
+    int64_t winograd_f4_min_tiles, winograd_f4_one_call_min_tiles;
     int64_t winograd_block_bytes;
 } fc_isa_config;
 

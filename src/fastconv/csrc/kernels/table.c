@@ -44,6 +44,8 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
         .winograd_min_tiles = WINOGRAD_MIN_TILES,
         .winograd_min_macs = WINOGRAD_MIN_MACS,
         .winograd_one_call_min_tiles = WINOGRAD_ONE_CALL_MIN_TILES,
+        .winograd_f4_min_tiles = WINOGRAD_F4_MIN_TILES,
+        .winograd_f4_one_call_min_tiles = WINOGRAD_F4_ONE_CALL_MIN_TILES,
         .winograd_block_bytes = WINOGRAD_BLOCK_BYTES,
     },
     .packed_size = NAME(packed_size),

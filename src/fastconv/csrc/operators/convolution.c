@@ -341,8 +341,14 @@ static int choose(fc_conv_op *op, const fc_conv_call *c)
         MIN_OF(p->C, p->K) >= cfg->winograd_min_channels &&
         tiles >= (double)cfg->winograd_min_tiles &&
         (double)c->Ho * c->Wo * p->C * p->K * 9 >= (double)cfg->winograd_min_macs &&
-        (!(op->flags & FC_CONV_ONE_CALL) || tiles >= (double)cfg->winograd_one_call_min_tiles))
-        return FC_ALGO_WINOGRAD_F2X2_3X3;
+        (!(op->flags & FC_CONV_ONE_CALL) || tiles >= (double)cfg->winograd_one_call_min_tiles)) {
+        /* F(4x4) over enough of its tiles, where its weights can be made */
+        const double tiles4 = (double)((c->Ho + 3) / 4) * ((c->Wo + 3) / 4);
+        const int64_t min4 = op->flags & FC_CONV_ONE_CALL ? cfg->winograd_f4_one_call_min_tiles
+                                                          : cfg->winograd_f4_min_tiles;
+        return tiles4 >= (double)min4 && applies(op, c, FC_ALGO_WINOGRAD_F4X4_3X3)
+                   ? FC_ALGO_WINOGRAD_F4X4_3X3 : FC_ALGO_WINOGRAD_F2X2_3X3;
+    }
     return is_gemm(op, c) ? FC_ALGO_GEMM : FC_ALGO_IGEMM;
 }
 
