@@ -318,8 +318,8 @@ class Conv2d(Layer):
     def plan(self, input_shape: Sequence[int]) -> dict:
         """What the layer runs on an input of this shape (with its batch
         axis, or 3-D): ``algorithm`` (see the ``algorithm`` property),
-        ``macs``, the multiply-adds it executes (Winograd: its 16 products
-        per tile and channel pair, not the transforms), ``direct_macs``,
+        ``macs``, the multiply-adds it executes (Winograd: its 16 or 36
+        products per tile and channel pair, not the transforms), ``direct_macs``,
         those of the direct convolution, and ``output_shape``."""
         p = self._plan(tuple(input_shape))
         return {"algorithm": p.algorithm, "macs": int(p.macs), "direct_macs": int(p.direct_macs),

@@ -2,9 +2,9 @@
  * Winograd F(2x2, 3x3) and F(4x4, 3x3) (Lavin and Gray, 2016): each m x m
  * tile of outputs (m = 2 or 4) is A^T [(G g G^T) . (B^T d B)] A for its
  * a x a input patch d (a = m + 2), so the a^2 products of the transformed
- * patches and weights are a^2 GEMMs (tiles x C) @ (C x K): 16 multiply-adds
- * per 2x2 tile and channel pair (36 per 4 outputs) instead of the direct
- * convolution's 36, or 36 per 4x4 tile (36 per 16 outputs). F(2x2)'s B^T and
+ * patches and weights are a^2 GEMMs (tiles x C) @ (C x K): per channel pair,
+ * 16 multiply-adds for 4 outputs (F(2x2)) or 36 for 16 (F(4x4)), where the
+ * direct convolution does 9 per output. F(2x2)'s B^T and
  * A^T only add and subtract; F(4x4)'s (points 0, +-1, +-2, inf, as ncnn and
  * NNPACK use) also scale by 2, 4, 5 and 8, which makes its rounding error
  * about ten times larger (tests/test_winograd_f4.py derives the bound). G is
@@ -56,13 +56,13 @@ INTERNAL int64_t NAME(winograd_packed_size)(const fc_conv_desc *d, int m)
     return (m + 2) * (m + 2) * packed_size(&p);
 }
 
-/* o (a values) = G g for the 3 values g[0], g[s], g[2 s], in double. F(4x4)'s
+/* o (a values) = G g for the 3 values g, in double. F(4x4)'s
  * divides before it adds, so that no partial sum exceeds max |g| (G's rows
  * have absolute sums at most 1): the caller's overflow guard (below) holds
  * for float64 too. */
-static inline void weight_1d(int m, const double *g, int s, double *o)
+static inline void weight_1d(int m, const double g[3], double *o)
 {
-    const double g0 = g[0], g1 = g[s], g2 = g[2 * s];
+    const double g0 = g[0], g1 = g[1], g2 = g[2];
     if (m == 2) {
         o[0] = g0;
         o[1] = 0.5 * (g0 + g1 + g2);
@@ -104,19 +104,18 @@ INTERNAL int NAME(winograd_pack)(const fc_conv_desc *d, int m, const void *wv,
         for (int64_t c = 0; c < C; c++)
             for (int64_t k = 0; k < K; k++) {
                 const real *g = w + c * s.c + k * s.k;
-                double gt[3][3], t[ALPHA_MAX][3], r[ALPHA_MAX];
-                for (int i = 0; i < 3; i++)
-                    for (int j = 0; j < 3; j++)
-                        gt[j][i] = g[i * s.ty + j * s.tx]; /* column j of g */
+                double t[ALPHA_MAX][3], r[ALPHA_MAX];
                 for (int j = 0; j < 3; j++) { /* G g, column by column */
+                    const double col_in[3] = {g[j * s.tx], g[s.ty + j * s.tx],
+                                              g[2 * s.ty + j * s.tx]};
                     double col[ALPHA_MAX];
-                    weight_1d(m, gt[j], 1, col);
+                    weight_1d(m, col_in, col);
                     for (int i = 0; i < a; i++)
                         t[i][j] = col[i];
                 }
                 real *u = packed + packed_row(&p, 0, k / NR, 0, c) + k % NR;
                 for (int i = 0; i < a; i++) { /* (G g) G^T, row by row */
-                    weight_1d(m, t[i], 1, r);
+                    weight_1d(m, t[i], r);
                     for (int j = 0; j < a; j++)
                         u[(i * a + j) * step] = (real)r[j];
                 }
