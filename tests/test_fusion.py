@@ -99,7 +99,7 @@ def test_a_residual_add_runs_in_the_convolution_store(isa, dtype):
     assert any(group[-1] == "fuse" for group in model.fusions)
     img = r(2, 20, 18, 64)
     assert np.array_equal(model(img), layer_by_layer(model, img))
-    assert model.get_layer("c2").plan(img.shape)["algorithm"] == "winograd-f2x2-3x3"
+    assert model.get_layer("c2").plan(img.shape)["algorithm"] == "winograd-f4x4-3x3"
 
 
 @pytest.mark.parametrize("groups,k", [(1, 3), (1, 1), (5, 3)], ids=["igemm", "gemm", "depthwise"])

@@ -24,6 +24,7 @@ from reference import conv2d_ref, normalize_padding
 CONFIG = fastconv.config()["isa_config"]["float32"]  # (the same for float64 and every ISA)
 C_MIN = CONFIG["winograd_min_channels"]
 WINOGRAD = "winograd-f2x2-3x3"
+F4 = "winograd-f4x4-3x3"  # (auto runs it over enough 4x4 tiles: test_winograd_f4.py)
 A = np.array([[1, 0], [1, 1], [1, -1], [0, -1]], np.float64)     # A (4x2); y = A^T M A
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # U = G g G^T
@@ -240,7 +241,7 @@ def test_direct_only_when_winograd_is_off_or_not_applicable(rng):
     side = 64  # over every threshold, for the function too (32 * 32 tiles)
     x = random_array(rng, (1, side, side, C_MIN), np.float32)
     w = random_array(rng, (3, 3, C_MIN, C_MIN), np.float32)
-    assert ran(x, w, padding=1) == WINOGRAD
+    assert ran(x, w, padding=1) == F4
     with winograd_off():
         assert fastconv.get_winograd() is False
         assert fastconv.config()["winograd"] is False
@@ -301,7 +302,7 @@ def test_conv2d_needs_enough_tiles(rng):
     small = random_array(rng, (1, side - 2, side - 2, C_MIN), np.float32)
     large = random_array(rng, (1, side, side, C_MIN), np.float32)
     assert ran(small, w, padding=1) == "igemm"
-    assert run_layer(fastconv.Conv2d(w, padding=1), small)[1] == WINOGRAD
+    assert run_layer(fastconv.Conv2d(w, padding=1), small)[1] == F4
     assert ran(large, w, padding=1) == WINOGRAD
 
 

@@ -29,7 +29,7 @@ medians are compared, so that the noise of a shared machine hits all alike:
 GFLOP/s = 2 * N*Ho*Wo * K * kh*kw * C/groups / time: the direct
 convolution's operations, whatever algorithm ran, so that every contender is
 measured by the same work. fastconv's rows also name the algorithm its
-operator ran ("alg": igemm, gemm, gemm-in-place, dense, winograd-f2x2-3x3,
+operator ran ("alg": igemm, gemm, gemm-in-place, dense, winograd-f2x2-3x3, winograd-f4x4-3x3,
 depthwise) and the rate of the operations it executed ("exec": Winograd
 executes 16 multiply-adds per 2x2 tile and channel pair where the direct
 convolution does 36, so its GFLOP/s can exceed the machine's peak while its
@@ -641,7 +641,7 @@ def _torch_best(values: Dict[str, Optional[float]]) -> Optional[float]:
 
 
 # Short names for the tables' "alg" column (the JSON has the full ones).
-ALGORITHM_LABELS = {"winograd-f2x2-3x3": "winograd-2x2"}
+ALGORITHM_LABELS = {"winograd-f2x2-3x3": "winograd-2x2", "winograd-f4x4-3x3": "winograd-4x4"}
 
 
 class Column(NamedTuple):

@@ -143,7 +143,7 @@ _winograd = os.environ.get("FASTCONV_WINOGRAD", "1").strip() not in ("0", "")
 
 
 def get_winograd() -> bool:
-    """Whether 3x3 convolutions may run as Winograd F(2x2, 3x3).
+    """Whether 3x3 convolutions may run as Winograd F(2x2, 3x3) or F(4x4, 3x3).
 
     Returns
     -------
@@ -154,9 +154,14 @@ def get_winograd() -> bool:
         transforms to pay (more for conv2d, whose weights serve one call:
         the thresholds are the ISA's, config()["isa_config"]) then does 16
         multiply-adds per tile and channel pair instead of 36: 1.1-1.8x
-        faster on VGG16's and ResNet-50's 3x3 layers.
-        Its rounding differs from the direct convolution's (its error
-        against an exact result is of the same order), and it still gives
+        faster on VGG16's and ResNet-50's 3x3 layers. Over enough 4x4 tiles
+        per image (winograd_f4_min_tiles; winograd_f4_one_call_min_tiles for
+        conv2d) F(4x4, 3x3) runs instead: 36 multiply-adds per 16 outputs,
+        with an error about 15 times F(2x2)'s (a few 1e-6 of the largest
+        output in float32 at 64 channels, about 2e-5 at 512).
+        Its rounding differs from the direct convolution's (F(2x2)'s error
+        against an exact result is of the same order, F(4x4)'s some 6 times
+        larger), and it still gives
         bitwise the same result for every thread count and batch size. An
         input or weights holding Inf or NaN, and a call whose transformed
         values or outputs overflow, run the direct convolution, whose IEEE

@@ -158,7 +158,7 @@ class ConvWeights:
     @property
     def algorithm(self) -> str:
         """The algorithm a layer prepared its weights for:
-        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise"."""
+        "winograd-f2x2-3x3", "winograd-f4x4-3x3", "gemm", "igemm" or "depthwise"."""
         return self._op.algorithm
 
     @property
@@ -443,7 +443,8 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     A 1x1, stride 1, unpadded convolution runs as a GEMM over the pixels;
     a 3x3, stride 1 one with enough channels, over enough tiles of 2x2
     outputs per image (config()["isa_config"]: winograd_min_channels and
-    winograd_one_call_min_tiles), runs as Winograd F(2x2, 3x3) (see
+    winograd_one_call_min_tiles), runs as Winograd F(2x2, 3x3), or F(4x4,
+    3x3) over enough 4x4 tiles (winograd_f4_one_call_min_tiles) (see
     fastconv.get_winograd; fastconv.Conv2d, which transforms its weights
     once, does so over fewer tiles too); other kernels run
     as an indirect convolution with no im2col buffer; a depthwise one

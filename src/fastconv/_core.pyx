@@ -119,6 +119,8 @@ def isa_config(str dtype):
             "winograd_min_tiles": c.winograd_min_tiles,
             "winograd_min_macs": c.winograd_min_macs,
             "winograd_one_call_min_tiles": c.winograd_one_call_min_tiles,
+            "winograd_f4_min_tiles": c.winograd_f4_min_tiles,
+            "winograd_f4_one_call_min_tiles": c.winograd_f4_one_call_min_tiles,
             "winograd_block_bytes": c.winograd_block_bytes}
 
 

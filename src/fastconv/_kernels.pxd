@@ -82,6 +82,7 @@ cdef extern from "fastconv.h" nogil:
         int64_t mr, nr, vlen, kc, kc_gemm, mct, dense_rows, direct_gemm_max_rows
         int64_t winograd_min_channels, winograd_min_tiles, winograd_min_macs
         int64_t winograd_one_call_min_tiles
+        int64_t winograd_f4_min_tiles, winograd_f4_one_call_min_tiles
         int64_t winograd_block_bytes
 
     ctypedef struct fc_cpu_features:

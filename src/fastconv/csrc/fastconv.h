@@ -74,6 +74,7 @@ typedef enum fc_algorithm {
                                   weights streamed in place */
     FC_ALGO_WINOGRAD_F2X2_3X3, /* Winograd F(2x2, 3x3) */
     FC_ALGO_DEPTHWISE,         /* groups == C == K: channels in SIMD lanes */
+    FC_ALGO_WINOGRAD_F4X4_3X3, /* Winograd F(4x4, 3x3) */
     FC_ALGO_COUNT
 } fc_algorithm;
 
@@ -205,6 +206,7 @@ typedef struct fc_isa_config {
     int64_t direct_gemm_max_rows;
     int64_t winograd_min_channels, winograd_min_tiles, winograd_min_macs;
     int64_t winograd_one_call_min_tiles;
+    int64_t winograd_f4_min_tiles, winograd_f4_one_call_min_tiles;
     int64_t winograd_block_bytes;
 } fc_isa_config;
 

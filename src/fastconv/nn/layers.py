@@ -247,7 +247,7 @@ class Conv2d(Layer):
     @property
     def algorithm(self) -> str:
         """The algorithm the layer prepared its weights for:
-        "winograd-f2x2-3x3", "gemm", "igemm" or "depthwise". An input too
+        "winograd-f2x2-3x3", "winograd-f4x4-3x3", "gemm", "igemm" or "depthwise". An input too
         small for Winograd's transforms to pay runs "igemm" instead, and a
         one-pixel result "gemm" through the one-row micro-kernel:
         plan(input_shape) tells what a given input runs."""
@@ -318,8 +318,8 @@ class Conv2d(Layer):
     def plan(self, input_shape: Sequence[int]) -> dict:
         """What the layer runs on an input of this shape (with its batch
         axis, or 3-D): ``algorithm`` (see the ``algorithm`` property),
-        ``macs``, the multiply-adds it executes (Winograd: its 16 products
-        per tile and channel pair, not the transforms), ``direct_macs``,
+        ``macs``, the multiply-adds it executes (Winograd: its 16 or 36
+        products per tile and channel pair, not the transforms), ``direct_macs``,
         those of the direct convolution, and ``output_shape``."""
         p = self._plan(tuple(input_shape))
         return {"algorithm": p.algorithm, "macs": int(p.macs), "direct_macs": int(p.direct_macs),

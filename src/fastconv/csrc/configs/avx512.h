@@ -51,6 +51,10 @@
 #define WINOGRAD_MIN_TILES 25
 #define WINOGRAD_MIN_MACS (1 << 22)
 #define WINOGRAD_ONE_CALL_MIN_TILES 400
+/* Winograd F(4x4, 3x3) where F(2x2) runs: avx2.h's values, not measured on
+ * this ISA. */
+#define WINOGRAD_F4_MIN_TILES 25
+#define WINOGRAD_F4_ONE_CALL_MIN_TILES 196
 /* Transformed inputs of a block of tiles (16 x tiles x channels) a thread
  * keeps in cache between the transforms and the 16 products. */
 #define WINOGRAD_BLOCK_BYTES (512 << 10)

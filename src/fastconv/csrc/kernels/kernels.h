@@ -78,19 +78,19 @@ typedef struct fc_kernel_set {
     /* dense.c: a dense layer with few rows, W streamed in place. */
     int (*dense)(const fc_dense_desc *d, const void *x, const void *w, const void *bias,
                  void *y, int nthreads);
-    /* winograd.c, F(2x2, 3x3) for a 3x3, stride 1, undilated, one-group
-     * convolution. winograd_pack: U = G g G^T of the weights (through ws;
-     * the caller checks they are finite and at most the dtype's largest
-     * value / 2.25, so that U cannot overflow), computed in double, rounded
-     * once, and packed as 16 (C, K)
-     * GEMM panels of winograd_packed_size elements in all. winograd: the
-     * convolution in one parallel region; returns 1 (y then incomplete)
+    /* winograd.c, F(m x m, 3x3), m = 2 or 4, for a 3x3, stride 1,
+     * undilated, one-group convolution. winograd_pack: U = G g G^T of the
+     * weights (through ws; the caller checks they are finite and at most the
+     * dtype's largest value / 2.25 for m = 2, / 1 for m = 4, so that U cannot
+     * overflow), computed in double, rounded once, and packed as (m + 2)^2
+     * (C, K) GEMM panels of winograd_packed_size elements in all. winograd:
+     * the convolution in one parallel region; returns 1 (y then incomplete)
      * where an input, a transformed value or an output is Inf or NaN, else
      * 0, or -FC_ENOMEM. */
-    int64_t (*winograd_packed_size)(const fc_conv_desc *d);
-    int (*winograd_pack)(const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+    int64_t (*winograd_packed_size)(const fc_conv_desc *d, int m);
+    int (*winograd_pack)(const fc_conv_desc *d, int m, const void *w, fc_weight_strides ws,
                          void *packed, int nthreads);
-    int (*winograd)(const fc_conv_desc *d, const void *x, const void *packed,
+    int (*winograd)(const fc_conv_desc *d, int m, const void *x, const void *packed,
                     const void *bias, void *y, int nthreads);
     /* dwconv.c: groups == C == K, w contiguous (kh, kw, C), bias C or NULL. */
     int (*dwconv)(const fc_conv_desc *d, const void *x, const void *w, const void *bias,

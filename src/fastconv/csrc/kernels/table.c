@@ -17,10 +17,10 @@ DECLARE(int, gemm_in_place, const fc_conv_desc *d, const void *x, const void *w,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dense, const fc_dense_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
-DECLARE(int64_t, winograd_packed_size, const fc_conv_desc *d)
-DECLARE(int, winograd_pack, const fc_conv_desc *d, const void *w, fc_weight_strides ws,
+DECLARE(int64_t, winograd_packed_size, const fc_conv_desc *d, int m)
+DECLARE(int, winograd_pack, const fc_conv_desc *d, int m, const void *w, fc_weight_strides ws,
         void *packed, int nthreads)
-DECLARE(int, winograd, const fc_conv_desc *d, const void *x, const void *packed,
+DECLARE(int, winograd, const fc_conv_desc *d, int m, const void *x, const void *packed,
         const void *bias, void *y, int nthreads)
 DECLARE(int, dwconv, const fc_conv_desc *d, const void *x, const void *w, const void *bias,
         void *y, int nthreads)
@@ -44,6 +44,8 @@ const fc_kernel_set CAT3(fc_kernels, DT, ISA) = {
         .winograd_min_tiles = WINOGRAD_MIN_TILES,
         .winograd_min_macs = WINOGRAD_MIN_MACS,
         .winograd_one_call_min_tiles = WINOGRAD_ONE_CALL_MIN_TILES,
+        .winograd_f4_min_tiles = WINOGRAD_F4_MIN_TILES,
+        .winograd_f4_one_call_min_tiles = WINOGRAD_F4_ONE_CALL_MIN_TILES,
         .winograd_block_bytes = WINOGRAD_BLOCK_BYTES,
     },
     .packed_size = NAME(packed_size),

@@ -37,11 +37,14 @@ struct fc_conv_op {
     const void *w;
     fc_weight_strides ws;
     int w_hwio, w_oihw;     /* w is contiguous HWIO / OIHW */
-    int transformable;      /* ONE_CALL: -1 unknown, 0 / 1: Winograd can use w */
+    /* ONE_CALL: -1 unknown, 0 / 1: Winograd F(2x2) [0] / F(4x4) [1] can use w */
+    int transformable[2];
     void *bias;             /* own copy of the K values, or NULL */
     void *taps;             /* depthwise: contiguous (kh, kw, C) */
     void *packed;           /* panels with the bias; NULL until needed */
-    void *wino;             /* Winograd's 16 packed products; NULL until made */
+    /* Winograd F(2x2)'s 16 [0] and F(4x4)'s 36 [1] packed products; NULL
+     * until made */
+    void *wino[2];
     /* FC_CONV_TRANSPOSED */
     int transposed;
     int phases;             /* stride > 1: runs the output's phases */
@@ -81,7 +84,8 @@ static char unusable;
 const char *fc_algorithm_name(int algorithm)
 {
     static const char *names[FC_ALGO_COUNT] = {
-        "auto", "igemm", "gemm", "gemm-in-place", "dense", "winograd-f2x2-3x3", "depthwise"};
+        "auto", "igemm", "gemm", "gemm-in-place", "dense", "winograd-f2x2-3x3", "depthwise",
+        "winograd-f4x4-3x3"};
     return algorithm >= 0 && algorithm < FC_ALGO_COUNT ? names[algorithm] : "unknown";
 }
 
@@ -215,21 +219,27 @@ static int winograd_kernel(const fc_conv_op *op)
 DEFINE_WITHIN(float)
 DEFINE_WITHIN(double)
 
-/* Whether Winograd can use these 3x3 weights: finite and at most the
- * dtype's largest value / 2.25 in magnitude, so that G g G^T cannot
- * overflow. */
-static int transformable(const fc_conv_op *op, const void *w, fc_weight_strides s)
+/* Winograd F(m x m, 3x3)'s tile size m (2 or 4) for its algorithm, and the
+ * index of its weights in op->wino. */
+static int wino_tile(int algorithm) { return algorithm == FC_ALGO_WINOGRAD_F4X4_3X3 ? 4 : 2; }
+static int wino_index(int m) { return m == 4; }
+
+/* Whether Winograd F(m x m) can use these 3x3 weights: finite and at most the
+ * dtype's largest value / c in magnitude, c = 2.25 for m = 2, 1 for m = 4
+ * (winograd.c derives them), so that G g G^T cannot overflow. */
+static int transformable(const fc_conv_op *op, int m, const void *w, fc_weight_strides s)
 {
-    const double limit = (op->itemsize == 4 ? FLT_MAX : DBL_MAX) / 2.25;
+    const double limit = (op->itemsize == 4 ? FLT_MAX : DBL_MAX) / (m == 4 ? 1.0 : 2.25);
     return op->itemsize == 4 ? within_float(w, s, 3, 9, op->p.C, op->p.K, limit)
                              : within_double(w, s, 3, 9, op->p.C, op->p.K, limit);
 }
 
-/* Winograd's weights, made now if they are not yet: NULL for no memory,
- * WINO_UNUSABLE for weights it cannot transform. */
-static const void *winograd_weights(fc_conv_op *op, int nthreads)
+/* Winograd F(m x m)'s weights, made now if they are not yet: NULL for no
+ * memory, WINO_UNUSABLE for weights it cannot transform. */
+static const void *winograd_weights(fc_conv_op *op, int m, int nthreads)
 {
-    void *u = __atomic_load_n(&op->wino, __ATOMIC_ACQUIRE);
+    const int i = wino_index(m);
+    void *u = __atomic_load_n(&op->wino[i], __ATOMIC_ACQUIRE);
     if (u)
         return u;
     const fc_conv_desc d = weights_desc(op);
@@ -247,34 +257,36 @@ static const void *winograd_weights(fc_conv_op *op, int nthreads)
         w = unpacked;
     }
     int status = FC_OK;
-    if (!(op->w && op->transformable >= 0 ? op->transformable : transformable(op, w, ws))) {
+    if (!(op->w && op->transformable[i] >= 0 ? op->transformable[i]
+                                            : transformable(op, m, w, ws))) {
         u = WINO_UNUSABLE;
     } else {
         int ok = 1;
-        const size_t n = product(op->ks->winograd_packed_size(&d), (int64_t)op->itemsize, 1, 1,
-                                 &ok);
+        const size_t n = product(op->ks->winograd_packed_size(&d, m), (int64_t)op->itemsize, 1,
+                                 1, &ok);
         u = ok ? weights_alloc(n) : NULL;
-        status = u ? op->ks->winograd_pack(&d, w, ws, u, nthreads) : FC_ENOMEM;
+        status = u ? op->ks->winograd_pack(&d, m, w, ws, u, nthreads) : FC_ENOMEM;
     }
     free(unpacked);
     if (status != FC_OK) {
         free(u);
         return NULL;
     }
-    return publish(&op->wino, u);
+    return publish(&op->wino[i], u);
 }
 
 /* Whether Winograd can use the weights: known once its weights are made
  * (a layer's, at creation or at the first call that runs it); for the
  * caller's weights of a ONE_CALL operator, checked once, here. */
-static int winograd_usable(fc_conv_op *op)
+static int winograd_usable(fc_conv_op *op, int m)
 {
-    const void *u = __atomic_load_n(&op->wino, __ATOMIC_ACQUIRE);
+    const int i = wino_index(m);
+    const void *u = __atomic_load_n(&op->wino[i], __ATOMIC_ACQUIRE);
     if (u)
         return u != WINO_UNUSABLE;
-    if (op->w && op->transformable < 0)
-        op->transformable = transformable(op, op->w, op->ws);
-    return op->transformable != 0;
+    if (op->w && op->transformable[i] < 0)
+        op->transformable[i] = transformable(op, m, op->w, op->ws);
+    return op->transformable[i] != 0;
 }
 
 static int is_gemm(const fc_conv_op *op, const fc_conv_call *c)
@@ -302,7 +314,8 @@ static int applies(fc_conv_op *op, const fc_conv_call *c, int algorithm)
         return op->w && (op->w_hwio || op->w_oihw) && p->groups == 1 && p->dh == 1 &&
                p->dw == 1 && c->Ho == 1 && c->Wo == 1;
     case FC_ALGO_WINOGRAD_F2X2_3X3:
-        return winograd_kernel(op) && winograd_usable(op);
+    case FC_ALGO_WINOGRAD_F4X4_3X3:
+        return winograd_kernel(op) && winograd_usable(op, wino_tile(algorithm));
     default:
         return 0;
     }
@@ -328,8 +341,14 @@ static int choose(fc_conv_op *op, const fc_conv_call *c)
         MIN_OF(p->C, p->K) >= cfg->winograd_min_channels &&
         tiles >= (double)cfg->winograd_min_tiles &&
         (double)c->Ho * c->Wo * p->C * p->K * 9 >= (double)cfg->winograd_min_macs &&
-        (!(op->flags & FC_CONV_ONE_CALL) || tiles >= (double)cfg->winograd_one_call_min_tiles))
-        return FC_ALGO_WINOGRAD_F2X2_3X3;
+        (!(op->flags & FC_CONV_ONE_CALL) || tiles >= (double)cfg->winograd_one_call_min_tiles)) {
+        /* F(4x4) over enough of its tiles, where its weights can be made */
+        const double tiles4 = (double)((c->Ho + 3) / 4) * ((c->Wo + 3) / 4);
+        const int64_t min4 = op->flags & FC_CONV_ONE_CALL ? cfg->winograd_f4_one_call_min_tiles
+                                                          : cfg->winograd_f4_min_tiles;
+        return tiles4 >= (double)min4 && applies(op, c, FC_ALGO_WINOGRAD_F4X4_3X3)
+                   ? FC_ALGO_WINOGRAD_F4X4_3X3 : FC_ALGO_WINOGRAD_F2X2_3X3;
+    }
     return is_gemm(op, c) ? FC_ALGO_GEMM : FC_ALGO_IGEMM;
 }
 
@@ -552,7 +571,7 @@ int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
     op->transposed = (flags & FC_CONV_TRANSPOSED) != 0;
     op->phases = op->transposed && (p->sh > 1 || p->sw > 1);
     op->depthwise = !op->phases && p->groups > 1 && p->groups == p->C && p->groups == p->K;
-    op->transformable = -1;
+    op->transformable[0] = op->transformable[1] = -1;
     const int64_t Cg = p->C / p->groups;
     const int64_t hwio[4] = {p->kh, p->kw, Cg, p->K}, hwio_s[4] = {ws.ty, ws.tx, ws.c, ws.k};
     const int64_t oihw[4] = {p->K, Cg, p->kh, p->kw}, oihw_s[4] = {ws.k, ws.c, ws.ty, ws.tx};
@@ -593,10 +612,10 @@ int fc_conv_create(int isa, int dtype, const fc_conv_params *p, const void *w,
             goto nomem;
         if ((flags & FC_CONV_WINOGRAD_NOW) && winograd_kernel(op) &&
             MIN_OF(p->C, p->K) >= ks->config.winograd_min_channels &&
-            !winograd_weights(op, nthreads))
+            !winograd_weights(op, 2, nthreads))
             goto nomem;
         op->w = NULL; /* a layer keeps no other copy */
-        op->algorithm = op->wino && op->wino != WINO_UNUSABLE ? FC_ALGO_WINOGRAD_F2X2_3X3
+        op->algorithm = op->wino[0] && op->wino[0] != WINO_UNUSABLE ? FC_ALGO_WINOGRAD_F2X2_3X3
                         : p->kh * p->kw == 1 && p->sh == 1 && p->sw == 1 ? FC_ALGO_GEMM
                                                                         : FC_ALGO_IGEMM;
     }
@@ -614,8 +633,9 @@ void fc_conv_destroy(fc_conv_op *op)
     free(op->bias);
     free(op->taps);
     free(op->packed);
-    if (op->wino != WINO_UNUSABLE)
-        free(op->wino);
+    for (int i = 0; i < 2; i++)
+        if (op->wino[i] != WINO_UNUSABLE)
+            free(op->wino[i]);
     if (op->sub)
         for (int64_t i = 0; i < op->ncls_y * op->ncls_x; i++)
             free(op->sub[i]);
@@ -644,8 +664,10 @@ static int plan_direct(fc_conv_op *op, const fc_conv_call *c, fc_conv_plan *plan
         return FC_EINVAL;
     plan->algorithm = algorithm;
     plan->direct_macs = (double)c->N * c->Ho * c->Wo * p->K * p->kh * p->kw * (p->C / p->groups);
-    plan->macs = algorithm == FC_ALGO_WINOGRAD_F2X2_3X3
-                     ? (double)c->N * ((c->Ho + 1) / 2) * ((c->Wo + 1) / 2) * 16 * p->C * p->K
+    const int m = wino_tile(algorithm); /* (when Winograd runs) */
+    plan->macs = algorithm == FC_ALGO_WINOGRAD_F2X2_3X3 || algorithm == FC_ALGO_WINOGRAD_F4X4_3X3
+                     ? (double)c->N * ((c->Ho + m - 1) / m) * ((c->Wo + m - 1) / m) * (m + 2) *
+                           (m + 2) * p->C * p->K
                      : plan->direct_macs;
     return FC_OK;
 }
@@ -733,11 +755,13 @@ static int run_direct(fc_conv_op *op, const fc_conv_call *c, const void *x,
     case FC_ALGO_GEMM_IN_PLACE:
         status = op->ks->gemm_in_place(&d, x, op->w, op->bias, y, nthreads);
         break;
-    case FC_ALGO_WINOGRAD_F2X2_3X3: {
-        const void *u = winograd_weights(op, nthreads);
+    case FC_ALGO_WINOGRAD_F2X2_3X3:
+    case FC_ALGO_WINOGRAD_F4X4_3X3: {
+        const int m = wino_tile(algorithm);
+        const void *u = winograd_weights(op, m, nthreads);
         if (!u)
             return FC_ENOMEM;
-        const int result = u == WINO_UNUSABLE ? 1 : op->ks->winograd(&d, x, u, op->bias, y,
+        const int result = u == WINO_UNUSABLE ? 1 : op->ks->winograd(&d, m, x, u, op->bias, y,
                                                                       nthreads);
         if (result < 0)
             return -result;
