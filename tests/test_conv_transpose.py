@@ -15,7 +15,8 @@ import pytest
 
 import fastconv
 from fastconv import nn
-from checks import assert_close_to_other_impl, assert_close_to_reference
+from checks import assert_close_to_other_impl, assert_close_to_reference, assert_within_bound
+from test_winograd_f4 import f4_bound
 from tf_reference import tf_conv2d_transpose
 
 
@@ -248,11 +249,23 @@ def test_stride_one_runs_the_direct_algorithms():
     rng = np.random.default_rng(9)
     w = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
     layer = nn.ConvTranspose2d(w, padding=1)
-    assert layer.algorithm == "winograd-f2x2-3x3"
-    x = rng.standard_normal((1, 20, 20, 64)).astype(np.float32)
-    expected = scatter_reference(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), None,
-                                 (1, 1), ((1, 1), (1, 1)), (20, 20), (1, 1), 1)
-    np.testing.assert_allclose(layer(x).transpose(0, 3, 1, 2), expected, rtol=2e-4, atol=2e-4)
+    # The stride-1 transposed convolution is the direct one of the flipped
+    # kernel (in and out channels swapped), padded by k - 1 - p: the same
+    # algorithm, the same result bit for bit, within that algorithm's bound.
+    flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+    direct = fastconv.Conv2d(flipped, padding=1)
+    for size, algorithm in ((14, "winograd-f2x2-3x3"), (20, "winograd-f4x4-3x3")):
+        x = rng.standard_normal((1, size, size, 64)).astype(np.float32)
+        y = layer(x)
+        assert layer.plan(x.shape)["algorithm"] == algorithm
+        np.testing.assert_array_equal(y, direct(x))
+        expected = scatter_reference(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), None,
+                                     (1, 1), ((1, 1), (1, 1)), (size, size), (1, 1), 1)
+        if algorithm == "winograd-f2x2-3x3":
+            np.testing.assert_allclose(y.transpose(0, 3, 1, 2), expected, rtol=2e-4, atol=2e-4)
+        else:
+            bound = f4_bound(x, flipped, None, ((1, 1), (1, 1)), np.float32)
+            assert_within_bound(y, expected.transpose(0, 2, 3, 1), bound)
     depthwise = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     y = fastconv.conv_transpose2d(x[..., :8], depthwise.transpose(2, 3, 1, 0), groups=8,
                                   padding=1)
