@@ -40,7 +40,7 @@ KERNELS = sorted(glob.glob(os.path.join(CSRC, "kernels", "*.c"))) + [
     os.path.join(CSRC, "bench", "fma_probe.c")]
 # Compiled once, into the module.
 OPERATORS = sorted(glob.glob(os.path.join(CSRC, "operators", "*.c"))) + [
-    os.path.join(CSRC, "dispatch.c")]
+    os.path.join(CSRC, "dispatch.c"), os.path.join(CSRC, "scratch.c")]
 HEADERS = sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True))
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")

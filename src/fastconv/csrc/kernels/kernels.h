@@ -103,6 +103,21 @@ typedef struct fc_kernel_set {
                 fc_interrupt *interrupt);
 } fc_kernel_set;
 
+/* Per-thread scratch memory (scratch.c), kept from call to call: a buffer
+ * of at least n bytes, 64-byte aligned, owned by the calling thread (the
+ * threads of its parallel regions may share it) until it asks for the same
+ * slot again; NULL if there is no memory. fc_scratch_put: the caller is done
+ * with it for this call (a very large buffer is then freed). One slot per
+ * buffer a call holds at the same time: */
+enum {
+    FC_SCRATCH_OPERATOR, /* the operator's copy of the input (convolution.c) */
+    FC_SCRATCH_PADDED,   /* a kernel's padded copy of the input */
+    FC_SCRATCH_WORK,     /* a kernel's per-thread workspaces */
+    FC_SCRATCH_SLOTS
+};
+void *fc_scratch_get(int slot, size_t n);
+void fc_scratch_put(int slot);
+
 /* The kernels of `isa` for `dtype` (FC_F32/FC_F64); NULL if not supported. */
 const fc_kernel_set *fc_kernels(int isa, int dtype);
 
