@@ -172,7 +172,7 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
     const int64_t nvec = (K + VLEN - 1) / VLEN;
     int nt = clamp_threads(nthreads, nchunks * nvec, work);
     const int64_t ncols = MIN(nvec, (nt + nchunks - 1) / nchunks), ntasks = nchunks * ncols;
-    real *part = malloc(sizeof(real) * (size_t)(nchunks * M * K));
+    real *part = fc_scratch_get(FC_SCRATCH_WORK, sizeof(real) * (size_t)(nchunks * M * K));
     if (!part)
         return FC_ENOMEM;
 #pragma omp parallel num_threads(nt)
@@ -202,7 +202,7 @@ INTERNAL int NAME(dense)(const fc_dense_desc *d, const void *xv, const void *wv,
             }
         fp_leave(fp);
     }
-    free(part);
+    fc_scratch_put(FC_SCRATCH_WORK);
     return run_status(d->interrupt);
 }
 

@@ -263,13 +263,14 @@ static void build_pointers(const fc_conv_desc *d, const row_source *src, int64_t
 
 /* x with its padding made of zeros, and only the rows and columns the
  * output reads: (N, (Ho - 1) * sh + (kh - 1) * dh + 1, (Wo - 1) * sw + kw,
- * C) (ROWS_MERGED has dw == 1). O(input) memory, not O(im2col). */
+ * C) (ROWS_MERGED has dw == 1). O(input) memory, not O(im2col), in the
+ * calling thread's scratch (kept between calls). */
 static real *pad_input(const fc_conv_desc *d, const real *x, int nthreads, row_source *src)
 {
     const int64_t C = d->C;
     const int64_t Hp = (d->Ho - 1) * d->sh + (d->kh - 1) * d->dh + 1;
     const int64_t Wp = (d->Wo - 1) * d->sw + d->kw;
-    real *xp = malloc(sizeof(real) * (size_t)(d->N * Hp * Wp * C));
+    real *xp = fc_scratch_get(FC_SCRATCH_PADDED, sizeof(real) * (size_t)(d->N * Hp * Wp * C));
     if (!xp)
         return NULL;
 #pragma omp parallel for num_threads(clamp_threads(nthreads, d->N * Hp, (double)d->N * Hp * Wp * C)) \
@@ -474,9 +475,10 @@ static int igemm_run(const fc_conv_desc *d, const real *x, weight_source ws, rea
         g.tap_step = d->dh * g.src.W * d->C;
     }
     const size_t per_thread = workspace_bytes(g.ntaps);
-    char *work = aligned_alloc(64, per_thread * (size_t)nt);
+    char *work = fc_scratch_get(FC_SCRATCH_WORK, per_thread * (size_t)nt);
     if (!work) {
-        free(xpad);
+        if (xpad)
+            fc_scratch_put(FC_SCRATCH_PADDED);
         return FC_ENOMEM;
     }
 #pragma omp parallel num_threads(nt)
@@ -490,8 +492,9 @@ static int igemm_run(const fc_conv_desc *d, const real *x, weight_source ws, rea
                 run_task(&g, task, mine, &built);
         fp_leave(fp);
     }
-    free(work);
-    free(xpad);
+    fc_scratch_put(FC_SCRATCH_WORK);
+    if (xpad)
+        fc_scratch_put(FC_SCRATCH_PADDED);
     return run_status(d->interrupt);
 }
 
@@ -537,7 +540,7 @@ INTERNAL int NAME(igemm_phases)(const fc_conv_desc *descs, const void *const *pa
     fc_interrupt *it = descs[0].interrupt;
     const int nt = clamp_threads(nthreads, ntasks, work);
     const size_t per_thread = workspace_bytes(max_taps);
-    char *work_mem = aligned_alloc(64, per_thread * (size_t)nt);
+    char *work_mem = fc_scratch_get(FC_SCRATCH_WORK, per_thread * (size_t)nt);
     if (!work_mem) {
         free(loops);
         free(first);
@@ -561,7 +564,7 @@ INTERNAL int NAME(igemm_phases)(const fc_conv_desc *descs, const void *const *pa
         }
         fp_leave(fp);
     }
-    free(work_mem);
+    fc_scratch_put(FC_SCRATCH_WORK);
     free(loops);
     free(first);
     return run_status(it);

@@ -306,7 +306,7 @@ INTERNAL int NAME(winograd)(const fc_conv_desc *d, int m, const void *xv, const 
     const size_t v_bytes = round64(sizeof(real) * (size_t)(a2 * block * C));
     const size_t m_bytes = round64(sizeof(real) * (size_t)(a2 * block * K));
     const size_t per_thread = v_bytes + m_bytes + NAME(gemm_serial_workspace)();
-    char *work = aligned_alloc(64, per_thread * (size_t)nt);
+    char *work = fc_scratch_get(FC_SCRATCH_WORK, per_thread * (size_t)nt);
     if (!work)
         return -FC_ENOMEM;
     int nonfinite = 0; /* set by any thread: the others then stop early */
@@ -333,6 +333,6 @@ INTERNAL int NAME(winograd)(const fc_conv_desc *d, int m, const void *xv, const 
         }
         fp_leave(fp);
     }
-    free(work);
+    fc_scratch_put(FC_SCRATCH_WORK);
     return run_status(d->interrupt) ? -FC_EINTR : nonfinite;
 }
