@@ -1,7 +1,8 @@
 """The kernels' temporary buffers (Winograd's transformed tiles, padded
 copies of the input, per-thread workspaces; also a dense layer's partial
-sums and the operator's copies of the input, not tested here) live in per-thread scratch memory kept from call to call (csrc/scratch.c):
-in steady state a layer called with a preallocated output takes no page
+sums and the operator's copies of the input) live in per-thread scratch
+memory kept from call to call (csrc/scratch.c): in steady state a layer
+called with a preallocated output takes no page
 faults, whatever the allocator's state. glibc with a fixed mmap threshold
 (MALLOC_MMAP_THRESHOLD_) maps every large buffer afresh on each call: before
 the scratch memory, these layers took 450-790 minor faults per call so."""
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import fastconv
@@ -55,3 +57,22 @@ def test_layers_take_no_page_faults_in_steady_state():
         # (a fault or two per call may come from Python itself; a buffer
         # mapped afresh costs one per 4 KiB page: hundreds here)
         assert float(faults) < 3, f"{algorithm} {size}x{size} {c}->{k}: {faults} faults per call"
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_a_cropped_transposed_call_into_the_dense_kernel(layout):
+    # A stride-1 transposed convolution whose padding exceeds the kernel's
+    # reach runs its direct convolution on a cropped copy of x; with a
+    # one-pixel result that is the dense kernel, which builds its window
+    # (in the NCHW layout's OIHW order) from that copy: two buffers of the
+    # operator's held at once, each in its own scratch slot.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 5, 4)).astype(np.float32)  # (kh, kw, out, in)
+    expected = np.einsum("nc,kc->nk", x[:, 1, 1].astype(np.float64), w[0, 0].astype(np.float64))
+    if layout == "NHWC":
+        y = fastconv.conv_transpose2d(x, w, padding=1)[:, 0, 0]
+    else:  # x (N, C, H, W), weights (in, out, kh, kw)
+        y = fastconv.conv_transpose2d(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1),
+                                      padding=1, layout="NCHW")[:, :, 0, 0]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@
  * ~750 of them per call measured on a 128 -> 128, 28x28 Winograd layer.
  *
  * Each slot holds one buffer, so a call may hold one buffer of each slot at
- * once (an operator's copy of the input, the kernel's padded input and its
- * workspace). Buffers larger than SCRATCH_KEEP_BYTES are freed when put back
+ * once (kernels.h lists them); a call never asks for a slot it already holds,
+ * which would overwrite or free that buffer. Buffers larger than SCRATCH_KEEP_BYTES are freed when put back
  * rather than kept. A thread's buffers are freed when it exits (a pthread
  * key's destructor).
  */

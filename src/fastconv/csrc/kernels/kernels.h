@@ -110,7 +110,9 @@ typedef struct fc_kernel_set {
  * with it for this call (a very large buffer is then freed). One slot per
  * buffer a call holds at the same time: */
 enum {
-    FC_SCRATCH_OPERATOR, /* the operator's copy of the input (convolution.c) */
+    FC_SCRATCH_CROPPED,  /* the operator's cropped copy of a transposed call's input */
+    FC_SCRATCH_WINDOW,   /* the operator's window of a one-pixel (dense) call, which
+                            may be that cropped copy's */
     FC_SCRATCH_PADDED,   /* a kernel's padded copy of the input */
     FC_SCRATCH_WORK,     /* a kernel's per-thread workspaces */
     FC_SCRATCH_SLOTS

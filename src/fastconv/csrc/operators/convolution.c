@@ -710,7 +710,7 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
         return op->ks->dense(&dd, x, op->w, op->bias, y, nthreads);
     int ok = 1;
     const size_t n = product(d->N, R, (int64_t)item, 1, &ok);
-    char *window = ok ? fc_scratch_get(FC_SCRATCH_OPERATOR, n) : NULL;
+    char *window = ok ? fc_scratch_get(FC_SCRATCH_WINDOW, n) : NULL;
     if (!window)
         return FC_ENOMEM;
     memset(window, 0, n);
@@ -731,7 +731,7 @@ static int run_dense(const fc_conv_op *op, const fc_conv_desc *d, const void *x,
             }
         }
     const int status = op->ks->dense(&dd, window, op->w, op->bias, y, nthreads);
-    fc_scratch_put(FC_SCRATCH_OPERATOR);
+    fc_scratch_put(FC_SCRATCH_WINDOW);
     return status;
 }
 
@@ -808,7 +808,7 @@ int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, const void
     const int64_t row = d.W * op->p.C * (int64_t)op->itemsize;
     int ok = 1;
     const size_t n = product(d.N, d.H, row, 1, &ok);
-    char *xc = ok ? fc_scratch_get(FC_SCRATCH_OPERATOR, n) : NULL;
+    char *xc = ok ? fc_scratch_get(FC_SCRATCH_CROPPED, n) : NULL;
     if (!xc)
         return FC_ENOMEM;
     for (int64_t img = 0; img < d.N; img++)
@@ -818,7 +818,7 @@ int fc_conv_run(fc_conv_op *op, const fc_conv_call *c, const void *x, const void
                                          (int64_t)op->itemsize,
                    (size_t)row);
     const int status = run_direct(op, &d, xc, residual, y, nthreads, interrupt, ran);
-    fc_scratch_put(FC_SCRATCH_OPERATOR);
+    fc_scratch_put(FC_SCRATCH_CROPPED);
     return status;
 }
 
