@@ -11,6 +11,7 @@ from fastconv._config import (config, get_flush_denormals, get_num_threads, get_
                               set_flush_denormals, set_num_threads, set_winograd,
                               show_config)
 from fastconv._conv import conv2d, matmul
+from fastconv._prepared import clear_weight_cache, get_weight_cache, set_weight_cache
 from fastconv._transpose import conv_transpose2d
 from fastconv._fc import fc_to_conv
 from fastconv.nn.layers import Conv2d, Linear
@@ -19,4 +20,5 @@ _config_module._select_initial_isa()
 
 __all__ = ["conv2d", "conv_transpose2d", "matmul", "fc_to_conv", "Conv2d", "Linear", "config",
            "show_config", "get_num_threads", "set_num_threads", "get_flush_denormals",
-           "set_flush_denormals", "get_winograd", "set_winograd", "__version__"]
+           "set_flush_denormals", "get_winograd", "set_winograd", "get_weight_cache",
+           "set_weight_cache", "clear_weight_cache", "__version__"]

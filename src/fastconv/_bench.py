@@ -15,7 +15,8 @@ For every layer and thread count, the contenders are timed interleaved
 (fastconv, numpy, torch, torch_cl, fastconv, ...) after a warm-up, and the
 medians are compared, so that the noise of a shared machine hits all alike:
 
-- fastconv: fastconv.matmul (weights packed in every call), or a
+- fastconv: fastconv.matmul (its b kept, packed, from the second call on:
+  see fastconv.set_weight_cache), or a
   fastconv.Conv2d layer (weights packed once) in NHWC with HWIO weights;
 - numpy: numpy.matmul for GEMMs and 1x1 stride-1 layers ("matmul"),
   im2col + numpy.matmul for the other convolutions ("im2col"), and a sum of
@@ -298,7 +299,7 @@ class Plan(NamedTuple):
 def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Tuple[Call, Plan]:
     """fastconv's side of a convolution layer (NHWC input, HWIO weights): a
     fastconv.Conv2d, whose weights are packed once at construction as in a
-    network (fastconv.conv2d packs them inside every call), and its plan."""
+    network, and its plan."""
     conv = fastconv.Conv2d(w, stride=layer.stride, padding=layer.pad, groups=layer.groups)
     plan = conv.plan(x.shape)
     return (lambda nt: conv(x, num_threads=nt)), Plan(plan["algorithm"], plan["macs"])

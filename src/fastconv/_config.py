@@ -10,6 +10,7 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._validate import positive_int
+from fastconv._prepared import get_weight_cache
 
 __all__ = ["config", "show_config", "get_num_threads", "set_num_threads",
            "get_flush_denormals", "set_flush_denormals", "get_winograd", "set_winograd"]
@@ -211,7 +212,8 @@ def config() -> Dict[str, Any]:
         kernel family runs) and ``isa_config`` (dtype -> that ISA's
         configuration: register tile ``mr`` x ``nr`` values, ``vlen``,
         reduction blocks ``kc`` / ``kc_gemm``, ``mct`` and the algorithm
-        thresholds, from csrc/configs/<isa>.h).
+        thresholds, from csrc/configs/<isa>.h), ``weight_cache`` (what the
+        functions keep of weights they see again: get_weight_cache()).
     """
     from fastconv import __version__
     import numpy
@@ -228,6 +230,7 @@ def config() -> Dict[str, Any]:
         "single_threaded_after_fork": _core.single_threaded_after_fork(),
         "flush_denormals": _flush_denormals and _core.flush_denormals_supported(),
         "winograd": _winograd,
+        "weight_cache": get_weight_cache(),
         "cpu_features": _core.cpu_features(),
         "isa_available": available_isas(),
         "isa_forced": os.environ.get("FASTCONV_ISA") or None,

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastconv import _core
 from fastconv._config import get_flush_denormals, get_winograd, resolve_threads
+from fastconv._prepared import prepared
 from fastconv._validate import (activation_spec, check_bias, check_nbytes,
                                 check_ndim, check_out, float_arrays, int_pair, layout_name,
                                 padding_amounts, positive_int)
@@ -104,6 +105,7 @@ class ConvWeights:
         # empty otherwise.
         self._nonfinite: dict = {}
         self._nthreads = nthreads
+        self._plans: dict = {}
         if not self._one_call:
             self._make_operators(w, winograd_now and get_winograd())
 
@@ -257,6 +259,26 @@ class ConvWeights:
         return ConvPlan(call, sizes, (N, Ho, Wo, K), result[1:] if unbatched else result,
                         act, flush, name, macs, direct_macs)
 
+    def cached_plan(self, shape: Tuple[int, ...], padding: Any, activation: Any,
+                    algorithm: str = "auto", **options: Any) -> "ConvPlan":
+        """plan(), kept per input shape, options and setting (at most
+        PLAN_CACHE_SIZE: a network or a loop of calls sees few shapes).
+        Options are keyed with their types (1 == True == 1.0 as keys, not as
+        options); an option of another type (a numpy integer, say) is planned
+        anew at every call."""
+        try:
+            key = (tuple(shape), _typed(padding), _typed(activation), algorithm,
+                   _typed(tuple(options.values())), get_flush_denormals(), get_winograd())
+        except TypeError:
+            return self.plan(shape, padding, activation, algorithm, **options)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self.plan(shape, padding, activation, algorithm, **options)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     def execute(self, plan: "ConvPlan", xa: np.ndarray, out: Optional[np.ndarray],
                 nthreads: int, residual: Optional[np.ndarray] = None) -> np.ndarray:
         """Run a plan on xa (checked to have the plan's shape and the dtype),
@@ -348,16 +370,20 @@ class ConvWeights:
             _core.activate(y, y, plan.act, plan.flush, nthreads)
         return ran
 
-    def run(self, x: Any, *, padding: Any, activation: Any, out: Any, num_threads: Any,
-            originals: dict, algorithm: str = "auto") -> Tuple[np.ndarray, str]:
-        """Convolve x with these weights (every check on x and the options
-        first): (the result, the algorithm that ran). `originals` are the
-        caller's arrays, for the overlap check."""
-        xa = input_array(self.fn, x, self.dtype)
-        plan = self.plan(xa.shape, padding, activation, algorithm)
-        nthreads = resolve_threads(self.fn, num_threads)
-        out = check_out(self.fn, out, plan.result, self.dtype, originals)
-        return self.execute_algorithm(plan, xa, out, nthreads)
+
+# Plans kept per weights (ConvWeights.cached_plan).
+PLAN_CACHE_SIZE = 32
+
+
+def _typed(value: Any) -> tuple:
+    """value with the type of each of its parts, as a cache key; TypeError
+    for a type other than int, float, str, None, tuple and list."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return (kind,) + tuple(_typed(v) for v in value)
+    if kind is int or kind is float or kind is str or value is None:
+        return (kind, value)
+    raise TypeError(f"no cache key for {kind.__name__}")
 
 
 class ConvPlan:
@@ -435,8 +461,13 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
 
     Notes
     -----
-    The weights are packed on every call; fastconv.Conv2d packs them once.
-    A result of one pixel per image from an undilated kernel (a
+    The first call with a weight array prepares its weights for that call
+    alone; a second call with the same array keeps a copy of them and their
+    packed (and Winograd) forms, so that later calls pack nothing, until the
+    array's values change: each call compares the weights and bias with the
+    copy, so a result is never stale, and it is bitwise the first call's
+    (see fastconv.set_weight_cache; fastconv.Conv2d packs once, with no
+    comparison). A result of one pixel per image from an undilated kernel (a
     fully-connected layer written as a convolution: VGG's fc6 as a 7x7
     kernel on a 7x7 map) at batch <= 8 reads the weights in place as one
     matrix instead, with no packing, at the speed of memory.
@@ -465,6 +496,16 @@ def conv2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
     return y
 
 
+def operator_growth(weights: "ConvWeights") -> float:
+    """The most memory the operators of checked weights make, in multiples
+    of the weights' bytes: their packed panels (about 1, with the rounding
+    of K to whole vectors), and for a kernel Winograd can run, F(2x2)'s 16/9
+    and F(4x4)'s 36/9 transformed weights."""
+    winograd = ((weights.kh, weights.kw) == (3, 3) and weights.stride == (1, 1)
+                and weights.dilation == (1, 1) and weights.groups == 1)
+    return 1.5 + (52 / 9 if winograd else 0)
+
+
 def conv2d_algorithm(x, weight, bias=None, *, stride: IntPair = 1, padding: Padding = 0,
                      dilation: IntPair = 1, groups: int = 1, activation: Optional[str] = None,
                      layout: str = "NHWC", out: Optional[np.ndarray] = None,
@@ -475,18 +516,26 @@ def conv2d_algorithm(x, weight, bias=None, *, stride: IntPair = 1, padding: Padd
     name of the algorithm that ran returned beside the result: for the
     tests and the benchmark, which must know which path they measure."""
     fn = "conv2d"
-    layout_name(fn, layout)
+    layout = layout_name(fn, layout)
     # One dtype check over all three, so a mismatch names every dtype seen;
     # the converted arrays go on (converted once).
     _, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
-    weights = ConvWeights(fn, arr["weight"], arr["bias"], groups, layout,
-                          resolve_threads(fn, num_threads), pack_now=False,
-                          stride=int_pair(fn, "stride", stride),
-                          dilation=int_pair(fn, "dilation", dilation))
-    return weights.run(arr["x"], padding=padding, activation=activation, out=out,
-                       num_threads=num_threads,
-                       originals={"x": (x, arr["x"]), "weight": (weight, arr["weight"]),
-                                  "bias": (bias, arr["bias"])}, algorithm=algorithm)
+    stride, dilation = int_pair(fn, "stride", stride), int_pair(fn, "dilation", dilation)
+    groups = positive_int(fn, "groups", groups)
+    nthreads = resolve_threads(fn, num_threads)
+
+    def make(w: np.ndarray, b: Optional[np.ndarray]) -> ConvWeights:
+        return ConvWeights(fn, w, b, groups, layout, nthreads, pack_now=False, stride=stride,
+                           dilation=dilation)
+
+    w, b = arr["weight"], arr["bias"]
+    weights = (prepared(("conv2d", groups, layout, stride, dilation), weight, w, b, make,
+                        operator_growth) or make(w, b))
+    xa = arr["x"]
+    plan = weights.cached_plan(xa.shape, padding, activation, algorithm)
+    out = check_out(fn, out, plan.result, weights.dtype,
+                    {"x": (x, xa), "weight": (weight, w), "bias": (bias, b)})
+    return weights.execute_algorithm(plan, xa, out, nthreads)
 
 
 class GemmWeights:
@@ -592,4 +641,9 @@ def matmul(a, b, bias=None, *, activation: Optional[str] = None,
     nthreads = resolve_threads(fn, num_threads)
     out = check_out(fn, out, (M, ba.shape[1]), dtype,
                     {"a": (a, aa), "b": (b, ba), "bias": (bias, bias_a)})
-    return GemmWeights(fn, ba, bias_a, nthreads, one_call=True).run(aa, act, out, nthreads)
+
+    def make(b_: np.ndarray, bias_: Optional[np.ndarray]) -> GemmWeights:
+        return GemmWeights(fn, b_, bias_, nthreads, one_call=True)
+
+    gemm = prepared(("matmul",), b, ba, bias_a, make, lambda _: 1.5) or make(ba, bias_a)
+    return gemm.run(aa, act, out, nthreads)

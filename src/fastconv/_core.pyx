@@ -18,6 +18,7 @@ cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t
+from libc.string cimport memcmp
 
 from fastconv._kernels cimport *
 
@@ -204,6 +205,27 @@ cdef inline void *_buffer(cnp.ndarray a, object need, int dtype, str what) excep
 # (if it is the main one) takes the GIL back every FC_POLL_SECONDS to run
 # them, and the run stops (FC_EINTR) if a handler raised, KeyboardInterrupt
 # on Ctrl-C. From any other thread a run is not interrupted, as in Python.
+def same_bytes(cnp.ndarray a, cnp.ndarray b):
+    """Whether a and b, both C-contiguous, have one dtype and shape and the
+    same bytes (so NaNs compare by their bits): the check that the conv2d
+    function's kept weights are still the caller's (fastconv._prepared)."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        raise ValueError("internal: same_bytes needs C-contiguous arrays")
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b) or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        return False
+    cdef int i
+    for i in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, i) != cnp.PyArray_DIM(b, i):
+            return False
+    cdef size_t n = <size_t>cnp.PyArray_NBYTES(a)
+    cdef const void *pa = cnp.PyArray_DATA(a)
+    cdef const void *pb = cnp.PyArray_DATA(b)
+    cdef int differ
+    with nogil:
+        differ = memcmp(pa, pb, n)
+    return differ == 0
+
+
 cdef unsigned long _main_thread = threading.main_thread().ident
 
 

@@ -16,9 +16,10 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from fastconv._config import resolve_threads
-from fastconv._conv import ConvWeights, IntPair, Padding
+from fastconv._conv import ConvWeights, IntPair, Padding, operator_growth
+from fastconv._prepared import prepared
 from fastconv._validate import (check_nbytes, check_out, explicit_padding, float_arrays,
-                                int_pair, layout_name)
+                                int_pair, layout_name, positive_int)
 
 __all__ = ["conv_transpose2d"]
 
@@ -209,8 +210,9 @@ def conv_transpose2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padd
     of x with the sub-kernel of the taps that reach it, stored straight into
     its phase, all in one parallel region of the indirect GEMM: no
     zero-stuffed input, no scatter into an intermediate buffer. The weights
-    are rearranged and packed on every call; fastconv.nn.ConvTranspose2d
-    does it once.
+    are rearranged and packed in the call, and kept for later calls with the
+    same weight array while its values do not change (as conv2d's: see
+    fastconv.set_weight_cache); fastconv.nn.ConvTranspose2d does it once.
 
     Examples
     --------
@@ -224,17 +226,22 @@ def conv_transpose2d(x, weight, bias=None, *, stride: IntPair = 1, padding: Padd
            [1., 1., 1., 1.]], dtype=float32)
     """
     fn = "conv_transpose2d"
-    layout_name(fn, layout)
+    layout = layout_name(fn, layout)
     _, arr = float_arrays(fn, x=x, weight=weight, bias=bias)
-    weights = TransposedWeights(fn, arr["weight"], arr["bias"], groups, layout,
-                                resolve_threads(fn, num_threads), pack_now=False,
-                                stride=int_pair(fn, "stride", stride),
-                                dilation=int_pair(fn, "dilation", dilation))
-    xa = arr["x"]
-    plan = weights.plan(xa.shape, padding, activation, output_padding=output_padding,
-                        output_size=output_size)
+    stride, dilation = int_pair(fn, "stride", stride), int_pair(fn, "dilation", dilation)
+    groups = positive_int(fn, "groups", groups)
     nthreads = resolve_threads(fn, num_threads)
+
+    def make(w: np.ndarray, b: Optional[np.ndarray]) -> TransposedWeights:
+        return TransposedWeights(fn, w, b, groups, layout, nthreads, pack_now=False,
+                                 stride=stride, dilation=dilation)
+
+    w, b = arr["weight"], arr["bias"]
+    weights = (prepared(("conv_transpose2d", groups, layout, stride, dilation), weight, w, b,
+                        make, operator_growth) or make(w, b))
+    xa = arr["x"]
+    plan = weights.cached_plan(xa.shape, padding, activation, output_padding=output_padding,
+                               output_size=output_size)
     out = check_out(fn, out, plan.result, weights.dtype,
-                    {"x": (x, xa), "weight": (weight, arr["weight"]),
-                     "bias": (bias, arr["bias"])})
+                    {"x": (x, xa), "weight": (weight, w), "bias": (bias, b)})
     return weights.execute(plan, xa, out, nthreads)

@@ -7,11 +7,12 @@
  * place), and runs the kernels. In the spirit of XNNPACK's
  * operators/convolution-nhwc.c over its configs.
  *
- * An operator made without FC_CONV_ONE_CALL may be run by several threads
- * at once: what it prepares lazily (Winograd's weights when the switch is
- * turned on after creation, packed panels a forced algorithm needs) is
- * published with one atomic compare-and-swap, and a thread that loses the
- * race frees its own copy.
+ * An operator may be run by several threads at once (conv2d keeps the
+ * operators of weights it sees again): what it prepares lazily (packed
+ * panels, Winograd's weights) is published with one atomic compare-and-swap,
+ * and a thread that loses the race frees its own copy; whether Winograd can
+ * use a ONE_CALL operator's weights is stored atomically, each thread that
+ * finds it unknown computing the same answer.
  */
 #include <float.h>
 #include <math.h>
@@ -257,8 +258,8 @@ static const void *winograd_weights(fc_conv_op *op, int m, int nthreads)
         w = unpacked;
     }
     int status = FC_OK;
-    if (!(op->w && op->transformable[i] >= 0 ? op->transformable[i]
-                                            : transformable(op, m, w, ws))) {
+    const int known = op->w ? __atomic_load_n(&op->transformable[i], __ATOMIC_RELAXED) : -1;
+    if (!(known >= 0 ? known : transformable(op, m, w, ws))) {
         u = WINO_UNUSABLE;
     } else {
         int ok = 1;
@@ -284,9 +285,12 @@ static int winograd_usable(fc_conv_op *op, int m)
     const void *u = __atomic_load_n(&op->wino[i], __ATOMIC_ACQUIRE);
     if (u)
         return u != WINO_UNUSABLE;
-    if (op->w && op->transformable[i] < 0)
-        op->transformable[i] = transformable(op, m, op->w, op->ws);
-    return op->transformable[i] != 0;
+    int known = __atomic_load_n(&op->transformable[i], __ATOMIC_RELAXED);
+    if (op->w && known < 0) {
+        known = transformable(op, m, op->w, op->ws);
+        __atomic_store_n(&op->transformable[i], known, __ATOMIC_RELAXED);
+    }
+    return known != 0;
 }
 
 static int is_gemm(const fc_conv_op *op, const fc_conv_call *c)
