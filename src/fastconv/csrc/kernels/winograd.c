@@ -56,72 +56,98 @@ INTERNAL int64_t NAME(winograd_packed_size)(const fc_conv_desc *d, int m)
     return (m + 2) * (m + 2) * packed_size(&p);
 }
 
-/* o (a values) = G g for the 3 values g, in double. F(4x4)'s
- * divides before it adds, so that no partial sum exceeds max |g| (G's rows
- * have absolute sums at most 1): the caller's overflow guard (below) holds
- * for float64 too. */
-static inline void weight_1d(int m, const double g[3], double *o)
+/* o[i][l] (a rows) = (G g)[i] for the 3 rows g[j][l] of NR values each
+ * (NR output channels at once, so that the compiler vectorises), in
+ * double. F(4x4)'s scales each term before it adds (by 1/4, 1/6, 1/12 and
+ * 1/24, as multiplications by their doubles), so that no partial sum exceeds
+ * max |g| (G's rows have absolute sums at most 1): the caller's overflow
+ * guard (below) holds for float64 too. */
+static inline __attribute__((always_inline)) void weight_1d(int m, double g[3][NR],
+                                                            double o[ALPHA_MAX][NR])
 {
-    const double g0 = g[0], g1 = g[1], g2 = g[2];
-    if (m == 2) {
-        o[0] = g0;
-        o[1] = 0.5 * (g0 + g1 + g2);
-        o[2] = 0.5 * (g0 - g1 + g2);
-        o[3] = g2;
-    } else {
-        o[0] = g0 / 4;
-        o[1] = -(g0 / 6 + g1 / 6 + g2 / 6);
-        o[2] = -(g0 / 6 - g1 / 6 + g2 / 6);
-        o[3] = g0 / 24 + g1 / 12 + g2 / 6;
-        o[4] = g0 / 24 - g1 / 12 + g2 / 6;
-        o[5] = g2;
+    const double q = 0.25, s = 1.0 / 6, t = 1.0 / 12, v = 1.0 / 24;
+    for (int l = 0; l < NR; l++) {
+        const double g0 = g[0][l], g1 = g[1][l], g2 = g[2][l];
+        if (m == 2) {
+            o[0][l] = g0;
+            o[1][l] = 0.5 * (g0 + g1 + g2);
+            o[2][l] = 0.5 * (g0 - g1 + g2);
+            o[3][l] = g2;
+        } else {
+            o[0][l] = g0 * q;
+            o[1][l] = -(g0 * s + g1 * s + g2 * s);
+            o[2][l] = -(g0 * s - g1 * s + g2 * s);
+            o[3][l] = g0 * v + g1 * t + g2 * s;
+            o[4][l] = g0 * v - g1 * t + g2 * s;
+            o[5][l] = g2;
+        }
     }
 }
 
 /* U (a^2, C, K) = G g G^T for every (c, k), g read through the strides,
  * computed in double, rounded once, and written straight into the packed
- * panels of the a^2 products (their padding and bias rows zero). The caller
- * checks that every weight is finite and at most the dtype's largest value
- * / c in magnitude, c = (the largest absolute row sum of G)^2 >= |U| / max
- * |g|: 1.5^2 = 2.25 for F(2x2), 1 for F(4x4) (rows 1/4; 1/2; 1/2; 7/24;
- * 7/24; 1): then no value of U overflows. */
-INTERNAL int NAME(winograd_pack)(const fc_conv_desc *d, int m, const void *wv,
-                                 fc_weight_strides s, void *packedv, int nthreads)
+ * panels of the a^2 products (their padding and bias rows zero), NR output
+ * channels (one panel's row) at a time, so that the compiler vectorises
+ * the transforms over them. The caller checks that every
+ * weight is finite and at most the dtype's largest value / c in magnitude,
+ * c = (the largest absolute row sum of G)^2 >= |U| / max |g|: 1.5^2 = 2.25
+ * for F(2x2), 1 for F(4x4) (rows 1/4; 1/2; 1/2; 7/24; 7/24; 1): then no
+ * value of U overflows. */
+static void winograd_pack_m(const fc_conv_desc *d, int m, const real *w, fc_weight_strides s,
+                            real *packed, int nthreads)
 {
-    const real *w = wv;
-    real *packed = packedv;
     const int64_t C = d->C, K = d->K;
     const int a = m + 2;
     const fc_conv_desc p = product_desc(d);
     const int64_t step = packed_size(&p);
     memset(packed, 0, sizeof(real) * (size_t)(a * a * step));
-    const int nt = clamp_threads(nthreads, C, (double)C * K * a * a);
+    const int64_t jobs = C * n_blocks(K);
+    const int nt = clamp_threads(nthreads, jobs, (double)C * K * a * a);
     /* (in fastconv's mode, never flushing: U serves calls of either kind) */
 #pragma omp parallel num_threads(nt)
     {
         const fp_mode fp = fp_enter(0);
 #pragma omp for schedule(static)
-        for (int64_t c = 0; c < C; c++)
-            for (int64_t k = 0; k < K; k++) {
-                const real *g = w + c * s.c + k * s.k;
-                double t[ALPHA_MAX][3], r[ALPHA_MAX];
-                for (int j = 0; j < 3; j++) { /* G g, column by column */
-                    const double col_in[3] = {g[j * s.tx], g[s.ty + j * s.tx],
-                                              g[2 * s.ty + j * s.tx]};
-                    double col[ALPHA_MAX];
-                    weight_1d(m, col_in, col);
-                    for (int i = 0; i < a; i++)
-                        t[i][j] = col[i];
+        for (int64_t job = 0; job < jobs; job++) {
+            const int64_t c = job / n_blocks(K), k0 = job % n_blocks(K) * NR;
+            const int64_t nk = MIN(NR, K - k0);
+            double g[3][3][NR]; /* [tap column][tap row][channel] */
+            for (int ty = 0; ty < 3; ty++)
+                for (int tx = 0; tx < 3; tx++) {
+                    const real *src = w + c * s.c + k0 * s.k + ty * s.ty + tx * s.tx;
+                    if (nk == NR && s.k == 1) /* (HWIO: one vector load) */
+                        for (int l = 0; l < NR; l++)
+                            g[tx][ty][l] = src[l];
+                    else
+                        for (int64_t l = 0; l < NR; l++)
+                            g[tx][ty][l] = l < nk ? src[l * s.k] : 0;
                 }
-                real *u = packed + packed_row(&p, 0, k / NR, 0, c) + k % NR;
-                for (int i = 0; i < a; i++) { /* (G g) G^T, row by row */
-                    weight_1d(m, t[i], r);
-                    for (int j = 0; j < a; j++)
-                        u[(i * a + j) * step] = (real)r[j];
-                }
+            double col[3][ALPHA_MAX][NR], row[3][NR], r[ALPHA_MAX][NR];
+            for (int tx = 0; tx < 3; tx++) /* G g, column by column */
+                weight_1d(m, g[tx], col[tx]);
+            real *u = packed + packed_row(&p, 0, k0 / NR, 0, c);
+            for (int i = 0; i < a; i++) { /* (G g) G^T, row by row */
+                for (int tx = 0; tx < 3; tx++)
+                    for (int l = 0; l < NR; l++)
+                        row[tx][l] = col[tx][i][l];
+                weight_1d(m, row, r);
+                for (int j = 0; j < a; j++)
+                    for (int64_t l = 0; l < nk; l++)
+                        u[(i * a + j) * step + l] = (real)r[j][l];
             }
+        }
         fp_leave(fp);
     }
+}
+
+INTERNAL int NAME(winograd_pack)(const fc_conv_desc *d, int m, const void *wv,
+                                 fc_weight_strides s, void *packedv, int nthreads)
+{
+    /* (one instance per tile size, the transforms' loops unrolled for it) */
+    if (m == 2)
+        winograd_pack_m(d, 2, wv, s, packedv, nthreads);
+    else
+        winograd_pack_m(d, 4, wv, s, packedv, nthreads);
     return FC_OK;
 }
 
