@@ -17,13 +17,15 @@ set -euo pipefail
 source "$(dirname "$0")/_build_copy.sh"
 
 # The named part: every test file that drives the kernels (conv2d, matmul,
-# the dense kernel, Winograd, layers, the micro-kernel sweeps and forced
+# the dense kernel, Winograd F(2x2) and F(4x4), the weights the functions
+# keep, layers, the micro-kernel sweeps and forced
 # algorithms, the bindings' bounds checks, fc_to_conv, argument errors, input kinds, size
 # limits, nn, config/threads/GIL, the hypothesis properties, fork and
 # Ctrl-C), less the
 # PyTorch parity tests (torch is not installed here). Not run: test_leaks.py
 # (it measures resident memory, which ASan's quarantine and shadow memory
-# make meaningless), test_ieee.py (one test insists that a -0.0 reaches the
+# make meaningless), test_scratch.py (it counts page faults, which ASan's
+# allocator changes), test_ieee.py (one test insists that a -0.0 reaches the
 # activation, which depends on the FMA contraction of the optimised build),
 # test_bench.py / test_demo.py (Python-level, need scikit-learn and
 # matplotlib) and the torch / Keras parity files. The `isa` fixture of
@@ -38,7 +40,8 @@ TEST_FILES=(test_conv2d.py test_matmul.py test_dense.py test_winograd.py test_la
             test_microkernels.py test_core_bounds.py test_fc_to_conv.py
             test_errors.py test_inputs.py test_limits.py test_nn.py test_config.py
             test_threads.py test_security.py test_hypothesis.py test_fork.py
-            test_interrupt.py test_conv_transpose.py test_activations.py test_fusion.py)
+            test_interrupt.py test_conv_transpose.py test_activations.py test_fusion.py
+            test_winograd_f4.py test_prepared.py)
 SELECT="not torch"
 SELECT_PER_ISA="not torch and not isa and not vgg16 and not info_command"
 

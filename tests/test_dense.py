@@ -126,18 +126,21 @@ def test_conv2d_one_pixel_bitwise_for_any_thread_count(rng, layout):
         assert np.array_equal(fastconv.conv2d(x, w, layout=layout, num_threads=nt), one)
 
 
-@pytest.mark.parametrize("pixels", [(7, 7), (1, 1), (20, 25)], ids=str)
+@pytest.mark.parametrize("pixels", ["one", "few", "limit", "over"])
 @pytest.mark.parametrize("k", [64, 48, 33], ids=lambda k: f"K{k}")
 @dtypes
 def test_conv2d_small_1x1_reads_weights_in_place(isa, rng, monkeypatch, pixels, k, dtype):
-    """A 1x1 convolution over fewer than DIRECT_GEMM_MAX_ROWS pixels (ResNet's
-    last layers at 7x7) is not packed when its HWIO weights can be read as
-    they are (K a whole number of vectors); it matches the reference either
-    way, with bias and ReLU. (20x25 = 500 pixels is just under the limit.)"""
-    h, w = pixels
+    """A 1x1 convolution over fewer pixels than the ISA's direct_gemm_max_rows
+    (ResNet's last layers at 7x7 on AVX-512) is not packed when its HWIO
+    weights can be read as they are (K a whole number of vectors); it
+    matches the reference either way, with bias and ReLU: one pixel, a few
+    more than dense_rows, one under the limit, the limit."""
+    limit = fastconv.config()["isa_config"][np.dtype(dtype).name]["direct_gemm_max_rows"]
+    h, w = {"one": (1, 1), "few": (3, 4), "limit": (1, limit - 1), "over": (1, limit)}[pixels]
     check_conv(rng, n=1, h=h, w=w, c=40, k=k, kh=1, kw=1, relu=True, dtype=dtype)
     x, weight = np.zeros((1, h, w, 40), dtype), np.zeros((1, 1, 40, k), dtype)
     _, ran = _conv.conv2d_algorithm(x, weight)
     # 64 and 48 are whole vectors on every ISA and dtype, 33 on none; one
     # pixel goes through the dense kernel
-    assert ran == ("dense" if h * w <= DENSE_ROWS else "gemm-in-place" if k != 33 else "gemm")
+    assert ran == ("dense" if h * w <= DENSE_ROWS else
+                   "gemm-in-place" if k != 33 and h * w < limit else "gemm")
