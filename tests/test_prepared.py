@@ -33,7 +33,7 @@ def kept() -> int:
 
 # (x NHWC, weight HWIO, options, the algorithm conv2d runs): one case per
 # algorithm, the one-call thresholds of config()["isa_config"] in mind
-# (Winograd F(2x2) from 400 2x2 tiles per image and 64 channels, F(4x4)
+# (Winograd F(2x2) from 196 2x2 tiles per image and 64 channels, F(4x4)
 # from 196 4x4 tiles).
 CASES = {
     "igemm": ((1, 9, 9, 8), (3, 3, 8, 16), dict(padding=1, stride=2), "igemm"),

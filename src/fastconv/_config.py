@@ -152,8 +152,10 @@ def get_winograd() -> bool:
         True by default (FASTCONV_WINOGRAD=0 at import turns it off). A 3x3,
         stride 1, undilated, one-group convolution with enough input and
         output channels and enough tiles of 2x2 outputs per image for the
-        transforms to pay (more for conv2d, whose weights serve one call:
-        the thresholds are the ISA's, config()["isa_config"]) then does 16
+        transforms to pay (more for conv2d, whose choice assumes the call
+        pays the transforms: it is the same at every call, also once the
+        weights are kept; the thresholds are the ISA's,
+        config()["isa_config"]) then does 16
         multiply-adds per tile and channel pair instead of 36: 1.1-1.8x
         faster on VGG16's and ResNet-50's 3x3 layers. Over enough 4x4 tiles
         per image (winograd_f4_min_tiles; winograd_f4_one_call_min_tiles for

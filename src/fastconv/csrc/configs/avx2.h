@@ -24,7 +24,7 @@
 #define WINOGRAD_MIN_CHANNELS 64
 #define WINOGRAD_MIN_TILES 25
 #define WINOGRAD_MIN_MACS (1 << 22)
-#define WINOGRAD_ONE_CALL_MIN_TILES 400
+#define WINOGRAD_ONE_CALL_MIN_TILES 196
 /* Winograd F(4x4, 3x3) instead of F(2x2) where F(2x2) runs and an image has
  * at least this many 4x4 output tiles (a layer), or this many (conv2d, which
  * also pays the 36 transformed panels). Measured on this Zen 3 machine's

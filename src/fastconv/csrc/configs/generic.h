@@ -15,7 +15,7 @@
 #define WINOGRAD_MIN_CHANNELS 64
 #define WINOGRAD_MIN_TILES 25
 #define WINOGRAD_MIN_MACS (1 << 22)
-#define WINOGRAD_ONE_CALL_MIN_TILES 400
+#define WINOGRAD_ONE_CALL_MIN_TILES 196
 /* Winograd F(4x4, 3x3) where F(2x2) runs: avx2.h's values, not measured on
  * this ISA. */
 #define WINOGRAD_F4_MIN_TILES 25
