@@ -209,6 +209,41 @@ def test_every_contender_computes_the_same_layer():
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("layer", [Conv("c", 6, 4, 5, 3, stride=2, pad=1),
+                                   Conv("dw", 9, 8, 8, 3, stride=2, pad=1, groups=8),
+                                   Deconv("up", 5, 3, 4, 4, 2, 9)], ids=lambda la: la.name)
+def test_function_contenders_compute_the_layer_with_the_functions(layer, monkeypatch):
+    """--function: fastconv's contender is fastconv.conv2d / conv_transpose2d
+    (not a layer), and computes what the layer contender does."""
+    operands = _bench.layer_inputs(layer, np.dtype("float64"), np.random.default_rng(0))
+    calls, plan = _bench.contenders(layer, *operands, function=True)
+    layer_calls, layer_plan = _bench.contenders(layer, *operands)
+    assert plan == layer_plan
+    called = []
+    for name in ("conv2d", "conv_transpose2d"):
+        original = getattr(fastconv, name)
+        monkeypatch.setattr(fastconv, name, lambda *a, _f=original, _n=name, **k:
+                            called.append(_n) or _f(*a, **k))
+    with _bench.thread_limits(1):
+        for _ in range(3):  # (kept from the second call on)
+            np.testing.assert_allclose(calls["fastconv"](1), layer_calls["fastconv"](1),
+                                       rtol=1e-12, atol=1e-12)
+    assert called == ["conv_transpose2d" if isinstance(layer, Deconv) else "conv2d"] * 3
+
+
+def test_function_flag_is_reported(tmp_path):
+    path = tmp_path / "bench.json"
+    with tiny_bench():
+        code, text = run_bench("--suite", "vgg16", "--quick", "--threads", "1", "--function",
+                               "--json", str(path))
+    assert code == 0
+    assert "--function: fastconv = fastconv.conv2d / conv_transpose2d" in text
+    with open(path) as f:
+        report = json.load(f)
+    assert report["settings"]["function"] is True
+    assert [r["layer"] for r in report["results"]] == ["c3"]
+
+
 def test_shape_tables():
     counts = {suite: sum(layer.count for layer in layers)
               for suite, layers in _shapes.SUITES.items()}

@@ -16,8 +16,11 @@ For every layer and thread count, the contenders are timed interleaved
 medians are compared, so that the noise of a shared machine hits all alike:
 
 - fastconv: fastconv.matmul (its b kept, packed, from the second call on:
-  see fastconv.set_weight_cache), or a
-  fastconv.Conv2d layer (weights packed once) in NHWC with HWIO weights;
+  see fastconv.set_weight_cache), or a fastconv.Conv2d layer (weights
+  packed once) in NHWC with HWIO weights; with --function, fastconv.conv2d
+  and conv_transpose2d, the functions most NumPy users call, on the same
+  arrays (the warm-up's second call keeps their weights: the timed calls
+  are a loop's steady state, not first calls);
 - numpy: numpy.matmul for GEMMs and 1x1 stride-1 layers ("matmul"),
   im2col + numpy.matmul for the other convolutions ("im2col"), and a sum of
   k*k shifted slices times the weights for depthwise layers ("taps"); its BLAS
@@ -66,7 +69,7 @@ no column, and the header says so. LiteRT is not a peer (see PEERS).
   blas           numpy's BLAS libraries as threadpoolctl reports them
   openblas_env   OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where set
   settings       {suite, suites, threads, dtype, quick, reps, min_time, peers (--peers),
-                 reference (what max_rel_err compares with), fault_calls}
+                 function (--function), reference (what max_rel_err compares with), fault_calls}
   peers          with --peers: {peer: {version (null: not installed), settings}}
   peak_gflops    {threads: GFLOP/s of the FMA probe}
   memory_bandwidth {method, gbps: {threads: GB/s}}
@@ -168,6 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", action="store_true",
                         help="also time each layer alone through onnxruntime and OpenVINO "
                              "(pip install 'fastconv[peers]'); float32, per-layer suites")
+    parser.add_argument("--function", action="store_true",
+                        help="time fastconv.conv2d / conv_transpose2d, the functions (their "
+                             "weights kept from the second call on), in place of layers")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw a per-layer bar chart (needs matplotlib)")
@@ -296,11 +302,19 @@ class Plan(NamedTuple):
     macs: float
 
 
-def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray) -> Tuple[Call, Plan]:
+def fastconv_call(layer: Conv, x: np.ndarray, w: np.ndarray,
+                  function: bool = False) -> Tuple[Call, Plan]:
     """fastconv's side of a convolution layer (NHWC input, HWIO weights): a
     fastconv.Conv2d, whose weights are packed once at construction as in a
-    network, and its plan."""
-    conv = fastconv.Conv2d(w, stride=layer.stride, padding=layer.pad, groups=layer.groups)
+    network, or with `function` fastconv.conv2d (which keeps them from its
+    second call on: fastconv.set_weight_cache), and its plan."""
+    s, p, g = layer.stride, layer.pad, layer.groups
+    if function:
+        plan = _conv.ConvWeights("conv2d", w, None, g, "NHWC", 1, pack_now=False,
+                                 stride=(s, s)).plan(x.shape, p, None)
+        return ((lambda nt: fastconv.conv2d(x, w, stride=s, padding=p, groups=g, num_threads=nt)),
+                Plan(plan.algorithm, plan.macs))
+    conv = fastconv.Conv2d(w, stride=s, padding=p, groups=g)
     plan = conv.plan(x.shape)
     return (lambda nt: conv(x, num_threads=nt)), Plan(plan["algorithm"], plan["macs"])
 
@@ -336,10 +350,12 @@ def numpy_baseline(layer: Layer, x: np.ndarray, w: np.ndarray) -> Callable[[], n
     return lambda: im2col_matmul(x, w, layer.stride, layer.pad)
 
 
-def contenders(layer: Layer, x: np.ndarray, w: np.ndarray) -> Tuple[Dict[str, Call], Plan]:
+def contenders(layer: Layer, x: np.ndarray, w: np.ndarray,
+               function: bool = False) -> Tuple[Dict[str, Call], Plan]:
     """A callable per contender of `layer` on the operands x, w from
     layer_inputs() (in CONTENDERS order; the torch ones only where torch is
-    installed, torch_cl only for convolutions) and fastconv's plan. Each
+    installed, torch_cl only for convolutions) and fastconv's plan (with
+    `function`, fastconv's functions in place of its layers). Each
     callable takes the thread count; only fastconv uses it, the others are
     limited by thread_limits()."""
     torch = _torch()
@@ -354,9 +370,9 @@ def contenders(layer: Layer, x: np.ndarray, w: np.ndarray) -> Tuple[Dict[str, Ca
         return calls, Plan(algorithm, float(layer.M) * layer.K * layer.N)
 
     if isinstance(layer, Deconv):
-        return deconv_contenders(layer, x, w)
+        return deconv_contenders(layer, x, w, function)
     s, p, g = layer.stride, layer.pad, layer.groups
-    fastconv_side, plan = fastconv_call(layer, x, w)
+    fastconv_side, plan = fastconv_call(layer, x, w, function)
     calls = {"fastconv": fastconv_side, "numpy": lambda nt: numpy_call()}
     if torch is not None:
         conv = torch.nn.functional.conv2d
@@ -375,10 +391,11 @@ def deconv_top_pad(layer: Deconv) -> int:
     return max((layer.hw - 1) * layer.stride + layer.k - layer.out, 0) // 2
 
 
-def deconv_contenders(layer: Deconv, x: np.ndarray, w: np.ndarray
+def deconv_contenders(layer: Deconv, x: np.ndarray, w: np.ndarray, function: bool = False
                       ) -> Tuple[Dict[str, Call], Plan]:
     """contenders() of a transposed convolution: fastconv's ConvTranspose2d
-    (weights packed once) with output_size, NumPy's col2im, and torch's
+    (weights packed once; with `function`, fastconv.conv_transpose2d) with
+    output_size, NumPy's col2im, and torch's
     conv_transpose2d in both layouts, padded by the top of TensorFlow's SAME
     padding and cut to the output's size (a view) where its total is odd."""
     torch = _torch()
@@ -386,7 +403,9 @@ def deconv_contenders(layer: Deconv, x: np.ndarray, w: np.ndarray
     up = nn.ConvTranspose2d(w, stride=s, padding="same")
     plan = up.plan(x.shape, output_size=(out, out))
     numpy_call = numpy_baseline(layer, x, w)
-    calls = {"fastconv": lambda nt: up(x, num_threads=nt, output_size=(out, out)),
+    calls = {"fastconv": (lambda nt: fastconv.conv_transpose2d(
+                 x, w, stride=s, padding="same", output_size=(out, out), num_threads=nt))
+             if function else (lambda nt: up(x, num_threads=nt, output_size=(out, out))),
              "numpy": lambda nt: numpy_call()}
     if torch is not None:
         pad = deconv_top_pad(layer)
@@ -804,16 +823,17 @@ def _print_header(cfg: dict, vers: dict, busy: Optional[float],
 def bench_suite(suite: str, layers: List[Layer], threads: Sequence[int], dtype: np.dtype,
                 rng: np.random.Generator, reps: int, min_time: float,
                 peak: Dict[int, float], bandwidth: Dict[int, float],
-                peers: bool = False) -> Dict[int, List[dict]]:
+                peers: bool = False, function: bool = False) -> Dict[int, List[dict]]:
     """Time every contender (and with `peers` onnxruntime and OpenVINO) on
-    every layer at every thread count; the result rows per thread count.
+    every layer at every thread count (with `function`, fastconv's
+    functions in place of its layers); the result rows per thread count.
     Every contender's first output is compared with the float64 reference
     (REFERENCE); a peer that fails or disagrees is not timed."""
     rows: Dict[int, List[dict]] = {nt: [] for nt in threads}
     names = CONTENDERS + PEERS if peers else CONTENDERS
     for i, layer in enumerate(layers):
         x, w = layer_inputs(layer, dtype, rng)
-        calls, plan = contenders(layer, x, w)
+        calls, plan = contenders(layer, x, w, function)
         reference = numpy_baseline(layer, x.astype(np.float64), w.astype(np.float64))()
         if reference.ndim == 4:  # NHWC -> torch's and the peers' NCHW
             reference = reference.transpose(0, 3, 1, 2)
@@ -914,6 +934,8 @@ def run(args: argparse.Namespace) -> int:
           f"time / fastconv's (>1: fastconv faster), vs torch = the faster torch layout; "
           f"n = times the network runs the layer; oth% = the CPUs' use by other processes "
           f"meanwhile; median of {reps} interleaved samples"
+          + ("; --function: fastconv = fastconv.conv2d / conv_transpose2d, the functions"
+             if args.function else "")
           + ("; --quick: a representative subset of the layers" if args.quick else ""))
 
     rng = np.random.default_rng(0)
@@ -921,7 +943,7 @@ def run(args: argparse.Namespace) -> int:
     for suite in suites:
         layers = [la for la in _shapes.SUITES[suite] if la.quick or not args.quick]
         rows = bench_suite(suite, layers, threads, dtype, rng, reps, min_time, peak, bandwidth,
-                           args.peers)
+                           args.peers, args.function)
         for nt in threads:
             print_table(f"{suite}, {nt} thread{'s' if nt > 1 else ''}, {dtype.name}",
                         rows[nt], FC_COLUMNS if suite == "fc" else LAYER_COLUMNS)
@@ -969,6 +991,7 @@ def run(args: argparse.Namespace) -> int:
             "settings": {"suite": args.suite, "suites": suites, "threads": threads,
                          "dtype": dtype.name, "quick": args.quick, "reps": reps,
                          "min_time": min_time, "peers": args.peers,
+                         "function": args.function,
                          "reference": REFERENCE, "fault_calls": FAULT_CALLS},
             "peers": {p: {"version": v, "settings": PEER_LABELS[p]}
                       for p, v in peer_vers.items()},
