@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -44,15 +44,14 @@ MAX_ENTRIES = 512
 
 class _Entry:
     """A weight array seen by a function: a weak reference to it, and once
-    prepared, the copies of its weights and bias, the operator object over
-    them and the bytes they are counted for."""
-    __slots__ = ("ref", "copy", "bias", "weights", "nbytes")
+    prepared, `kept` = (the copy of its weights, of its bias, the operator
+    object over them), one tuple so that a reader never sees the parts of
+    two preparations, and the bytes they are counted for."""
+    __slots__ = ("ref", "kept", "nbytes")
 
     def __init__(self, ref: weakref.ref) -> None:
         self.ref = ref
-        self.copy: Optional[np.ndarray] = None
-        self.bias: Optional[np.ndarray] = None
-        self.weights: Any = None
+        self.kept: Optional[Tuple[np.ndarray, Optional[np.ndarray], Any]] = None
         self.nbytes = 0
 
 
@@ -87,6 +86,17 @@ def prepared(options: tuple, weight: Any, w: np.ndarray, b: Optional[np.ndarray]
     if not _max_bytes or w is not weight or not w.flags.c_contiguous:
         return None
     key = (id(weight), _core.active_isa()) + options
+    entry = _entries.get(key)
+    if entry is not None and entry.ref() is weight:
+        # (a hit takes no lock: the dict's operations are atomic, and what
+        # is kept is replaced as one tuple)
+        kept = entry.kept
+        if kept is not None and _core.same_bytes(w, kept[0]) and _same_bias(b, kept[1]):
+            try:
+                _entries.move_to_end(key)
+            except KeyError:  # dropped meanwhile: it still serves this call
+                pass
+            return kept[2]
     with _lock:
         entry = _entries.get(key)
         if entry is None or entry.ref() is not weight:
@@ -97,9 +107,6 @@ def prepared(options: tuple, weight: Any, w: np.ndarray, b: Optional[np.ndarray]
                 _entries.popitem(last=False)
             return None  # seen once: a one-call operator serves it
         _entries.move_to_end(key)
-        if entry.weights is not None and _core.same_bytes(w, entry.copy) and \
-                _same_bias(b, entry.bias):
-            return entry.weights
     if w.nbytes > _max_bytes // 2:
         return None
     copy, bias = w.copy(order="C"), None if b is None else b.copy(order="C")
@@ -108,7 +115,7 @@ def prepared(options: tuple, weight: Any, w: np.ndarray, b: Optional[np.ndarray]
     if nbytes > _max_bytes // 2:  # would leave little room for anything else
         return None
     with _lock:
-        entry.copy, entry.bias, entry.weights, entry.nbytes = copy, bias, weights, nbytes
+        entry.kept, entry.nbytes = (copy, bias, weights), nbytes
         total = sum(e.nbytes for e in _entries.values())
         while total > _max_bytes:
             oldest_key, oldest = next(iter(_entries.items()))
@@ -132,7 +139,7 @@ def get_weight_cache() -> dict:
     """
     with _lock:
         entries = list(_entries.values())
-    kept = [e for e in entries if e.weights is not None]
+    kept = [e for e in entries if e.kept is not None]
     return {"max_bytes": _max_bytes, "bytes": sum(e.nbytes for e in kept),
             "weights": len(kept), "seen": len(entries) - len(kept)}
 

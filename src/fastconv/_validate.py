@@ -52,6 +52,8 @@ def _is_int(value: Any) -> bool:
 
 def positive_int(fn: str, name: str, value: Any, minimum: int = 1) -> int:
     """value as an int >= minimum (bools and floats are refused)."""
+    if type(value) is int and minimum <= value <= INT64_MAX:  # (the common case, at once)
+        return value
     if not _is_int(value):
         raise TypeError(f"{fn}: {name} must be an int >= {minimum}; got {value!r} "
                         f"of type {type(value).__name__}")
@@ -65,6 +67,8 @@ def positive_int(fn: str, name: str, value: Any, minimum: int = 1) -> int:
 
 def int_pair(fn: str, name: str, value: Any, minimum: int = 1) -> Tuple[int, int]:
     """An int or a pair of ints (height, width), each >= minimum."""
+    if type(value) is int and minimum <= value <= INT64_MAX:  # (the common case, at once)
+        return value, value
     if _is_int(value):
         v = positive_int(fn, name, value, minimum)
         return v, v
