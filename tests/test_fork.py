@@ -97,6 +97,36 @@ def test_fork_while_another_thread_is_inside_a_kernel():
     assert out.split() == ["0"]
 
 
+def test_fork_while_another_thread_holds_the_weight_cache():
+    """A child forked while a thread of the parent held the lock of the
+    weights conv2d keeps (fastconv._prepared) gets a lock of its own, and
+    its calls that keep weights do not wait for the parent's thread."""
+    out = run("""
+        from fastconv import _prepared
+        fastconv.conv2d(x, w, padding=1, num_threads=2)  # kept: the second call
+        held, release = threading.Event(), threading.Event()
+        def hold():
+            with _prepared._lock:
+                held.set()
+                release.wait()
+        thread = threading.Thread(target=hold)
+        thread.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            w2 = w * 2
+            ys = [fastconv.conv2d(x, w2, padding=1, num_threads=1) for _ in range(3)]
+            ok = child_status() == 0 and all(np.array_equal(y, ys[0]) for y in ys)
+            ok = ok and _prepared.get_weight_cache()["weights"] >= 2
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        release.set()
+        thread.join()
+        print(os.waitstatus_to_exitcode(status))
+    """, timeout=30)
+    assert out.split() == ["0"]
+
+
 def test_child_of_a_process_that_never_ran_threads_keeps_them():
     """Only a fork that left OpenMP workers behind costs the child its
     threads: a child forked before any multi-threaded call uses them."""

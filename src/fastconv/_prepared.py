@@ -24,6 +24,7 @@ its entry with it.
 """
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -59,6 +60,16 @@ _entries: "OrderedDict[tuple, _Entry]" = OrderedDict()
 _lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    """A child forked while another thread held the lock would wait for it
+    forever: the child gets a lock of its own."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _forget(key: tuple) -> Callable[[weakref.ref], None]:
     def dead(_ref: weakref.ref) -> None:
         # (one dict operation: atomic under the GIL, and no lock, which the
@@ -70,7 +81,7 @@ def _forget(key: tuple) -> Callable[[weakref.ref], None]:
 def _same_bias(b: Optional[np.ndarray], kept: Optional[np.ndarray]) -> bool:
     if b is None or kept is None:
         return b is None and kept is None
-    return b.flags.c_contiguous and _core.same_bytes(b, kept)
+    return _core.same_bytes(np.ascontiguousarray(b), kept)
 
 
 def prepared(options: tuple, weight: Any, w: np.ndarray, b: Optional[np.ndarray],
