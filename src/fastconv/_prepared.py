@@ -123,8 +123,8 @@ def prepared(options: tuple, weight: Any, w: np.ndarray, b: Optional[np.ndarray]
     copy, bias = w.copy(order="C"), None if b is None else b.copy(order="C")
     weights = make(copy, bias)
     nbytes = int(w.nbytes * (1 + growth(weights))) + (0 if b is None else b.nbytes)
-    if nbytes > _max_bytes // 2:  # would leave little room for anything else
-        return None
+    if nbytes > _max_bytes // 2:  # would leave little room for anything else: not kept
+        return weights
     with _lock:
         entry.kept, entry.nbytes = (copy, bias, weights), nbytes
         total = sum(e.nbytes for e in _entries.values())
