@@ -433,8 +433,11 @@ cdef class ConvCall:
 
 
 def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-         int64_t ph, int64_t pw, bint is_max, bint count_include_pad, int nthreads):
-    """Max or average pooling of contiguous NHWC x into contiguous NHWC y."""
+         int64_t ph, int64_t pw, bint is_max, bint count_include_pad, int nthreads,
+         region=None):
+    """Max or average pooling of contiguous NHWC x into contiguous NHWC y;
+    region=(Hm, Wm, y_origin, x_origin, oy_origin, ox_origin): x and y are
+    a region of a map of Hm x Wm (see fc_pool_desc)."""
     cdef fc_pool_desc d
     if x.ndim != 4 or y.ndim != 4:
         raise ValueError("internal: pooling needs 4-D NHWC arrays")
@@ -444,6 +447,10 @@ def pool(cnp.ndarray x, cnp.ndarray y, int64_t kh, int64_t kw, int64_t sh, int64
         raise ValueError("internal: pooling output shape")
     d.kh, d.kw, d.sh, d.sw, d.ph, d.pw = kh, kw, sh, sw, ph, pw
     d.max, d.count_include_pad = is_max, count_include_pad
+    if region is None:
+        d.Hm, d.Wm, d.y_origin, d.x_origin, d.oy_origin, d.ox_origin = d.H, d.W, 0, 0, 0, 0
+    else:
+        d.Hm, d.Wm, d.y_origin, d.x_origin, d.oy_origin, d.ox_origin = region
     cdef int dt = _dtype_index(x)
     if (_extent(d.N, d.H, d.W, d.C, x.itemsize) > INT64_MAX
             or _extent(d.N, d.Ho, d.Wo, d.C, x.itemsize) > INT64_MAX):

@@ -72,6 +72,7 @@ cdef extern from "fastconv.h" nogil:
 
     ctypedef struct fc_pool_desc:
         int64_t N, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo
+        int64_t Hm, Wm, y_origin, x_origin, oy_origin, ox_origin
         int max
         int count_include_pad
 

@@ -181,10 +181,17 @@ const char *fc_conv_isa(const fc_conv_op *op);
  * symmetric zero padding of at most half the window, windows that may run
  * past the padding in ceil mode, NaN propagating through max). */
 typedef struct fc_pool_desc {
-    int64_t N, H, W, C;
+    int64_t N, H, W, C;      /* x's extents */
     int64_t kh, kw, sh, sw;
-    int64_t ph, pw;          /* padding on each side */
-    int64_t Ho, Wo;
+    int64_t ph, pw;          /* padding on each side of the whole map */
+    int64_t Ho, Wo;          /* y's extents */
+    /* A region of a larger map (fastconv.nn's tiled inference): the whole
+     * map is Hm x Wm, x holds its rows from y_origin and columns from
+     * x_origin, and y its output rows from oy_origin and columns from
+     * ox_origin. Windows are clipped and counted against the whole map, so
+     * a region's outputs are bitwise the whole map's. A plain call: the
+     * origins 0 and Hm, Wm = H, W. */
+    int64_t Hm, Wm, y_origin, x_origin, oy_origin, ox_origin;
     int max;                 /* 1: max pooling, 0: average */
     int count_include_pad;   /* average: divide by the window including padding */
 } fc_pool_desc;

@@ -25,7 +25,10 @@ symbolic (Input and symbolic tensors), model (Model, Sequential and
 to_fully_convolutional), fcn (nn.fcn, the FCN-32s/16s/8s segmentation
 networks), serialize (save and load), torch_import and
 keras_import (the importers from_torch and from_keras), onnx_import (from_onnx)
-and tensor_ops (the generic tensor layers an imported ONNX graph uses).
+tensor_ops (the generic tensor layers an imported ONNX graph uses), regions
+(a region of a model's output computed exactly from the input window it
+depends on) and tiled (predict_tiled: a model over an image of any size,
+tile by tile on Dask).
 """
 from fastconv.nn.layers import (AvgPool2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer,
                                 Linear, MaxPool2d, ReLU, Softmax)
@@ -43,6 +46,7 @@ from fastconv.nn.torch_import import from_torch
 from fastconv.nn.keras_import import from_keras
 from fastconv.nn import tensor_ops  # noqa: F401  (registers its layers with save/load)
 from fastconv.nn.onnx_import import from_onnx
+from fastconv.nn.tiled import predict_tiled
 
 __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
            "Flatten", "Softmax", "Dropout", "Add", "Multiply", "Concatenate", "Identity",
@@ -50,4 +54,4 @@ __all__ = ["Layer", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "Globa
            "to_fully_convolutional", "load", "from_torch", "from_keras", "ConvTranspose2d",
            "bilinear_kernel", "Activation", "ReLU6", "Sigmoid", "Tanh", "SiLU", "HardSigmoid",
            "HardSwish", "LeakyReLU", "Clip", "Upsample", "BatchNorm2d", "PReLU",
-           "fold_batchnorm", "fcn", "predict_labels", "from_onnx"]
+           "fold_batchnorm", "fcn", "predict_labels", "from_onnx", "predict_tiled"]

@@ -569,18 +569,32 @@ class _Pool2d(Layer):
                           self._out_size(w, kw, sw, pw), c)
 
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> np.ndarray:
+        return self._forward_region(x, num_threads)
+
+    def _forward_region(self, x: Any, num_threads: Optional[int] = None,
+                        region: Optional[tuple] = None) -> np.ndarray:
+        """forward; with region = ((Hm, Wm), (y_origin, x_origin),
+        (oy_origin, ox_origin), (Ho, Wo)), x is the part of a map of Hm x Wm
+        from row y_origin and column x_origin, and the result the Ho x Wo
+        outputs of the whole map's from (oy_origin, ox_origin), bitwise the
+        whole map's (fastconv.nn.regions: tiled inference)."""
         fn = type(self).__name__
         xa = _batch(fn, x, 4, "(N, H, W, C)" if self.layout == "NHWC" else "(N, C, H, W)")
         nhwc = xa if self.layout == "NHWC" else xa.transpose(0, 2, 3, 1)
-        out_shape = self.output_shape(xa.shape[1:])
-        ho, wo, c = _spatial(self.layout, out_shape)
+        if region is None:
+            ho, wo, c = _spatial(self.layout, self.output_shape(xa.shape[1:]))
+            core_region = None
+        else:
+            (hm, wm), origin, out_origin, (ho, wo) = region
+            c = nhwc.shape[3]
+            core_region = (hm, wm) + tuple(origin) + tuple(out_origin)
         check_nbytes(fn, "the result (N, Ho, Wo, C)", (xa.shape[0], ho, wo, c), xa.itemsize,
                      f"x of shape {xa.shape} with kernel_size {self.kernel_size}, stride "
                      f"{self.stride} and padding {self.padding} gives too large a result")
         y = np.empty((xa.shape[0], ho, wo, c), xa.dtype)
         _core.pool(np.ascontiguousarray(nhwc), y, *self.kernel_size, *self.stride,
                    *self.padding, self.is_max, self.count_include_pad,
-                   resolve_threads(fn, num_threads))
+                   resolve_threads(fn, num_threads), core_region)
         return y if self.layout == "NHWC" else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def _describe(self):

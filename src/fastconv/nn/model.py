@@ -4,6 +4,7 @@ conversion of a classifier into a fully convolutional network."""
 from __future__ import annotations
 
 import difflib
+import io
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -601,6 +602,16 @@ class Model(Layer):
         from fastconv.nn import serialize
         serialize.save(self, path)
 
+    def __reduce__(self) -> Tuple[Any, Tuple[bytes]]:
+        """Pickled as what save writes (the layers hold their weights packed
+        in C objects, which do not pickle), so that a model reaches other
+        processes (dask.distributed's workers, multiprocessing): unpickling
+        runs nn.load on those bytes, whose layers compute bitwise what the
+        original's do."""
+        buffer = io.BytesIO()
+        self.save(buffer)
+        return _loads, (buffer.getvalue(),)
+
     def __repr__(self) -> str:
         self._current()
         names = self._tensor_names()
@@ -611,6 +622,12 @@ class Model(Layer):
                   f"{', '.join(names[i] for i in node.inputs)}" for node in self._nodes]
         lines.append(f"  -> {', '.join(names[i] for i in self._output_ids)}")
         return "\n".join(lines)
+
+
+def _loads(data: bytes) -> Model:
+    """A model from the bytes Model.__reduce__ saved."""
+    from fastconv.nn import serialize
+    return serialize.load(io.BytesIO(data))
 
 
 class Sequential(Model):

@@ -285,11 +285,26 @@ class Upsample(Layer):
         out_shape = (xa.shape[0],) + _map_shape(self.layout, ho, wo, c)
         check_nbytes(fn, "the result", out_shape, xa.itemsize,
                      f"x of shape {xa.shape} resized to {ho}x{wo} gives too large a result")
-        hax, wax = (1, 2) if nhwc else (2, 3)
+        return self._resize(xa, self.axis_plans(h, w, xa.dtype), h, w)
+
+    def axis_plans(self, h: int, w: int, dtype: Any) -> Tuple[tuple, tuple]:
+        """The source indices (and bilinear weights) of every output row and
+        column for an input of h x w: (i0,) or (i0, i1, w0, w1) per axis."""
+        ho, wo = self._out_hw(h, w)
         sh, sw = (None, None) if self.scale_factor is None else self.scale_factor
-        dtype = xa.dtype.name
-        hplan = _axis_plan(self.mode, h, ho, sh, bool(self.align_corners), dtype)
-        wplan = _axis_plan(self.mode, w, wo, sw, bool(self.align_corners), dtype)
+        name = np.dtype(dtype).name
+        return (_axis_plan(self.mode, h, ho, sh, bool(self.align_corners), name),
+                _axis_plan(self.mode, w, wo, sw, bool(self.align_corners), name))
+
+    def _resize(self, xa: np.ndarray, plans: Tuple[tuple, tuple], h: int, w: int
+                ) -> np.ndarray:
+        """xa resized by the axis plans, whose indices are rows and columns
+        of xa (h x w): forward's arithmetic, also over a region of a map
+        (the whole map's plans sliced, fastconv.nn.regions)."""
+        nhwc = self.layout == "NHWC"
+        hax, wax = (1, 2) if nhwc else (2, 3)
+        hplan, wplan = plans
+        ho, wo = len(hplan[0]), len(wplan[0])
         if self.mode == "nearest":
             # (one axis, then the other: the smaller intermediate first)
             rows, cols = hplan[0], wplan[0]

@@ -30,13 +30,13 @@ INTERNAL int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nth
                 continue;
             const int64_t n = row / d->Ho, oy = row % d->Ho;
             const real *img = x + n * d->H * d->W * C;
-            const int64_t y0 = oy * d->sh - d->ph;
-            const int64_t y1 = MIN(y0 + d->kh, d->H + d->ph);
-            const int64_t ya = y0 < 0 ? 0 : y0, yb = MIN(y1, d->H);
+            const int64_t y0 = (oy + d->oy_origin) * d->sh - d->ph;
+            const int64_t y1 = MIN(y0 + d->kh, d->Hm + d->ph);
+            const int64_t ya = y0 < 0 ? 0 : y0, yb = MIN(y1, d->Hm);
             for (int64_t ox = 0; ox < d->Wo; ox++) {
-                const int64_t x0 = ox * d->sw - d->pw;
-                const int64_t x1 = MIN(x0 + d->kw, d->W + d->pw);
-                const int64_t xa = x0 < 0 ? 0 : x0, xb = MIN(x1, d->W);
+                const int64_t x0 = (ox + d->ox_origin) * d->sw - d->pw;
+                const int64_t x1 = MIN(x0 + d->kw, d->Wm + d->pw);
+                const int64_t xa = x0 < 0 ? 0 : x0, xb = MIN(x1, d->Wm);
                 /* The divisor in double: a window's area may exceed int64_t
                  * (two sides near 2**32) and float's 24-bit significand. */
                 const double count = d->count_include_pad ? (double)(y1 - y0) * (double)(x1 - x0)
@@ -47,7 +47,7 @@ INTERNAL int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nth
                     vec acc = d->max ? (vec){0} - (real)__builtin_inf() : (vec){0};
                     for (int64_t iy = ya; iy < yb; iy++)
                         for (int64_t ix = xa; ix < xb; ix++) {
-                            const vec v = load(img + (iy * d->W + ix) * C + c);
+                            const vec v = load(img + ((iy - d->y_origin) * d->W + ix - d->x_origin) * C + c);
                             acc = d->max ? pool_max(acc, v) : acc + v;
                         }
                     store(out + c, d->max ? acc : acc * scale);
@@ -56,7 +56,7 @@ INTERNAL int NAME(pool)(const fc_pool_desc *d, const void *xv, void *yv, int nth
                     real acc = d->max ? -(real)__builtin_inf() : 0;
                     for (int64_t iy = ya; iy < yb; iy++)
                         for (int64_t ix = xa; ix < xb; ix++) {
-                            const real v = img[(iy * d->W + ix) * C + c];
+                            const real v = img[((iy - d->y_origin) * d->W + ix - d->x_origin) * C + c];
                             acc = d->max ? (v > acc || v != v ? v : acc) : acc + v;
                         }
                     out[c] = d->max ? acc : acc * scale;
