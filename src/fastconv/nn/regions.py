@@ -256,13 +256,14 @@ def _rule(layer: Layer, in_shapes: List[tuple], out_shape: tuple, layout: str,
     if isinstance(inner, Softmax) and inner.axis % 4 == channel:
         return _Rule(layer, in_shapes, out_shape, layout)
     why = {"GlobalAvgPool2d": "averages the whole map",
-           "Flatten": "flattens the whole map",
+           "Flatten": "flattens the whole map (convert the classifier with "
+                      "nn.to_fully_convolutional first)",
            "Linear": "reads the whole map (convert the classifier with "
                      "nn.to_fully_convolutional first)",
            "Softmax": "normalises across the map's height or width",
            "Concatenate": "joins maps along a spatial axis"}.get(
         type(inner).__name__, "is not known to compute each output from a window of its input")
-    raise ValueError(f"{label}: layer {layer_label(inner)} ({type(inner).__name__}) {why}, so "
+    raise ValueError(f"{label}: layer {layer_label(inner)} {why}, so "
                      f"the model cannot be run tile by tile exactly")
 
 
@@ -295,6 +296,11 @@ class RegionPlan:
                              f"{len(model._inputs)} and {len(model._output_ids)}")
         self.label, self.layout = label, model.layout
         self.input_shape = tuple(int(d) for d in input_shape)
+        try:
+            model._given_shapes(self.input_shape)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{label}: the model cannot take an input of shape "
+                             f"{self.input_shape}: {exc}") from None
         self.dtype = _model_dtype(model)
         self.shapes: Dict[int, tuple] = {0: self.input_shape}
         self.steps: List[_Step] = []
@@ -320,12 +326,11 @@ class RegionPlan:
                 ids[step.output] = self._flatten(step.layer, args, arg_shapes)
                 continue
             out_shape = tuple(known[step.output])
-            if len(out_shape) != 3 or any(len(s) != 3 for s in arg_shapes):
-                raise ValueError(f"{self.label}: layer {layer_label(step.layer)} "
-                                 f"({type(step.layer).__name__}) makes a "
-                                 f"{len(out_shape)}-D tensor, not a map, so the model "
-                                 f"cannot be run tile by tile")
             rule = _rule(step.layer, arg_shapes, out_shape, self.layout, self.dtype, self.label)
+            if len(out_shape) != 3 or any(len(s) != 3 for s in arg_shapes):
+                raise ValueError(f"{self.label}: layer {layer_label(step.layer)} reads or "
+                                 f"makes a tensor that is not a map, so the model cannot be "
+                                 f"run tile by tile")
             ids[step.output] = self._next
             self.shapes[self._next] = out_shape
             self.steps.append(_Step(rule, tuple(args), self._next))
@@ -359,8 +364,9 @@ class RegionPlan:
         return need
 
     def input_region(self, out: Region) -> Region:
-        """The input window the output region `out` reads."""
-        return self.regions(out)[0]
+        """The input window the output region `out` reads (empty where it
+        reads none: a padding layer's output beyond its input)."""
+        return self.regions(out).get(0, ((0, 0), (0, 0)))
 
     def run(self, x: np.ndarray, out: Region, num_threads: Optional[int] = None,
             have: Optional[Region] = None) -> np.ndarray:
@@ -369,7 +375,7 @@ class RegionPlan:
         a larger window is cropped), in the model's dtype."""
         nthreads = resolve_threads(self.label, num_threads)
         need = self.regions(out)
-        have = need[0] if have is None else have
+        have = need.get(0, ((0, 0), (0, 0))) if have is None else have
         values: Dict[int, Tuple[np.ndarray, Region]] = {
             0: (np.asarray(x, self.dtype)[None], have)}
         for k, step in enumerate(self.steps):
