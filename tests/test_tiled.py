@@ -204,3 +204,18 @@ def test_a_worker_killed_mid_run_has_its_tiles_recomputed(cluster, tmp_path):
     assert os.path.exists(marker)  # (a worker did die)
     assert zarr.open_group(path, mode="r")["tiles_done"][:].all()
     np.testing.assert_array_equal(out[:], want)
+
+
+def test_postprocess_per_tile(tmp_path):
+    model, image = _fcn(), _image((150, 130))
+    want = _whole(model, image)
+    classes = nn.predict_tiled(model, image, tile=30,
+                               postprocess=lambda s: s.argmax(-1).astype(np.uint8))
+    assert classes.dtype == np.uint8 and classes.shape == want.shape[:2]
+    np.testing.assert_array_equal(classes.compute(), want.argmax(-1))
+    pytest.importorskip("zarr")
+    stored = nn.predict_tiled(model, image, tile=30, out=str(tmp_path / "c.zarr"),
+                              progress=False, postprocess=lambda s: s.max(-1, keepdims=True))
+    np.testing.assert_array_equal(stored[:], want.max(-1, keepdims=True))
+    with pytest.raises(ValueError, match="postprocess must keep each tile's height and width"):
+        nn.predict_tiled(model, image, postprocess=lambda s: s.sum(0))

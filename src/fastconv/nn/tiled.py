@@ -155,21 +155,57 @@ def _plan(model: Model, map_shape: Tuple[int, ...]) -> RegionPlan:
 
 
 def _block(model: Model, map_shape: Tuple[int, ...], tiles: List[Region], inputs: Any,
-           nthreads: int, sink: Optional["_Sink"] = None,
+           nthreads: int, postprocess: Any = None, sink: Optional["_Sink"] = None,
            index: Tuple[int, int] = (0, 0)) -> Optional[np.ndarray]:
     """One task: the tiles (of one row of tiles, left to right), each from
     its window (inputs: a list of arrays, one per tile, or a _Source),
-    side by side; written to `sink` (then marked done there) if given."""
+    side by side, through postprocess; written to `sink` (then marked done
+    there) if given."""
     plan = _plan(model, map_shape)
     parts = []
     for k, region in enumerate(tiles):
         x = inputs[k] if isinstance(inputs, list) else inputs.read(plan.input_region(region))
         parts.append(plan.run(x, region, nthreads))
     y = np.concatenate(parts, axis=1 if plan.layout == "NHWC" else 2)
+    if postprocess is not None:
+        y = _postprocessed(postprocess, y, plan.layout)
     if sink is None:
         return y
     sink.write(((tiles[0][0]), (tiles[0][1][0], tiles[-1][1][1])), y, index)
     return None
+
+
+def _postprocessed(postprocess: Any, y: np.ndarray, layout: str) -> np.ndarray:
+    """postprocess(y), checked to keep y's height and width where the layout
+    puts them (first for NHWC, last for NCHW)."""
+    hw = y.shape[:2] if layout == "NHWC" else y.shape[1:]
+    r = np.asarray(postprocess(y))
+    got = r.shape[:2] if layout == "NHWC" else r.shape[-2:]
+    if r.ndim < 2 or got != hw:
+        where = "first" if layout == "NHWC" else "last"
+        raise ValueError(f"{FN}: postprocess must keep each tile's height and width as its "
+                         f"{where} two axes ({hw}); it made shape {r.shape} of a tile of "
+                         f"shape {y.shape}")
+    return r
+
+
+def _result(plan: RegionPlan, postprocess: Any) -> Tuple[Any, np.dtype, int]:
+    """(the result's shape for an output map of h x w, as a function; its
+    dtype; its height axis): the model's output, or what postprocess makes
+    of it (found by running it on a 2 x 3 map of zeros)."""
+    shape = plan.output_shape
+    nhwc = plan.layout == "NHWC"
+    if postprocess is None:
+        k = shape[2] if nhwc else shape[0]
+        if nhwc:
+            return (lambda h, w: (h, w, k)), plan.dtype, 0
+        return (lambda h, w: (k, h, w)), plan.dtype, 1
+    k = shape[2] if nhwc else shape[0]
+    probe = _postprocessed(postprocess, np.zeros((2, 3, k) if nhwc else (k, 2, 3), plan.dtype),
+                           plan.layout)
+    if nhwc:
+        return (lambda h, w: (h, w) + probe.shape[2:]), probe.dtype, 0
+    return (lambda h, w: probe.shape[:-2] + (h, w)), probe.dtype, probe.ndim - 2
 
 
 # -- the output store -------------------------------------------------------------
@@ -179,20 +215,18 @@ class _Sink:
     its flag, so a flag is set only over a whole written block; a task
     lost mid-write leaves its flag unset and is run again."""
 
-    def __init__(self, prediction: Any, done: Any, layout: str) -> None:
-        self.prediction, self.done, self.layout = prediction, done, layout
+    def __init__(self, prediction: Any, done: Any, hax: int) -> None:
+        self.prediction, self.done, self.hax = prediction, done, hax
 
     def write(self, region: Region, y: np.ndarray, index: Tuple[int, int]) -> None:
-        (r0, r1), (c0, c1) = region
-        if self.layout == "NHWC":
-            self.prediction[r0:r1, c0:c1] = y
-        else:
-            self.prediction[:, r0:r1, c0:c1] = y
+        where = [slice(None)] * y.ndim
+        where[self.hax], where[self.hax + 1] = (slice(*region[0]), slice(*region[1]))
+        self.prediction[tuple(where)] = y
         self.done[index] = 1
 
 
 def _sink(out: Any, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: np.dtype,
-          grid: Tuple[int, int], layout: str, signature: Dict[str, Any]) -> _Sink:
+          grid: Tuple[int, int], hax: int, signature: Dict[str, Any]) -> _Sink:
     """The _Sink in `out` (a path, a zarr group or store): made, or found
     from an earlier run of the same tiling (which is then resumed: its
     tasks marked done are not run again)."""
@@ -213,13 +247,14 @@ def _sink(out: Any, shape: Tuple[int, ...], chunks: Tuple[int, ...], dtype: np.d
             raise ValueError(f"{FN}: out already holds a tiled prediction of another model, "
                              f"image or tiling ({earlier}); give an empty store, or the same "
                              f"arguments to resume it")
-        return _Sink(group["prediction"], group["tiles_done"], layout)
+        return _Sink(group["prediction"], group["tiles_done"], hax)
     prediction = group.create_array("prediction", shape=shape, chunks=chunks, dtype=dtype,
-                                    fill_value=np.nan, overwrite=True)
+                                    fill_value=np.nan if dtype.kind == "f" else 0,
+                                    overwrite=True)
     done = group.create_array("tiles_done", shape=grid, chunks=(1, 1), dtype="u1",
                               fill_value=0, overwrite=True)
     group.attrs["fastconv_predict_tiled"] = signature
-    return _Sink(prediction, done, layout)
+    return _Sink(prediction, done, hax)
 
 
 # -- scheduling -------------------------------------------------------------------
@@ -260,8 +295,8 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def predict_tiled(model: Model, image: Any, *, tile: Any = 2048, scheduler: Any = None,
-                  out: Any = None, progress: bool = True,
-                  num_threads: Optional[int] = None) -> Any:
+                  out: Any = None, progress: bool = True, num_threads: Optional[int] = None,
+                  postprocess: Any = None) -> Any:
     """Run a fully convolutional model over an image of any size, tile by
     tile, exactly (the result is the whole-image pass's, ``model(image)``).
 
@@ -301,6 +336,13 @@ def predict_tiled(model: Model, image: Any, *, tile: Any = 2048, scheduler: Any 
         fastconv's threads per task. By default 1 under a scheduler that
         runs tasks side by side (threads per task times tasks then never
         exceed a worker's cores), all of them under "sync".
+    postprocess : callable, optional
+        Applied to each tile's output map (in the model's layout, no batch
+        axis) before it is returned or written, e.g. ``lambda s:
+        s.argmax(-1).astype(np.uint8)`` for a class map: it must treat each
+        pixel alone and keep the tile's height and width (first axes for
+        NHWC, last for NCHW); the result's shape and dtype are found by
+        running it on a 2 x 3 map of zeros.
 
     Returns
     -------
@@ -373,33 +415,33 @@ def predict_tiled(model: Model, image: Any, *, tile: Any = 2048, scheduler: Any 
             return windows
         return source
 
-    sink = None
+    result_shape, dtype, rax = _result(plan, postprocess)
     if out is not None:
-        chunks = ((oth, otw, out_shape[2]) if layout == "NHWC" else (out_shape[0], oth, otw))
         signature = {"input_shape": list(map_shape), "output_shape": list(out_shape),
-                     "tile": [th, tw], "dtype": plan.dtype.name,
+                     "tile": [th, tw], "dtype": np.dtype(dtype).name,
+                     "result_shape": list(result_shape(Ho, Wo)),
                      "model_params": int(model.num_params), "grid": list(grid)}
-        sink = _sink(out, tuple(out_shape), chunks, plan.dtype, grid, layout, signature)
+        sink = _sink(out, result_shape(Ho, Wo), result_shape(oth, otw), np.dtype(dtype), grid,
+                     rax, signature)
         todo = [(i, j) for i in range(grid[0]) for j in range(grid[1])
                 if not sink.done[i, j]]
         tasks = [dask.delayed(_block, pure=False)(model_key, map_shape, blocks[i][j],
-                                                  inputs(blocks[i][j]), nthreads, sink, (i, j))
+                                                  inputs(blocks[i][j]), nthreads, postprocess,
+                                                  sink, (i, j))
                  for i, j in todo]
         _run(tasks, client, local, progress)
         return sink.prediction
-    dtype = plan.dtype
     parts = []
-    for i, row in enumerate(blocks):
+    for row in blocks:
         row_parts = []
         for tiles in row:
             (r0, r1), c0, c1 = tiles[0][0], tiles[0][1][0], tiles[-1][1][1]
-            shape = ((r1 - r0, c1 - c0, out_shape[2]) if layout == "NHWC"
-                     else (out_shape[0], r1 - r0, c1 - c0))
             task = dask.delayed(_block, pure=False)(model_key, map_shape, tiles,
-                                                    inputs(tiles), nthreads)
-            row_parts.append(da.from_delayed(task, shape=shape, dtype=dtype))
-        parts.append(da.concatenate(row_parts, axis=hax + 1))
-    return da.concatenate(parts, axis=hax)
+                                                    inputs(tiles), nthreads, postprocess)
+            row_parts.append(da.from_delayed(task, shape=result_shape(r1 - r0, c1 - c0),
+                                             dtype=dtype))
+        parts.append(da.concatenate(row_parts, axis=rax + 1))
+    return da.concatenate(parts, axis=rax)
 
 
 def _tile(tile: Any) -> Tuple[int, int]:
