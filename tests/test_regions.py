@@ -274,3 +274,18 @@ def test_a_classifier_head_is_refused_with_the_fix():
     x = nn.Input((8, 8, 1))
     with pytest.raises(ValueError, match="cannot take an input of shape"):
         RegionPlan(nn.Model(x, nn.ReLU()(x)), (9, 9, 1))
+
+
+def test_an_unaligned_window_runs():
+    # (a window unpickled in a dask worker may be unaligned)
+    rng = np.random.default_rng(11)
+    model = nn.Sequential(nn.Conv2d(_weights(rng, 3, 3, 2, 4), padding=1), nn.MaxPool2d(2))
+    image = rng.standard_normal((20, 18, 2)).astype(np.float32)
+    raw = np.empty(image.nbytes + 1, np.uint8)
+    unaligned = raw[1:].view(np.float32).reshape(image.shape)
+    unaligned[:] = image
+    assert not unaligned.flags.aligned
+    plan = RegionPlan(model, image.shape)
+    full = model(image[None])[0]
+    region = ((0, full.shape[0]), (0, full.shape[1]))
+    np.testing.assert_array_equal(plan.run(unaligned, region), full)

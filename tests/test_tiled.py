@@ -153,14 +153,18 @@ def test_bad_arguments_are_refused():
 @pytest.fixture
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, memory_limit="1GiB") as c:
+    with dask.config.set(tiled.cluster_config()), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None, memory_limit="1GiB") as c:
         with distributed.Client(c) as client:
             yield c, client
 
 
 def test_local_cluster(cluster, tmp_path):
     _, client = cluster
+    # (the workers got the allocator settings cluster_config asks for)
+    assert set(client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_").values()) == {
+        str(tiled.WORKER_ENVIRON["MALLOC_MMAP_THRESHOLD_"])}
     model, image = _fcn(), _image((180, 170))
     want = _whole(model, image)
     # (the active client is found; the model reaches the workers pickled)
@@ -172,6 +176,17 @@ def test_local_cluster(cluster, tmp_path):
     out = nn.predict_tiled(model, z, tile=40, out=str(tmp_path / "out.zarr"),
                            scheduler=client, progress=False)
     np.testing.assert_array_equal(out[:], want)
+
+
+def test_a_client_given_that_is_not_the_default(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    model, image = _fcn(), _image((90, 80))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as c, \
+            distributed.Client(c, set_as_default=False) as other:
+        out = nn.predict_tiled(model, image, tile=30, out=str(tmp_path / "o.zarr"),
+                               scheduler=other, progress=False)
+    np.testing.assert_array_equal(out[:], _whole(model, image))
 
 
 class KillOnce:

@@ -36,7 +36,7 @@ __all__ = ["run_demo", "run"]
 CELL = 48               # one digit at most per CELL x CELL cell, jittered in it
 CHUNK = 1024            # the slide's zarr chunks
 TILE = 512              # predict_tiled's tile (the 64-channel hidden map of a tile: 64 MiB)
-CONFIDENT = 0.99        # the class map's threshold on the top probability
+CONFIDENT = 0.9         # the class map's threshold on the top probability
 CROP = 768              # the side of the crop compared with the whole-image pass
 SIZES = {True: 4096, False: 32768}
 DEPS_HINT = ("the slide demo needs scikit-learn, dask, distributed and zarr: "
@@ -147,8 +147,9 @@ def run_demo(quick: bool, seed: int = 0, plot: Optional[str] = None, size: Optio
         write_seconds = time.perf_counter() - t0
         slide = zarr.open_array(slide_path, mode="r")
         # (dask's defaults would spill and pause the workers; the tasks' memory is bounded)
+        from fastconv.nn.tiled import cluster_config
         with dask.config.set({"distributed.worker.memory.target": False,
-                              "distributed.worker.memory.spill": False}):
+                              "distributed.worker.memory.spill": False, **cluster_config()}):
             with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                           memory_limit=memory_limit, processes=True,
                                           dashboard_address=None) as cluster, \
@@ -193,12 +194,14 @@ def draw(plt: Any, path: str, slide: Any, truth: np.ndarray, read: np.ndarray) -
     step = max(1, slide.shape[0] // 1024)
     thumb = np.asarray(slide[::step, ::step])
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(thumb, cmap="gray", vmin=0, vmax=255)
+    ax.imshow(thumb, cmap="gray", vmin=0, vmax=255,
+              extent=(0, slide.shape[1], slide.shape[0], 0))
     shown = truth[: 20000]
     ok = read[: len(shown)] == shown[:, 2]
-    ax.scatter(shown[ok, 1] / step, shown[ok, 0] / step, s=2, c="lime", label="read right")
-    ax.scatter(shown[~ok, 1] / step, shown[~ok, 0] / step, s=2, c="red", label="missed")
-    ax.set_title(f"{slide.shape[0]} x {slide.shape[1]} slide, 1/{step} scale")
+    ax.scatter(shown[ok, 1], shown[ok, 0], s=2, c="lime", label="read right")
+    ax.scatter(shown[~ok, 1], shown[~ok, 0], s=2, c="red", label="missed")
+    ax.set_title(f"{slide.shape[0]} x {slide.shape[1]} slide (shown at 1/{step}), "
+                 f"digits' positions")
     ax.legend(loc="lower right", markerscale=5)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -376,8 +376,10 @@ class RegionPlan:
         nthreads = resolve_threads(self.label, num_threads)
         need = self.regions(out)
         have = need.get(0, ((0, 0), (0, 0))) if have is None else have
-        values: Dict[int, Tuple[np.ndarray, Region]] = {
-            0: (np.asarray(x, self.dtype)[None], have)}
+        # (aligned: a window unpickled in another process need not be, and
+        # the kernels read aligned arrays)
+        xa = np.require(np.asarray(x, self.dtype), requirements=["A"])
+        values: Dict[int, Tuple[np.ndarray, Region]] = {0: (xa[None], have)}
         for k, step in enumerate(self.steps):
             region = need.get(step.output)
             if region is None:
