@@ -71,7 +71,6 @@ class _Source:
 
     def __init__(self, array: Any, layout: str, opener: Optional[Tuple] = None) -> None:
         self.layout, self.opener = layout, opener
-        self.grey = len(array.shape) == 2
         self._array = None if opener is not None else array
 
     @property
@@ -82,19 +81,23 @@ class _Source:
         return self._array
 
     def read(self, region: Region) -> np.ndarray:
-        (r0, r1), (c0, c1) = region
-        if self.grey:
-            x = np.asarray(self.array[r0:r1, c0:c1])
-            return x[:, :, None] if self.layout == "NHWC" else x[None]
-        if self.layout == "NHWC":
-            return np.asarray(self.array[r0:r1, c0:c1])
-        return np.asarray(self.array[:, r0:r1, c0:c1])
+        return np.asarray(_window(self.array, region, self.layout))
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         if self.opener is not None:
             state["_array"] = None  # (reopened where it is read)
         return state
+
+
+def _window(array: Any, region: Region, layout: str) -> Any:
+    """The region of an image (a NumPy-like or dask array) as the model's
+    input map: (h, w, C) or (C, h, w); a 2-D image is one channel."""
+    (r0, r1), (c0, c1) = region
+    if len(array.shape) == 2:
+        w = array[r0:r1, c0:c1]
+        return w[:, :, None] if layout == "NHWC" else w[None]
+    return array[r0:r1, c0:c1] if layout == "NHWC" else array[:, r0:r1, c0:c1]
 
 
 def _open_memmap(filename: str, dtype: str, offset: int, shape: Tuple[int, ...],
@@ -123,15 +126,13 @@ def _image(image: Any, layout: str) -> Tuple[Any, Optional[_Source]]:
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if path.lower().endswith((".tif", ".tiff")):
-            source = _Source(np.empty((0, 0)), layout, ("tiff", path, 0))
+            source = _Source(None, layout, ("tiff", path, 0))
         elif os.path.isdir(path):
-            source = _Source(np.empty((0, 0)), layout, ("zarr", path))
+            source = _Source(None, layout, ("zarr", path))
         else:
             raise ValueError(f"{FN}: image {path!r} is neither a .tif/.tiff file nor a zarr "
                              f"directory")
-        array = source.array
-        source.grey = len(array.shape) == 2
-        return array, source
+        return source.array, source
     if type(image).__module__.split(".")[0] == "dask":
         return image, None
     if isinstance(image, np.memmap) and isinstance(image.base, mmap.mmap) and image.filename:
@@ -213,12 +214,11 @@ def _result(plan: RegionPlan, postprocess: Any) -> Tuple[Any, np.dtype, int]:
     of it (found by running it on a 2 x 3 map of zeros)."""
     shape = plan.output_shape
     nhwc = plan.layout == "NHWC"
+    k = shape[2] if nhwc else shape[0]
     if postprocess is None:
-        k = shape[2] if nhwc else shape[0]
         if nhwc:
             return (lambda h, w: (h, w, k)), plan.dtype, 0
         return (lambda h, w: (k, h, w)), plan.dtype, 1
-    k = shape[2] if nhwc else shape[0]
     probe = _postprocessed(postprocess, np.zeros((2, 3, k) if nhwc else (k, 2, 3), plan.dtype),
                            plan.layout)
     if nhwc:
@@ -433,15 +433,8 @@ def predict_tiled(model: Model, image: Any, *, tile: Any = 2048, scheduler: Any 
         slices (only the windows travel)."""
         if source is None or (source.opener is None and isinstance(array, np.ndarray)
                               and (client is not None or local == "processes")):
-            windows = []
-            for region in tiles:
-                (r0, r1), (c0, c1) = plan.input_region(region)
-                w = array[r0:r1, c0:c1] if layout == "NHWC" or len(array.shape) == 2 \
-                    else array[:, r0:r1, c0:c1]
-                if len(array.shape) == 2:
-                    w = w[:, :, None] if layout == "NHWC" else w[None]
-                windows.append(w if source is None else np.ascontiguousarray(w))
-            return windows
+            windows = [_window(array, plan.input_region(region), layout) for region in tiles]
+            return windows if source is None else [np.ascontiguousarray(w) for w in windows]
         return source
 
     result_shape, dtype, rax = _result(plan, postprocess)
