@@ -1,6 +1,7 @@
 """`python -m fastconv bench` machinery on tiny layers: tables, summary, JSON,
 plot, arguments, and the NumPy baselines' numbers. No speed is asserted."""
 
+import argparse
 import contextlib
 import io
 import json
@@ -502,3 +503,45 @@ def test_layer_onnx_computes_the_layer(layer):
     assert set(calls) == set(peers), missing
     for name, call in calls.items():
         np.testing.assert_allclose(call(1), expected, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_cli_without_a_command_prints_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "bench" in out and "demo" in out
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastconv {fastconv.__version__}"
+
+
+def test_cli_help_describes_every_bench_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "the arrays' dtype" in out and "comma-separated suites" in out
+
+
+def test_suite_takes_a_list_like_threads():
+    assert _bench._suite_list("vgg16,resnet50") == ["vgg16", "resnet50"]
+    assert _bench._suite_list("fc, fc") == ["fc"]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected suites among"):
+        _bench._suite_list("vgg16,alexnet")
+
+
+def test_plot_of_whole_network_suites_is_refused_before_measuring(monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(_bench, "measure_peak", lambda *a: pytest.fail("measured"))
+    assert main(["bench", "--suite", "fcn", "--plot", "x.png"]) == 2
+    assert "--plot draws the per-layer suites" in capsys.readouterr().err
+
+
+def test_a_busy_machine_is_told_its_figures_mean_nothing(capsys):
+    _bench._print_header(fastconv.config(), _bench.versions(), 45.0, {})
+    assert "NOT meaningful" in capsys.readouterr().out
+    _bench._print_header(fastconv.config(), _bench.versions(), 15.0, {})
+    out = capsys.readouterr().out
+    assert "noisy" in out and "NOT meaningful" not in out

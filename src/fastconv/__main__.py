@@ -7,8 +7,10 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the command line (its subcommands and their options)."""
+    from fastconv import __version__
     parser = argparse.ArgumentParser(prog="python -m fastconv")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
+    sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="print the build and dispatch configuration")
     bench = sub.add_parser("bench", help="benchmark fastconv against numpy (and PyTorch where "
                            "installed)")
@@ -44,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # (no command: what the commands are)
+        parser.print_help()
+        return 0
     if args.command == "info":
         from fastconv import show_config
         show_config()

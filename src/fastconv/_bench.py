@@ -157,15 +157,31 @@ def _thread_list(text: str) -> List[int]:
     return threads
 
 
+SUITE_NAMES = (*_shapes.SUITES, "fcn", "networks", "all")
+
+
+def _suite_list(text: str) -> List[str]:
+    """argparse type: "vgg16,resnet50" -> ["vgg16", "resnet50"]."""
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in SUITE_NAMES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected suites among {', '.join(SUITE_NAMES)}, comma-separated like "
+            f"vgg16,resnet50; got {text!r}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m fastconv bench`."""
-    parser.add_argument("--suite", choices=[*_shapes.SUITES, "fcn", "networks", "all"],
-                        default="all",
-                        help="which layers to run (default: all)")
+    parser.add_argument("--suite", type=_suite_list, default=["all"],
+                        help=f"comma-separated suites to run, among {', '.join(SUITE_NAMES)} "
+                             f"(default: all; with --quick, all but fcn and networks)")
     parser.add_argument("--threads", type=_thread_list, default=None,
                         help="comma-separated thread counts, e.g. 1,2 "
                              "(default: fastconv.get_num_threads())")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="the arrays' dtype (default float32; float64 runs the double "
+                             "kernels)")
     parser.add_argument("--quick", action="store_true",
                         help="a representative subset of the layers, fewer repetitions")
     parser.add_argument("--peers", action="store_true",
@@ -810,7 +826,11 @@ def _print_header(cfg: dict, vers: dict, busy: Optional[float],
           + (f" ({vers['torch_cpu_capability']})" if vers["torch"] else ""))
     print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs), {_fmt(busy, '.0f', '%')} busy "
           "with other processes before the run")
-    if busy is not None and busy > BUSY_LIMIT:
+    if busy is not None and busy > 3 * BUSY_LIMIT:
+        print(f"WARNING: other processes kept the CPUs {busy:.0f}% busy: the figures below "
+              "are NOT meaningful (fastconv, numpy and torch get what the other processes "
+              "leave, unevenly); rerun when the machine is idle")
+    elif busy is not None and busy > BUSY_LIMIT:
         print(f"WARNING: other processes kept the CPUs {busy:.0f}% busy: the figures, "
               "the multi-threaded ones most, will be noisy")
     for info in blas_info():
@@ -890,9 +910,22 @@ def run(args: argparse.Namespace) -> int:
         print("error: --plot needs matplotlib: pip install matplotlib "
               "(or pip install 'fastconv[bench]')", file=sys.stderr)
         return 2
-    if args.peers and args.suite in ("fcn", "networks"):
-        print(f"error: --peers times the per-layer suites, not {args.suite!r} (the networks "
+    chosen = args.suite
+    everything = "all" in chosen
+    suites = list(_shapes.SUITES) if everything else [s for s in chosen if s in _shapes.SUITES]
+    # The whole-network suites are long (VGG16 at 224 and 384; four networks
+    # through up to seven engines): not in --quick.
+    run_fcn = "fcn" in chosen or (everything and not args.quick)
+    run_networks = "networks" in chosen or (everything and not args.quick)
+    named = ",".join(chosen)
+    if args.peers and not suites:
+        print(f"error: --peers times the per-layer suites, not {named!r} (the networks "
               "suite runs onnxruntime and OpenVINO already)", file=sys.stderr)
+        return 2
+    if args.plot and not suites:
+        # (checked before measuring: the plot draws the per-layer rows alone)
+        print(f"error: --plot draws the per-layer suites ({', '.join(_shapes.SUITES)}), and "
+              f"--suite {named} has none", file=sys.stderr)
         return 2
     if args.peers and args.dtype != "float32":
         print("error: --peers needs --dtype float32 (the peers' one-node graphs are float32)",
@@ -901,12 +934,6 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or [fastconv.get_num_threads()]
     reps, min_time = TIMING[args.quick]
     dtype = np.dtype(args.dtype)
-    suites = list(_shapes.SUITES) if args.suite == "all" else [args.suite]
-    # The whole-network suites are long (VGG16 at 224 and 384; four networks
-    # through up to seven engines): not in --quick.
-    run_fcn = args.suite == "fcn" or (args.suite == "all" and not args.quick)
-    run_networks = args.suite == "networks" or (args.suite == "all" and not args.quick)
-    suites = [s for s in suites if s not in ("fcn", "networks")]
     cfg, vers = fastconv.config(), versions()
     before = cpu_snapshot()
     time.sleep(0.25)
@@ -988,7 +1015,7 @@ def run(args: argparse.Namespace) -> int:
                         "busy_pct": busy},
             "isa": _core.active_isa(), "versions": vers, "config": cfg, "blas": blas_info(),
             "openblas_env": openblas_env,
-            "settings": {"suite": args.suite, "suites": suites, "threads": threads,
+            "settings": {"suite": named, "suites": suites, "threads": threads,
                          "dtype": dtype.name, "quick": args.quick, "reps": reps,
                          "min_time": min_time, "peers": args.peers,
                          "function": args.function,
@@ -1007,8 +1034,6 @@ def run(args: argparse.Namespace) -> int:
     if plt is not None and results:
         plot(plt, args.plot, results)
         print(f"wrote {args.plot}")
-    elif plt is not None:
-        print(f"nothing to plot: --plot draws the per-layer suites, not {args.suite!r}")
     return 0
 
 
