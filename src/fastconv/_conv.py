@@ -229,8 +229,16 @@ class ConvWeights:
         if C % groups:
             raise ValueError(f"{fn}: groups={groups} must divide the input channels C={C}")
         if C != self.c:
-            raise ValueError(f"{fn}: weight has {self.cg} input channels per group; x has "
-                             f"C={C} channels and groups={groups}, so expected {C // groups}")
+            message = (f"{fn}: x has C={C} channels, but the weight has {self.cg} input "
+                       f"channels per group (groups={groups}, so x needs {self.c})")
+            # the likely mistake: x in the other layout (its other channel axis fits)
+            other, axis, fix = (("NCHW", 1, "x.transpose(0, 2, 3, 1)") if self.layout == "NHWC"
+                                else ("NHWC", 3, "x.transpose(0, 3, 1, 2)"))
+            if shape4[axis] == self.c:
+                message += (f". x of shape {tuple(shape)} looks {other} (axis {axis} has "
+                            f"{self.c}): this is {self.layout}, so pass {fix}, or "
+                            f"layout={other!r} with the weight in {other}'s layout")
+            raise ValueError(message)
         kh, kw = self.kh, self.kw
         (sh, sw), (dh, dw) = self.stride, self.dilation
         (pt, pl), (Ho, Wo) = self._geometry(shape, N, H, W, C, padding, **options)

@@ -8,6 +8,8 @@ import io
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from fastconv._fc import fc_to_conv
 from fastconv._validate import _is_int, float_arrays, layout_name
 from fastconv.nn.activations import Activation
@@ -136,8 +138,9 @@ def _activation_of(layer: Layer) -> Any:
 
 
 def _fused_steps(nodes: List[Node], output_ids: Tuple[int, ...]
-                 ) -> Tuple[List[Node], List[Tuple[Layer, ...]]]:
-    """The steps a model runs, and the layers fused in them. From a Conv2d
+                 ) -> Tuple[List[Node], List[Tuple[Layer, ...]], List[Tuple[Layer, ...]]]:
+    """The steps a model runs, the layers fused in them, and each step's
+    layers (the fused ones, or its one layer). From a Conv2d
     (or ConvTranspose2d, or Linear) with no activation of its own, each
     layer that alone reads the one before it joins it: a BatchNorm2d right
     after a Conv2d is folded into its weights (fold_batchnorm); a two-input
@@ -209,13 +212,16 @@ def _fused_steps(nodes: List[Node], output_ids: Tuple[int, ...]
         pending[chain[-1]] = (Node(step_layer, inputs, out), tuple(group))
     steps: List[Node] = []
     fusions: List[Tuple[Layer, ...]] = []
+    groups: List[Tuple[Layer, ...]] = []
     for k, node in enumerate(nodes):
         if k in pending:
             steps.append(pending[k][0])
             fusions.append(pending[k][1])
+            groups.append(pending[k][1])
         elif k not in consumed:
             steps.append(node)
-    return steps, fusions
+            groups.append((node.layer,))
+    return steps, fusions, groups
 
 
 class Model(Layer):
@@ -309,7 +315,7 @@ class Model(Layer):
                 raise ValueError(f"{fn}: layer {layer_label(layer)} is {layer.layout} but the "
                                  f"model is {self.layout}")
         names = self._name_all(fn, ins, layers)
-        steps, fusions = _fused_steps(nodes, output_ids)
+        steps, fusions, groups = _fused_steps(nodes, output_ids)
         # The ids each step is the last to read, which are freed once it ran.
         last_reader = {i: k for k, step in enumerate(steps) for i in step.inputs}
         free_after: List[List[int]] = [[] for _ in steps]
@@ -318,7 +324,7 @@ class Model(Layer):
                 free_after[k].append(i)
         self._inputs, self._outputs, self._nodes = ins, outs, nodes
         self._graph_layers, self._output_ids, self._free_after = layers, output_ids, free_after
-        self._steps, self._fusions = steps, fusions
+        self._steps, self._fusions, self._step_groups = steps, fusions, groups
         self._names = names
 
     @staticmethod
@@ -559,7 +565,34 @@ class Model(Layer):
         return [self._input_array(fn, t, name, v)
                 for t, name, v in zip(self._inputs, names, values)]
 
+    def _dtype(self) -> np.dtype:
+        """The dtype of the model's weights (float32 without any)."""
+        for layer in self.layers:
+            found = layer._dtype() if isinstance(layer, Model) else getattr(layer, "dtype", None)
+            if found is not None:
+                return np.dtype(found)
+        return np.dtype(np.float32)
+
+    def _converted(self, t: SymbolicTensor, value: Any) -> Any:
+        """An input as the model takes it: integer, bool and float16 images
+        (uint8 pixels, say) and lists or tuples of numbers converted to the
+        model's dtype (its Input's, else its weights'); float32 and float64
+        arrays as given (a float64 array for float32 weights is refused by
+        the layers, not rounded behind the caller's back)."""
+        if isinstance(value, (list, tuple)):
+            try:
+                return np.asarray(value, t.dtype or self._dtype())
+            except (TypeError, ValueError):
+                return value  # (the layer's check says what is wrong with it)
+        if not isinstance(value, np.ndarray) and hasattr(value, "__array__"):
+            value = np.asarray(value)
+        if isinstance(value, np.ndarray) and (value.dtype.kind in "biu"
+                                              or value.dtype == np.float16):
+            return value.astype(t.dtype or self._dtype())
+        return value
+
     def _input_array(self, fn: str, t: SymbolicTensor, name: str, value: Any) -> Any:
+        value = self._converted(t, value)
         if t.shape is None and t.dtype is None:
             return value  # (a Sequential's input: its first layer checks it, as it always did)
         key = f"input {name!r}"
@@ -574,18 +607,54 @@ class Model(Layer):
                              f"{t.shape} without the batch axis; got {a.shape}")
         return a
 
+    def _unbatched(self, arrays: List[Any]) -> bool:
+        """Whether the inputs come without their batch axis: each of its
+        nn.Input's shape, or for a Sequential whose first layer takes maps,
+        one 3-D map. The model then runs them as a batch of one, so that
+        every layer (the pools too) takes them."""
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            return False
+        if all(t.shape is not None for t in self._inputs):
+            return all(len(a.shape) == len(t.shape) and self._matches(t, a.shape)
+                       for t, a in zip(self._inputs, arrays))
+        first = self._step_groups[0][0] if self._step_groups else None
+        return (len(arrays) == 1 and arrays[0].ndim == 3 and first is not None
+                and getattr(first, "layout", None) is not None)
+
+    def _step_label(self, k: int) -> str:
+        """Step k as an error names it: the index and name of its (first)
+        layer, and the layers run with it."""
+        group = self._step_groups[k]
+        index = next(i for i, layer in enumerate(self.layers) if layer is group[0])
+        label = f"layer {index} {layer_label(group[0])}"
+        if len(group) > 1:
+            label += f" (run with {', '.join(repr(self._names[id(g)]) for g in group[1:])})"
+        return label
+
     def forward(self, x: Any, *, num_threads: Optional[int] = None) -> Any:
         """Run the model: see the class's docstring."""
         self._current()
-        values = dict(enumerate(self._input_arrays(x)))
-        for step, free in zip(self._steps, self._free_after):
+        arrays = self._input_arrays(x)
+        unbatched = self._unbatched(arrays)
+        if unbatched:
+            arrays = [a[None] for a in arrays]
+        values = dict(enumerate(arrays))
+        for k, (step, free) in enumerate(zip(self._steps, self._free_after)):
             args = [values[i] for i in step.inputs]
-            values[step.output] = step.layer.forward(
-                args if list_input(step.layer, len(args)) else args[0], num_threads=num_threads)
+            try:
+                values[step.output] = step.layer.forward(
+                    args if list_input(step.layer, len(args)) else args[0],
+                    num_threads=num_threads)
+            except (TypeError, ValueError) as exc:
+                given = ", ".join(str(tuple(np.shape(a))) for a in arrays)
+                raise type(exc)(f"{self._label()}: at {self._step_label(k)}, for the model's "
+                                f"input of shape {given}: {exc}") from exc
             del args
             for i in free:  # (its last reader has run)
                 del values[i]
         out = [values[i] for i in self._output_ids]
+        if unbatched:
+            out = [o[0] for o in out]
         return out[0] if len(out) == 1 else out
 
     def _apply(self, x: Any) -> SymbolicTensor:

@@ -301,7 +301,7 @@ class RegionPlan:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{label}: the model cannot take an input of shape "
                              f"{self.input_shape}: {exc}") from None
-        self.dtype = _model_dtype(model)
+        self.dtype = model._dtype()
         self.shapes: Dict[int, tuple] = {0: self.input_shape}
         self.steps: List[_Step] = []
         self._next = 1
@@ -423,14 +423,3 @@ class RegionPlan:
         _, _, c = _spatial(self.layout, self.shapes[tensor])
         hw = (max(r1 - r0, 0), max(c1 - c0, 0))
         return np.zeros((1,) + (hw + (c,) if self.layout == "NHWC" else (c,) + hw), self.dtype)
-
-
-def _model_dtype(model: Model) -> np.dtype:
-    """The dtype of the model's weights (float32 without any)."""
-    def first(m: Model) -> Optional[np.dtype]:
-        for layer in m.layers:
-            found = first(layer) if isinstance(layer, Model) else getattr(layer, "dtype", None)
-            if found is not None:
-                return np.dtype(found)
-        return None
-    return first(model) or np.dtype(np.float32)

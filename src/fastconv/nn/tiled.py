@@ -341,7 +341,10 @@ def predict_tiled(model: Model, image: Any, *, tile: Any = 2048, scheduler: Any 
         pixels; each reads its window with the halo the model needs.
     scheduler : None, "threads", "sync", "processes" or a distributed Client
         None: the active dask.distributed client if there is one, else dask's
-        threads scheduler with fastconv.get_num_threads() workers.
+        threads scheduler with fastconv.get_num_threads() workers. On a
+        cluster the model is sent to every worker first; a worker lost
+        mid-run has its tasks run again elsewhere (all workers lost at once
+        lose the model, and the run fails).
     out : path, zarr group or zarr store, optional
         Write the result there instead of returning a dask array: the
         group's array "prediction" (chunked by tile; NaN where not yet
