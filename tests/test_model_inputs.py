@@ -51,3 +51,8 @@ def test_errors_name_the_layer_and_the_models_input():
                                          r"\(1, 3, 16, 16\) looks NCHW .* pass "
                                          r"x\.transpose\(0, 2, 3, 1\)"):
         model(np.zeros((1, 3, 16, 16), np.float32))  # (NCHW into an NHWC model)
+
+
+def test_calling_a_layer_or_model_is_documented():
+    doc = nn.Sequential.__call__.__doc__
+    assert doc and "forward" in doc and "num_threads" in doc and "symbolic" in doc

@@ -105,6 +105,15 @@ class Layer:
         return self._name
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the layer, or add it to a graph.
+
+        ``layer(x, ...)`` with an array (or a list of them, for a layer
+        that takes several) runs ``layer.forward(x, ...)``: a model or layer
+        takes ``num_threads=`` (and Conv2d, ConvTranspose2d and Linear
+        ``out=``). ``layer(t)`` with a symbolic tensor (nn.Input, or what a
+        layer applied to one returned) returns the symbolic output, a node of
+        the nn.Model to be built from them.
+        """
         if is_symbolic(x):
             if args or kwargs:
                 raise TypeError(f"{type(self).__name__}: a layer applied to symbolic tensors "
