@@ -16,7 +16,9 @@ Environment:
                            module, so they
                            override the defaults (e.g. "-O1 -g
                            -fsanitize=address,undefined", as
-                           scripts/sanitize.sh does)
+                           scripts/sanitize.sh does; "-g" alone: a
+                           build with debug information, which the
+                           default -g0 leaves out)
     FASTCONV_EXTRA_LDFLAGS extra flags for linking the extension module
 """
 import glob
@@ -42,7 +44,9 @@ KERNELS = sorted(glob.glob(os.path.join(CSRC, "kernels", "*.c"))) + [
 OPERATORS = sorted(glob.glob(os.path.join(CSRC, "operators", "*.c"))) + [
     os.path.join(CSRC, "dispatch.c"), os.path.join(CSRC, "scratch.c")]
 HEADERS = sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True))
-BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall"]
+# -g0: no debug information in the installed module (Python's own CFLAGS ask
+# for -g, which tripled its size); FASTCONV_EXTRA_CFLAGS="-g" builds with it.
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-g0"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 # (name, flags): the instruction sets the kernels are compiled for.
 TARGETS = [("generic", [])]
@@ -110,7 +114,7 @@ core = Extension(
     include_dirs=[CSRC, numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
     + ([("FC_HAVE_X86_KERNELS", "1")] if X86 else []),
-    extra_compile_args=["-O2"],
+    extra_compile_args=["-O2", "-g0"],
     depends=KERNELS + HEADERS + ["src/fastconv/_kernels.pxd"],
 )
 

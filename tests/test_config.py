@@ -265,3 +265,15 @@ def test_gil_is_released_while_the_kernel_runs(rng, make_call):
     assert max_gap < 0.5 * duration, (
         f"main thread stalled {max_gap:.3f} s during a {duration:.3f} s call: "
         "the GIL seems to be held while the kernel runs")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ELF check")
+@pytest.mark.skipif("-g" in os.environ.get("FASTCONV_EXTRA_CFLAGS", "").split(),
+                    reason="a build asked for debug information")
+def test_the_compiled_module_ships_without_debug_information():
+    # (setup.py compiles with -g0: Python's CFLAGS' -g tripled the module's size)
+    from fastconv import _core
+    with open(_core.__file__, "rb") as f:
+        data = f.read()
+    assert data[:4] == b"\x7fELF"
+    assert b".debug_info" not in data
