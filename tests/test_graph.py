@@ -399,8 +399,8 @@ def test_incompatible_shapes_fail_as_the_graph_is_built(rng):
     x = nn.Input((8, 8, 3))
     conv = nn.Conv2d(hwio(rng, 3, 3, 4, 2), name="wrong_channels")
     with pytest.raises(ValueError, match=r"layer 'wrong_channels' \(Conv2d\) cannot take input "
-                                         r"shape \(8, 8, 3\): Conv2d: weight has 4 input "
-                                         r"channels"):
+                                         r"shape \(8, 8, 3\): Conv2d: x has C=3 channels, but the "
+                                         r"weight has 4 input channels"):
         conv(x)
     small = nn.MaxPool2d(2, name="half")(x)
     with pytest.raises(ValueError, match=r"layer 'join' \(Add\) cannot take input shapes "

@@ -694,7 +694,8 @@ WRONG_GRAPHS = {
                         r"named 'conv'"),
     "shapes-incompatible": (lambda d: d["inputs"][0].update(shape=[8, 8, 3]),
                             r"ValueError: layer 'conv' \(Conv2d\) cannot take input shape "
-                            r"\(8, 8, 3\): Conv2d: weight has 2 input channels"),
+                            r"\(8, 8, 3\): Conv2d: x has C=3 channels, but the weight has 2 "
+                            r"input channels"),
     "layouts-disagree": (lambda d: d.update(layout="NCHW"),
                          r"ValueError: Model 'graph': layer 'conv' \(Conv2d\) is NHWC but the "
                          r"model is NCHW\)$"),
