@@ -313,8 +313,8 @@ def test_layer_weights_are_read_only_copies(rng):
 
 def test_conv2d_and_linear_reprs_show_every_option():
     conv = nn.Conv2d(np.zeros((1, 3, 2, 4), np.float32), padding=(0, 1), dilation=2)
-    assert repr(conv) == ("Conv2d(2, 4, kernel=1x3, stride=(1, 1), padding=(0, 1), "
-                          "dilation=(2, 2), groups=1, bias=False, activation=None, "
+    assert repr(conv) == ("Conv2d(2, 4, kernel=1x3, stride=1, padding=(0, 1), "
+                          "dilation=2, groups=1, bias=False, activation=None, "
                           "layout='NHWC', dtype=float32)")
     linear = nn.Linear(np.zeros((3, 2)), np.zeros(2), activation="relu")
     assert repr(linear) == "Linear(3, 2, bias=True, activation='relu', dtype=float64)"

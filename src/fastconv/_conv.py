@@ -238,6 +238,19 @@ class ConvWeights:
                 message += (f". x of shape {tuple(shape)} looks {other} (axis {axis} has "
                             f"{self.c}): this is {self.layout}, so pass {fix}, or "
                             f"layout={other!r} with the weight in {other}'s layout")
+            elif groups == 1 and not self.transposed:
+                # or the weight in the other layout's order (its other
+                # input-channel axis fits x)
+                given, fits, wfix, wother = (
+                    ((self.kh, self.kw, self.cg, self.k), self.kw, "weight.transpose(2, 3, 1, 0)",
+                     "OIHW") if self.layout == "NHWC" else
+                    ((self.k, self.cg, self.kh, self.kw), self.kh, "weight.transpose(3, 2, 0, 1)",
+                     "HWIO"))
+                if fits == C:
+                    message += (f". The weight of shape {given} looks {wother} (its axis "
+                                f"{1 if wother == 'OIHW' else 2} has {C}, x's channels): "
+                                f"layout={self.layout!r} takes weights {self._weight_dims()}, "
+                                f"so pass {wfix}")
             raise ValueError(message)
         kh, kw = self.kh, self.kw
         (sh, sw), (dh, dw) = self.stride, self.dilation

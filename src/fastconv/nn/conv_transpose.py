@@ -10,7 +10,8 @@ from fastconv._conv import IntPair, Padding, input_array
 from fastconv._transpose import TransposedWeights, transposed_geometry
 from fastconv._validate import (activation_spec, check_out, int_pair, layout_name,
                                 positive_int)
-from fastconv.nn.layers import PLAN_CACHE_SIZE, Layer, Shape, _map_shape, _read_only, _spatial
+from fastconv.nn.layers import (PLAN_CACHE_SIZE, Layer, Shape, _map_shape, _read_only, _spatial,
+                                geometry_text)
 
 __all__ = ["ConvTranspose2d", "bilinear_kernel"]
 
@@ -217,9 +218,10 @@ class ConvTranspose2d(Layer):
 
     def __repr__(self) -> str:
         w = self._weights
-        return (f"ConvTranspose2d({w.c}, {w.k}, kernel={w.kh}x{w.kw}, stride={self.stride}, "
-                f"padding={self.padding!r}, output_padding={self.output_padding}, "
-                f"dilation={self.dilation}, groups={w.groups}, bias={w.has_bias}, "
+        return (f"ConvTranspose2d({w.c}, {w.k}, kernel={w.kh}x{w.kw}, "
+                f"stride={geometry_text(self.stride)}, padding={geometry_text(self.padding)}, "
+                f"output_padding={geometry_text(self.output_padding)}, "
+                f"dilation={geometry_text(self.dilation)}, groups={w.groups}, bias={w.has_bias}, "
                 f"activation={self.activation!r}, layout={w.layout!r}, dtype={w.dtype})")
 
 

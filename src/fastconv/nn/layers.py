@@ -43,6 +43,16 @@ def _spatial(layout: str, shape: Shape) -> Tuple[int, int, int]:
     return shape[1], shape[2], shape[0]
 
 
+def geometry_text(value: Any) -> str:
+    """A stride, padding, dilation or kernel size as the reprs print it: one
+    number when both axes agree (3, not (3, 3)), else the pair; strings and
+    per-side paddings as they are. One form for every layer's repr."""
+    if isinstance(value, tuple) and len(value) == 2 and all(
+            isinstance(v, (int, np.integer)) for v in value):
+        return str(int(value[0])) if value[0] == value[1] else f"({value[0]}, {value[1]})"
+    return repr(value)
+
+
 def _read_only(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
     """a (a new array, or None) marked read-only: writing to a layer's weights
     would not change the packed weights that run, so it is refused."""
@@ -349,8 +359,9 @@ class Conv2d(Layer):
 
     def __repr__(self) -> str:
         w = self._weights
-        return (f"Conv2d({w.c}, {w.k}, kernel={w.kh}x{w.kw}, stride={self.stride}, "
-                f"padding={self.padding!r}, dilation={self.dilation}, groups={w.groups}, "
+        return (f"Conv2d({w.c}, {w.k}, kernel={w.kh}x{w.kw}, "
+                f"stride={geometry_text(self.stride)}, padding={geometry_text(self.padding)}, "
+                f"dilation={geometry_text(self.dilation)}, groups={w.groups}, "
                 f"bias={w.has_bias}, activation={self.activation!r}, layout={w.layout!r}, "
                 f"dtype={w.dtype})")
 
@@ -614,8 +625,10 @@ class _Pool2d(Layer):
         return params, {}
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, ceil_mode={self.ceil_mode})")
+        counted = "" if self.is_max else f", count_include_pad={self.count_include_pad}"
+        return (f"{type(self).__name__}(kernel_size={geometry_text(self.kernel_size)}, "
+                f"stride={geometry_text(self.stride)}, padding={geometry_text(self.padding)}, "
+                f"ceil_mode={self.ceil_mode}{counted}, layout={self.layout!r})")
 
 
 class MaxPool2d(_Pool2d):

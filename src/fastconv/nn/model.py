@@ -508,6 +508,75 @@ class Model(Layer):
         out = [tuple(known[i]) for i in self._output_ids]
         return out[0] if len(out) == 1 else out
 
+    def _fixed_input_shape(self, shape: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
+        """For a classifier whose Linear after a Flatten refuses the map an
+        input of `shape` (no batch axis) makes: the input shape, with the
+        same channels, at which the whole model fits (None when there is
+        none, or the model is not of that kind). An error's hint only."""
+        if len(self._inputs) != 1 or len(shape) != 3:
+            return None
+
+        def shapes_at(s: Tuple[int, ...]) -> List[Optional[SymbolicShape]]:
+            known: List[Optional[SymbolicShape]] = [s]
+            for node in self._nodes:  # (up to the first refusal)
+                try:
+                    known.append(infer_shape(node.layer, [known[i] for i in node.inputs],
+                                             list_input(node.layer, len(node.inputs))))
+                except ValueError:
+                    break
+            return known
+
+        known = shapes_at(shape)
+        if len(known) > len(self._nodes):
+            return None  # (it fits)
+        node = self._nodes[len(known) - 1]
+        producer = {n.output: n for n in self._nodes}
+        src = producer.get(node.inputs[0]) if isinstance(node.layer, Linear) else None
+        while src is not None and isinstance(src.layer, (ReLU, Dropout, Activation, Identity)):
+            src = producer.get(src.inputs[0])
+        flat_in = known[src.inputs[0]] if src is not None and isinstance(src.layer, Flatten) \
+            else None
+        if flat_in is None or len(flat_in) != 3 or None in flat_in:
+            return None
+        mh, mw, mc = _spatial(self.layout, tuple(flat_in))
+        positions, rest = divmod(node.layer.in_features, mc)
+        if rest or not positions:
+            return None
+        # The map's (a, b) = a factor pair of `positions`, the one closest to
+        # the given map's aspect; each spatial size grows monotonically with
+        # the input's along its own axis, so a binary search finds it.
+        a, b = min(((d, positions // d) for d in range(1, positions + 1) if positions % d == 0),
+                   key=lambda p: abs(np.log(p[0] * mw) - np.log(p[1] * mh)))
+        axes = (0, 1) if self.layout == "NHWC" else (1, 2)
+
+        def map_size(axis: int, size: int) -> int:
+            s = list(shape)
+            s[axes[axis]] = size
+            m = shapes_at(tuple(s))
+            if src.inputs[0] >= len(m) or m[src.inputs[0]] is None:
+                return 0
+            return _spatial(self.layout, tuple(m[src.inputs[0]]))[axis]
+
+        found = list(shape)
+        for axis, target in ((0, a), (1, b)):
+            lo, hi = 1, 1 << 16
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (mid + 1, hi) if map_size(axis, mid) < target else (lo, mid)
+            found[axes[axis]] = lo
+        found_shape = tuple(found)
+        return found_shape if len(shapes_at(found_shape)) > len(self._nodes) else None
+
+    def _fixed_input_hint(self, shape: Tuple[int, ...]) -> str:
+        """A sentence for the errors of a classifier given the wrong image
+        size ('' when it is not that)."""
+        fixed = self._fixed_input_shape(shape)
+        if fixed is None:
+            return ""
+        return (f". The Linear after the Flatten fixes the input's size: {fixed} fits it "
+                f"(is that the size the model was trained on?); to run it over larger "
+                f"images, convert it with nn.to_fully_convolutional(model, <that size>)")
+
     def summary(self, input_shape: Any = None) -> str:
         """A table of the model's nodes: name, type, output shape, parameter
         count and the tensors each reads, for `input_shape` (no batch axis;
@@ -647,8 +716,10 @@ class Model(Layer):
                     num_threads=num_threads)
             except (TypeError, ValueError) as exc:
                 given = ", ".join(str(tuple(np.shape(a))) for a in arrays)
+                hint = (self._fixed_input_hint(tuple(np.shape(arrays[0]))[1:])
+                        if isinstance(self._step_groups[k][0], Linear) else "")
                 raise type(exc)(f"{self._label()}: at {self._step_label(k)}, for the model's "
-                                f"input of shape {given}: {exc}") from exc
+                                f"input of shape {given}: {exc}{hint}") from exc
             del args
             for i in free:  # (its last reader has run)
                 del values[i]
@@ -815,7 +886,16 @@ def to_fully_convolutional(model: Model, input_shape: Sequence[int]) -> Model:
                          f"{len(model.inputs)} and {len(model.outputs)}")
     layout = model.layout
     shape = tuple(input_shape)
-    shapes = model._propagate([shape])
+    try:
+        shapes = model._propagate([shape])
+    except ValueError as exc:
+        fixed = model._fixed_input_shape(shape) if len(shape) == 3 else None
+        if fixed is None:
+            raise ValueError(f"{fn}: the model cannot take input_shape {shape}: {exc}") from None
+        raise ValueError(f"{fn}: input_shape must be the input the classifier was built for "
+                         f"(an input of {fixed} fits it), not the larger image: the Linear "
+                         f"after its Flatten refuses the map an input of {shape} makes ({exc}). "
+                         f"The converted model then runs over any larger image") from None
     h, w, c = _spatial(layout, shape) if len(shape) == 3 else (None, None, None)
     x = Input((None, None, c) if layout == "NHWC" else (c, None, None), dtype=model.inputs[0].dtype)
     tensors: Dict[int, Any] = {0: x}
